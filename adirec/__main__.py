@@ -1,0 +1,5 @@
+import sys
+
+from adirec.cli import main
+
+sys.exit(main())

@@ -1,0 +1,216 @@
+"""Command line: ``adirec demo | train | evaluate | data inspect`` (see ``adirec -h``)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from adirec.models.registry import MODELS
+
+
+def _csv_ints(text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _csv(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, metavar="SRC",
+                   help="xmrec:DIR | recbole:DIR/PREFIX | synthetic[:PRESET]")
+    p.add_argument("--domains", type=_csv, help="comma-separated domains to load (xmrec markets)")
+    p.add_argument("--domain-by", help="RecBole domain rule, e.g. user.age:25,35 or item.genre")
+    p.add_argument("--positive", help="RecBole positive rule (default rating>=4)")
+    p.add_argument("--history-len", type=int, default=50, help="length of behaviour histories")
+
+
+def data_spec(args):
+    from adirec.runs import DataSpec
+    return DataSpec(source=args.data, domains=args.domains, domain_by=args.domain_by,
+                    positive=args.positive, seed=args.seed, history_len=args.history_len)
+
+
+def add_model_train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="adi-se", help=f"one of {', '.join(sorted(MODELS))}")
+    p.add_argument("--fusion", choices=["concat", "sum", "netmul"])
+    p.add_argument("--dial", choices=["se", "va", "lt", "none"])
+    p.add_argument("--gate", choices=["softmax", "linear"])
+    p.add_argument("--dsbn", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--shared-experts", type=int)
+    p.add_argument("--embedding-dim", type=int)
+    p.add_argument("--self-training", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--negatives", type=int, dest="num_negatives")
+    p.add_argument("--temperature", type=float)
+    p.add_argument("--patience", type=int)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, dest="num_threads", help="torch threads (default: all cores)")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def model_overrides(args) -> dict:
+    return {k: v for k, v in {
+        "fusion": args.fusion, "dial": args.dial, "gate": args.gate, "dsbn": args.dsbn,
+        "shared_experts": args.shared_experts, "embedding_dim": args.embedding_dim,
+    }.items() if v is not None}
+
+
+def train_config(args, **defaults):
+    from adirec.train.loop import TrainConfig
+    from adirec.train.self_training import SelfTrainingConfig
+    kw = dict(defaults)
+    for k in ("epochs", "batch_size", "lr", "num_negatives", "temperature", "patience", "num_threads"):
+        if getattr(args, k) is not None:
+            kw[k] = getattr(args, k)
+    if args.self_training is not None:
+        kw["self_training"] = SelfTrainingConfig(enabled=args.self_training)
+    return TrainConfig(seed=args.seed, progress=not args.no_progress, **kw)
+
+
+def cmd_train(args) -> int:
+    from adirec.runs import train_run
+    summary = train_run(data_spec(args), args.model, args.out, model_overrides=model_overrides(args),
+                        train_config=train_config(args))
+    print(json.dumps({k: v for k, v in summary.items()}, indent=2))
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from adirec.runs import evaluate_run
+    from adirec.utils import atomic_write_json
+    report = evaluate_run(args.run_dir, protocol=args.protocol, split=args.split, ks=args.k)
+    print(format_metrics({report["model"]: report["metrics"]}, title=f"{report['data']} "
+                         f"({report['protocol']}, split {report['split']})"))
+    if args.json:
+        atomic_write_json(args.json, report)
+    return 0
+
+
+def format_metrics(reports: dict[str, dict], title: str = "") -> str:
+    """A plain-text table: one row per (metric, model), one column per domain and the mean."""
+    lines = [title] if title else []
+    first = next(iter(reports.values()))
+    domains = [d for d in next(iter(first.values())) if d != "mean"] + ["mean"]
+    width = max(12, *(len(d) + 2 for d in domains))
+    name_w = max(18, *(len(m) + len(k) + 3 for m in reports for k in first))
+    lines.append(f"{'':{name_w}}" + "".join(f"{d:>{width}}" for d in domains))
+    for metric in first:
+        for model, metrics in reports.items():
+            row = metrics[metric]
+            lines.append(f"{model + ' ' + metric:{name_w}}" +
+                         "".join(f"{row.get(d, float('nan')):>{width}.4f}" for d in domains))
+    return "\n".join(lines)
+
+
+def cmd_demo(args) -> int:
+    from adirec.data.sources import load_source
+    from adirec.runs import DataSpec, evaluate_run, train_run
+    from adirec.train.loop import TrainConfig
+    out = Path(args.out) / time.strftime("%Y%m%d-%H%M%S")
+    spec = DataSpec(source=f"synthetic:{args.preset}", seed=args.seed)
+    t0 = time.time()
+    data = spec.load()
+    print(f"data {data.name}: {data.num_users} users, {data.num_items} items, "
+          f"{len(data.splits['train'])} training interactions in domains {data.domains} "
+          f"({time.time() - t0:.1f}s)")
+    reports = {}
+    for name in ("adi-se", "dnn"):
+        print(f"training {name} ...")
+        cfg = TrainConfig(epochs=args.epochs, seed=args.seed, progress=not args.no_progress)
+        train_run(spec, name, out / name, train_config=cfg, data=data)
+        reports[name] = evaluate_run(out / name, ks=[20, 50], data=data)
+    print()
+    r = next(iter(reports.values()))
+    print(format_metrics({k: {m: v for m, v in rep["metrics"].items() if m.startswith("recall")}
+                          for k, rep in reports.items()},
+                         title=f"Recall on {data.name} ({r['protocol']} ranking, split {r['split']})"))
+    print(f"\nruns saved under {out}  (total {time.time() - t0:.0f}s)")
+    return 0
+
+
+def cmd_data_inspect(args) -> int:
+    from adirec.data.sources import load_source
+    data = load_source(args.src, domains=args.domains, domain_by=args.domain_by,
+                       positive=args.positive, seed=args.seed)
+    s = data.summary()
+    if args.json:
+        print(json.dumps(s, indent=2))
+        return 0
+    print(f"{s['name']}: {len(data.domains)} domains, {data.num_users} users, {data.num_items} items")
+    cols = ["train", "valid", "test", "users", "items"]
+    print(f"{'domain':16}" + "".join(f"{c:>10}" for c in cols) + f"{'share':>8}")
+    total = sum(r["train"] for r in s["domains"].values())
+    for name, r in s["domains"].items():
+        print(f"{name:16}" + "".join(f"{r[c]:>10}" for c in cols) + f"{r['train'] / total:>8.1%}")
+    o = s["overlap"]
+    print(f"users in >= 2 domains: {o['users_in_2plus_domains']} of {o['users_total']}; "
+          f"items in >= 2 domains: {o['items_in_2plus_domains']} of {o['items_total']}")
+    for pair, v in o["pairs"].items():
+        print(f"  overlap {pair:24} users {v['users']:>8}  items {v['items']:>8}")
+    print("fields: " + ", ".join(f"{f.name}({f.side},{f.kind}{',per-domain' if f.per_domain else ''})"
+                                 for f in data.schema.fields))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="adirec", description="Multi-domain candidate retrieval (ADI).")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="train adi-se and dnn on synthetic data and compare them")
+    p.add_argument("--preset", default="default")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("train", help="train a model and write a run directory")
+    add_data_args(p)
+    add_model_train_args(p)
+    p.add_argument("--out", required=True, metavar="RUN_DIR")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="evaluate a run directory")
+    p.add_argument("run_dir")
+    p.add_argument("--protocol", choices=["sampled", "full"])
+    p.add_argument("--split", choices=["valid", "test"])
+    p.add_argument("--k", type=_csv_ints, default=[10, 50], help="cut-offs, e.g. 10,50")
+    p.add_argument("--json", metavar="FILE", help="write the report as JSON")
+    p.set_defaults(func=cmd_evaluate)
+
+    data = sub.add_parser("data", help="data set tools").add_subparsers(dest="data_command", required=True)
+    p = data.add_parser("inspect", help="rows, users, items per domain and their overlap")
+    p.add_argument("src")
+    p.add_argument("--domains", type=_csv)
+    p.add_argument("--domain-by")
+    p.add_argument("--positive")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_data_inspect)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, FileExistsError, KeyError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"adirec: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""Batches: index slices of interactions turned into feature tensors, with no per-row Python.
+
+The training loop only ever sees :class:`Batch` (ids) and asks a :class:`FeatureStore` for the
+feature dicts of users and items *in a given domain*. A streaming source therefore only has to
+yield :class:`Batch` objects; models never know where the rows came from.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from adirec.data.dataset import HIST_ALL, HIST_DOMAIN, Interactions, MultiDomainData
+from adirec.data.schema import Schema
+
+
+@dataclass
+class Batch:
+    """A batch of interactions (ids only)."""
+
+    user: torch.Tensor  # (B,) long
+    item: torch.Tensor  # (B,) long
+    domain: torch.Tensor  # (B,) long
+    weight: torch.Tensor  # (B,) float
+
+    def __len__(self) -> int:
+        return len(self.user)
+
+    @classmethod
+    def from_interactions(cls, it: Interactions, index: np.ndarray | slice | None = None) -> "Batch":
+        if index is not None:
+            it = it.take(index)
+        return cls(torch.from_numpy(it.user), torch.from_numpy(it.item),
+                   torch.from_numpy(it.domain), torch.from_numpy(it.weight))
+
+
+def iterate_batches(
+    it: Interactions,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    seed: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    drop_last: bool = False,
+) -> Iterator[Batch]:
+    """Yield batches of ``it``; with ``world_size > 1`` each rank gets a disjoint, equally long
+    share of one global permutation (ranks stay in step for collective ops)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    n = len(it)
+    order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
+    if world_size > 1:
+        per_rank = n // world_size
+        order = order[rank * per_rank:(rank + 1) * per_rank]
+    stop = len(order) - (len(order) % batch_size if drop_last else 0)
+    for start in range(0, stop, batch_size):
+        yield Batch.from_interactions(it, order[start:start + batch_size])
+
+
+class _Histories:
+    """Training positives grouped by key (CSR), most recent last."""
+
+    def __init__(self, keys: np.ndarray, items: np.ndarray, order: np.ndarray, num_keys: int):
+        keys, items = keys[order], items[order]
+        self.values = items.astype(np.int64)
+        self.indptr = np.zeros(num_keys + 1, dtype=np.int64)
+        np.cumsum(np.bincount(keys, minlength=num_keys), out=self.indptr[1:])
+
+    def recent(self, keys: np.ndarray, length: int, exclude: np.ndarray | None) -> np.ndarray:
+        """(B, length) most recent items per key, 0-padded on the left, without ``exclude``."""
+        end = self.indptr[keys + 1]
+        window = length + 1  # one spare slot so dropping the target still leaves `length` items
+        start = np.maximum(self.indptr[keys], end - window)
+        pos = start[:, None] + np.arange(window)  # (B, L+1)
+        valid = pos < end[:, None]
+        if len(self.values) == 0:
+            return np.zeros((len(keys), length), dtype=np.int64)
+        vals = np.where(valid, self.values[np.minimum(pos, len(self.values) - 1)], 0)
+        if exclude is not None:
+            vals[vals == exclude[:, None]] = 0
+        # push padding to the left (stable: keeps time order), keep the newest `length`
+        order = np.argsort(vals != 0, axis=1, kind="stable")
+        return np.take_along_axis(vals, order, axis=1)[:, -length:]
+
+
+class FeatureStore:
+    """Looks up the feature dicts that towers consume.
+
+    ``user_features(user, domain, exclude_item)`` returns every user-side field of the schema for
+    the given users as seen in the given domains (user-domain fields resolved to that domain);
+    behaviour histories never contain ``exclude_item`` (the training target).
+    ``item_features(item, domain)`` does the same for the item side.
+    """
+
+    def __init__(self, data: MultiDomainData):
+        self.schema: Schema = data.schema
+        self.num_domains = data.num_domains
+        self._user_table = data.user_table
+        self._item_table = data.item_table
+        self._user_domain_table = data.user_domain_table
+        self._item_domain_table = data.item_domain_table
+        train = data.splits["train"]
+        pos = train.weight > 0
+        u, i, d, t = train.user[pos], train.item[pos], train.domain[pos], train.timestamp[pos]
+        order = np.lexsort((i, t, u))  # by user, then time, then item id
+        self._hist_all = _Histories(u, i, order, data.num_users + 1)
+        key = u * self.num_domains + d
+        order_d = np.lexsort((i, t, key))
+        self._hist_domain = _Histories(key, i, order_d, (data.num_users + 1) * self.num_domains)
+        self._user_fields = self.schema.side("user")
+        self._item_fields = self.schema.side("item")
+
+    def user_features(self, user: torch.Tensor | np.ndarray, domain: torch.Tensor | np.ndarray,
+                      exclude_item: torch.Tensor | np.ndarray | None = None) -> dict[str, torch.Tensor]:
+        u = _np(user)
+        d = _np(domain)
+        ex = None if exclude_item is None else _np(exclude_item)
+        out: dict[str, torch.Tensor] = {}
+        for f in self._user_fields:
+            if f.name == HIST_ALL:
+                v = self._hist_all.recent(u, f.dim, ex)
+            elif f.name == HIST_DOMAIN:
+                v = self._hist_domain.recent(u * self.num_domains + d, f.dim, ex)
+            elif f.per_domain:
+                v = self._user_domain_table[f.name][d, u]
+            else:
+                v = self._user_table[f.name][u]
+            out[f.name] = _tensor(v, f.kind)
+        return out
+
+    def item_features(self, item: torch.Tensor | np.ndarray,
+                      domain: torch.Tensor | np.ndarray | int) -> dict[str, torch.Tensor]:
+        i = _np(item)
+        d = np.broadcast_to(_np(domain), i.shape)
+        out: dict[str, torch.Tensor] = {}
+        for f in self._item_fields:
+            if f.per_domain:
+                v = self._item_domain_table[f.name][d, i]
+            else:
+                v = self._item_table[f.name][i]
+            out[f.name] = _tensor(v, f.kind)
+        return out
+
+
+def _np(x) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy().astype(np.int64, copy=False)
+    return np.asarray(x, dtype=np.int64)
+
+
+def _tensor(v: np.ndarray, kind: str) -> torch.Tensor:
+    if kind == "dense":
+        t = torch.as_tensor(np.ascontiguousarray(v), dtype=torch.float32)
+        return t.unsqueeze(-1) if t.dim() == 1 else t
+    return torch.as_tensor(np.ascontiguousarray(v), dtype=torch.long)

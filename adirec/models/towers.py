@@ -1,0 +1,133 @@
+"""Embeddings and the user / item tower (paper section 4.1-4.2, eq. 6-7 and 18).
+
+A tower maps one side's features to a vector:
+
+    features -> field embeddings (B, F, E)          eq. 6-7
+             -> domain interest adaptation (B, F, E) eq. 21-26
+             -> flatten (B, F*E) -> backbone (B, H)  eq. 8-17
+             -> domain-specific forward net (B, H')  eq. 18
+             -> Linear (B, O) -> optional L2 norm
+
+Both towers take their id embeddings from one :class:`SharedEmbeddings` owned by the model, so a
+vocabulary used on both sides (the user's item history and the target item) is one table.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from adirec.data.schema import OOV, Field, Schema
+from adirec.models.experts import BACKBONES, DomainExperts
+from adirec.models.layers import MLP, make_adaptation
+
+if TYPE_CHECKING:
+    from adirec.models.adi import TwoTowerConfig
+
+
+class SharedEmbeddings(nn.Module):
+    """One embedding table per vocabulary of the schema, plus one projection per dense field.
+
+    Create it once per model and hand it to both towers; every field naming a vocabulary looks
+    up the same table (eq. 6). Row ``OOV`` (0) is the padding row: all zeros and never trained,
+    so padding and unseen ids contribute nothing.
+    """
+
+    def __init__(self, schema: Schema, dim: int):
+        super().__init__()
+        if dim < 1:
+            raise ValueError(f"embedding dim must be >= 1, got {dim}")
+        self.dim = dim
+        vocabs = sorted({f.vocab_name for f in schema.fields if f.vocab_name is not None})
+        self.tables = nn.ModuleDict(
+            {v: nn.Embedding(schema.vocab_sizes[v], dim, padding_idx=OOV) for v in vocabs}
+        )
+        self.dense = nn.ModuleDict(
+            {f.name: nn.Linear(f.dim, dim) for f in schema.fields if f.kind == "dense"}
+        )
+
+    def embed(self, field: Field, x: torch.Tensor) -> torch.Tensor:
+        """Embed one field's batch: categorical (B,), sequence (B, L) or dense (B, dim) -> (B, E)."""
+        if field.kind == "categorical":
+            return self.tables[field.vocab_name](x)  # (B, E), eq. 6
+        if field.kind == "sequence":
+            e = self.tables[field.vocab_name](x)  # (B, L, E)
+            mask = (x != OOV).unsqueeze(-1).to(e.dtype)  # (B, L, 1)
+            # mean over real entries only; an all-padding row divides 0 by 1 and stays zero
+            count = mask.sum(dim=1).clamp(min=1.0)  # (B, 1)
+            return (e * mask).sum(dim=1) / count  # (B, E), eq. 7
+        if x.dim() == 1:
+            x = x.unsqueeze(-1)  # a 1-wide dense field may come as (B,)
+        return self.dense[field.name](x.to(self.dense[field.name].weight.dtype))  # (B, E)
+
+
+class FieldEmbeddings(nn.Module):
+    """The embeddings of one side's fields, stacked in schema order: (B, F, E)."""
+
+    def __init__(self, schema: Schema, side: str, shared: SharedEmbeddings):
+        super().__init__()
+        self.side = side
+        self.fields = schema.side(side)
+        if not self.fields:
+            raise ValueError(f"schema has no {side!r}-side fields; a tower needs at least one")
+        self.shared = shared  # registered in both towers: the same tables, not copies
+        self.num_fields = len(self.fields)
+        self.dim = shared.dim
+
+    def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        missing = [f.name for f in self.fields if f.name not in features]
+        if missing:
+            raise KeyError(f"{self.side} tower: features missing fields {missing}")
+        return torch.stack([self.shared.embed(f, features[f.name]) for f in self.fields], dim=1)  # (B, F, E)
+
+
+class Tower(nn.Module):
+    """The user or the item tower: ``forward(features, domain (B,)) -> (B, output_dim)``.
+
+    ``features`` may hold the other side's fields too; only this side's are read.
+    """
+
+    def __init__(
+        self,
+        config: "TwoTowerConfig",
+        schema: Schema,
+        side: str,
+        num_domains: int,
+        embeddings: SharedEmbeddings,
+    ):
+        super().__init__()
+        if num_domains < 1:
+            raise ValueError(f"num_domains must be >= 1, got {num_domains}")
+        self.side = side
+        self.num_domains = num_domains
+        self.l2_normalize = config.l2_normalize
+        self.embeddings = FieldEmbeddings(schema, side, embeddings)
+        n_fields, dim = self.embeddings.num_fields, self.embeddings.dim
+        self.adaptation = make_adaptation(config.dial, n_fields, dim, num_domains, config.se_reduction)
+        self.backbone = BACKBONES[config.backbone](config, n_fields * dim, num_domains)
+        h = self.backbone.out_dim
+        if config.domain_forward:
+            # one forward network per domain, rows routed by domain like the domain experts
+            self.forward_net = DomainExperts(h, config.forward_hidden, num_domains, config.dropout)
+        else:
+            self.forward_net = MLP(h, config.forward_hidden, num_domains, config.dsbn, config.dropout)
+        self.head = nn.Linear(self.forward_net.out_dim, config.output_dim)
+        self.output_dim = config.output_dim
+
+    def forward(self, features: dict[str, torch.Tensor], domain: torch.Tensor) -> torch.Tensor:
+        e = self.embeddings(features)  # (B, F, E)
+        if domain.shape != (e.shape[0],):
+            raise ValueError(f"domain must have shape ({e.shape[0]},), got {tuple(domain.shape)}")
+        # checked once here: an out-of-range id would otherwise surface as an opaque IndexError
+        if e.shape[0] and not (0 <= int(domain.min()) and int(domain.max()) < self.num_domains):
+            raise ValueError(
+                f"domain indicator out of range [0, {self.num_domains}): "
+                f"min {int(domain.min())}, max {int(domain.max())}"
+            )
+        e = self.adaptation(e, domain)  # (B, F, E), eq. 21-26
+        h = self.backbone(e.flatten(1), domain)  # (B, H), eq. 8-17
+        h = self.forward_net(h, domain)  # (B, H'), eq. 18
+        out = self.head(h)  # (B, O)
+        return F.normalize(out, dim=-1) if self.l2_normalize else out

@@ -1,0 +1,277 @@
+"""The training loop: mixed-domain batches, sampled softmax with logQ correction, self-training,
+a checkpoint per epoch, early stopping on a validation split that is never the reported one.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field as dc_field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from adirec.data.batches import Batch, FeatureStore, iterate_batches
+from adirec.data.dataset import Interactions, MultiDomainData
+from adirec.eval.protocols import SeenItems, evaluate
+from adirec.models.adi import TwoTowerModel
+from adirec.train.loss import sampled_softmax_loss
+from adirec.train.sampler import NegativeSampler
+from adirec.train.self_training import SelfTrainingConfig, pseudo_positives
+from adirec.utils import atomic_write_json, save_weights
+
+
+@dataclass
+class TrainConfig:
+    """Attributes:
+        epochs: maximum number of passes over the training split.
+        batch_size: interactions per step (all domains mixed).
+        lr: Adam learning rate.
+        weight_decay: L2 penalty of Adam (applied to every parameter).
+        num_negatives: extra negatives drawn from the proposal per step, shared by the batch.
+        proposal: ``"unigram"`` (counts^alpha) or ``"uniform"`` over training items.
+        proposal_alpha: exponent of the unigram proposal.
+        temperature: softmax temperature applied to the scores (cosine scores need < 1).
+        self_training: pseudo-label settings (Algorithm 1).
+        early_stopping_metric: metric (averaged over domains) watched on the validation split.
+        patience: epochs without improvement before stopping; 0 disables early stopping.
+        holdout_fraction: when no separate validation split exists, the fraction of users whose
+            last training positive is held out to validate on.
+        eval_ks: cut-offs computed during validation.
+        seed: seeds data order, negatives, initialisation and the hold-out.
+        num_threads: torch intra-op threads (None leaves torch's default).
+        progress: show progress bars.
+    """
+
+    epochs: int = 20
+    batch_size: int = 1024
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    num_negatives: int = 1024
+    proposal: str = "unigram"
+    proposal_alpha: float = 0.75
+    temperature: float = 0.05
+    self_training: SelfTrainingConfig = dc_field(default_factory=SelfTrainingConfig)
+    early_stopping_metric: str = "recall@50"
+    patience: int = 3
+    holdout_fraction: float = 0.1
+    eval_ks: tuple[int, ...] = (10, 50)
+    seed: int = 0
+    num_threads: int | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.self_training, dict):
+            self.self_training = SelfTrainingConfig(**self.self_training)
+        self.eval_ks = tuple(int(k) for k in self.eval_ks)
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_negatives < 0:
+            raise ValueError(f"num_negatives must be >= 0, got {self.num_negatives}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if not 0.0 < self.holdout_fraction < 1.0:
+            raise ValueError(f"holdout_fraction must be in (0, 1), got {self.holdout_fraction}")
+        if self.patience < 0:
+            raise ValueError(f"patience must be >= 0, got {self.patience}")
+        name, _, k = self.early_stopping_metric.partition("@")
+        if name not in ("recall", "ndcg") or not k.isdigit():
+            raise ValueError(f"early_stopping_metric must look like recall@50 or ndcg@10, "
+                             f"got {self.early_stopping_metric!r}")
+        if int(k) not in self.eval_ks:
+            self.eval_ks = tuple(sorted(set(self.eval_ks) | {int(k)}))
+
+
+def holdout_split(data: MultiDomainData, fraction: float, seed: int) -> tuple[MultiDomainData, Interactions]:
+    """Move the last (by time; a random one without timestamps) training positive of a random
+    ``fraction`` of users with >= 3 positives out of train. Returns (reduced data, held-out rows)."""
+    tr = data.splits["train"]
+    rng = np.random.default_rng(seed)
+    tiebreak = rng.random(len(tr))  # random order among equal timestamps
+    order = np.lexsort((tiebreak, tr.timestamp, tr.user))
+    users = tr.user[order]
+    last = np.flatnonzero(np.r_[users[1:] != users[:-1], True])
+    counts = np.diff(np.r_[-1, last])
+    eligible = last[counts >= 3]
+    chosen = rng.random(len(eligible)) < fraction
+    held = order[eligible[chosen]]
+    keep = np.ones(len(tr), dtype=bool)
+    keep[held] = False
+    splits = dict(data.splits)
+    splits["train"] = tr.take(np.flatnonzero(keep))
+    reduced = MultiDomainData(
+        name=data.name, domains=data.domains, schema=data.schema, user_keys=data.user_keys,
+        item_keys=data.item_keys, splits=splits, user_table=data.user_table,
+        item_table=data.item_table, user_domain_table=data.user_domain_table,
+        item_domain_table=data.item_domain_table, corpus=data.corpus, candidates=data.candidates,
+        meta=data.meta,
+    )
+    return reduced, tr.take(held)
+
+
+class TwoTowerScorer:
+    """Scores (users x items) in a domain with a two-tower model; item vectors cached per domain."""
+
+    def __init__(self, model: TwoTowerModel, store: FeatureStore, num_items: int, chunk: int = 8192):
+        self.model, self.store, self.num_items, self.chunk = model, store, num_items, chunk
+        self._items: dict[int, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def item_matrix(self, domain: int) -> torch.Tensor:
+        """(I + 1, O) vectors of every item (row 0 = unknown item) in ``domain``."""
+        if domain not in self._items:
+            self.model.eval()
+            ids = torch.arange(self.num_items + 1)
+            parts = [self.model.item_embedding(self.store.item_features(c, domain),
+                                               torch.full((len(c),), domain, dtype=torch.long))
+                     for c in ids.split(self.chunk)]
+            self._items[domain] = torch.cat(parts)
+        return self._items[domain]
+
+    @torch.no_grad()
+    def user_matrix(self, users: np.ndarray, domain: int) -> torch.Tensor:
+        self.model.eval()
+        d = torch.full((len(users),), domain, dtype=torch.long)
+        return self.model.user_embedding(self.store.user_features(users, d), d)
+
+    @torch.no_grad()
+    def score(self, users: np.ndarray, domain: int, items: np.ndarray) -> torch.Tensor:
+        return self.user_matrix(users, domain) @ self.item_matrix(domain)[torch.as_tensor(items)].T
+
+
+class Trainer:
+    """Trains a :class:`TwoTowerModel` on a :class:`MultiDomainData`.
+
+    ``report_split`` names the split whose numbers will be reported; validation never uses it:
+    when the data's ``valid`` split is the reported one (or empty), a slice of the training
+    interactions is held out instead.
+    """
+
+    def __init__(self, model: TwoTowerModel, data: MultiDomainData, config: TrainConfig,
+                 *, report_split: str = "test", protocol: str = "full", out_dir: str | Path | None = None):
+        self.model, self.config = model, config
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.protocol = protocol
+        if report_split != "valid" and len(data.splits["valid"]):
+            self.train_data, self.val_split, self.val_protocol = data, "valid", protocol
+        else:
+            self.train_data, held = holdout_split(data, config.holdout_fraction, config.seed)
+            self.train_data.splits["valid"] = held
+            self.train_data.candidates = {}
+            self.val_split, self.val_protocol = "valid", "full"
+        self.data = data
+        self.store = FeatureStore(self.train_data)
+        tr = self.train_data.splits["train"]
+        counts = np.bincount(tr.item, minlength=data.num_items + 1)
+        self.sampler = NegativeSampler(counts, proposal=config.proposal, alpha=config.proposal_alpha,
+                                       seed=config.seed)
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.history: list[dict] = []
+
+    # ------------------------------------------------------------------ step
+    def loss(self, batch: Batch, p: float) -> tuple[torch.Tensor, int]:
+        """Loss of one batch plus its pseudo-positives; returns (loss, number of pseudo rows)."""
+        model, cfg, D = self.model, self.config, self.data.num_domains
+        pu, pi, pd = pseudo_positives(model, self.store, batch.user, batch.item, batch.domain, D, p)
+        user = torch.cat([batch.user, pu])
+        item = torch.cat([batch.item, pi])
+        domain = torch.cat([batch.domain, pd])
+        weight = torch.cat([batch.weight, torch.full((len(pu),), cfg.self_training.weight)])
+        u = model.user_embedding(self.store.user_features(user, domain, exclude_item=item), domain)  # (B', O)
+        negatives = self.sampler.sample(cfg.num_negatives)
+        columns = torch.cat([item, negatives])  # (N,) = in-batch positives + sampled negatives
+        logits = torch.empty(len(user), len(columns))
+        for d in torch.unique(domain).tolist():
+            rows = domain == d
+            dvec = torch.full((len(columns),), d, dtype=torch.long)
+            v = model.item_embedding(self.store.item_features(columns, d), dvec)  # (N, O) in domain d
+            logits[rows] = u[rows] @ v.T
+        log_q = self.sampler.log_q(columns, len(user), cfg.num_negatives)
+        loss = sampled_softmax_loss(logits, torch.arange(len(user)), item, columns, log_q,
+                                    temperature=cfg.temperature, weight=weight)
+        return loss, len(pu)
+
+    # ------------------------------------------------------------------ loop
+    def validate(self) -> dict:
+        scorer = TwoTowerScorer(self.model, self.store, self.data.num_items)
+        result = evaluate(scorer, self.train_data, split=self.val_split, protocol=self.val_protocol,
+                          ks=list(self.config.eval_ks), seen=SeenItems(self.train_data))
+        return result.metrics(self.data.domains)
+
+    def fit(self) -> dict:
+        cfg = self.config
+        if cfg.num_threads:
+            torch.set_num_threads(cfg.num_threads)
+        torch.manual_seed(cfg.seed)
+        tr = self.train_data.splits["train"]
+        best, best_epoch, bad_epochs = -math.inf, -1, 0
+        start = time.time()
+        for epoch in range(cfg.epochs):
+            self.model.train()
+            p = cfg.self_training.fraction(epoch)
+            t0, total, n_rows, n_pseudo = time.time(), 0.0, 0, 0
+            bar = tqdm(total=len(tr), unit="samples", unit_scale=True, disable=not cfg.progress,
+                       desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, dynamic_ncols=True)
+            for batch in iterate_batches(tr, cfg.batch_size, shuffle=True, seed=cfg.seed * 100003 + epoch):
+                loss, k = self.loss(batch, p)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"non-finite loss at epoch {epoch + 1}; lower the lr or raise the temperature")
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+                total += loss.item() * len(batch)
+                n_rows += len(batch)
+                n_pseudo += k
+                bar.update(len(batch))
+                bar.set_postfix(loss=f"{total / n_rows:.4f}")
+            bar.close()
+            train_seconds = time.time() - t0
+            metrics = self.validate()
+            value = metrics[cfg.early_stopping_metric]["mean"]
+            row = {"epoch": epoch + 1, "loss": total / max(n_rows, 1), "pseudo_fraction": p,
+                   "pseudo_rows": n_pseudo, "epoch_seconds": train_seconds,
+                   "samples_per_second": n_rows / max(train_seconds, 1e-9),
+                   f"valid_{cfg.early_stopping_metric}": value,
+                   "valid": metrics}
+            self.history.append(row)
+            improved = value > best
+            if improved:
+                best, best_epoch, bad_epochs = value, epoch + 1, 0
+                best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            else:
+                bad_epochs += 1
+            if cfg.progress:
+                tqdm.write(f"epoch {epoch + 1}: loss {row['loss']:.4f}  valid {cfg.early_stopping_metric} "
+                           f"{value:.4f}{' *' if improved else ''}  {row['samples_per_second']:.0f} samples/s")
+            if self.out_dir is not None:
+                self._checkpoint(epoch + 1, improved, row)
+            if cfg.patience and bad_epochs >= cfg.patience:
+                break
+        summary = {"best_epoch": best_epoch, f"best_valid_{cfg.early_stopping_metric}": best,
+                   "epochs_run": len(self.history), "train_seconds": time.time() - start,
+                   "params": self.model.num_parameters(),
+                   "validation": {"split": "valid" if self.train_data is self.data else "holdout-from-train",
+                                  "protocol": self.val_protocol}}
+        if best_epoch > 0:  # leave the model at its best epoch, as saved on disk
+            self.model.load_state_dict(best_state)
+        if self.out_dir is not None:
+            atomic_write_json(self.out_dir / "summary.json", summary)
+        return summary
+
+    def _checkpoint(self, epoch: int, improved: bool, row: dict) -> None:
+        ckpt = self.out_dir / "checkpoints"
+        ckpt.mkdir(parents=True, exist_ok=True)
+        save_weights(self.model, ckpt / f"epoch_{epoch:03d}.safetensors")
+        if improved:
+            save_weights(self.model, self.out_dir / "model.safetensors")
+        with open(self.out_dir / "metrics.jsonl", "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())

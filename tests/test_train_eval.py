@@ -1,0 +1,85 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from adirec.eval.metrics import aggregate, ranking_metrics
+from adirec.train.loss import sampled_softmax_loss
+from adirec.train.sampler import NegativeSampler
+from adirec.train.self_training import SelfTrainingConfig, select_top_fraction
+
+
+def test_logq_corrected_loss_matches_hand_computation():
+    # two rows, three columns: columns 0, 1 are the in-batch positives, column 2 a sampled negative
+    logits = torch.tensor([[2.0, 1.0, 0.5], [0.0, 3.0, 1.0]])
+    log_q = torch.log(torch.tensor([0.5, 0.25, 0.25]))
+    loss = sampled_softmax_loss(logits, torch.tensor([0, 1]), torch.tensor([7, 8]), torch.tensor([7, 8, 9]),
+                                log_q, temperature=0.5)
+    def row(z, pos):
+        return -(z[pos] - math.log(sum(math.exp(x) for x in z)))
+    z0 = [2 / 0.5 - math.log(0.5), 1 / 0.5 - math.log(0.25), 0.5 / 0.5 - math.log(0.25)]
+    z1 = [0 / 0.5 - math.log(0.5), 3 / 0.5 - math.log(0.25), 1 / 0.5 - math.log(0.25)]
+    expected = (row(z0, 0) + row(z1, 1)) / 2
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_accidental_hits_are_masked_and_weights_apply():
+    logits = torch.tensor([[1.0, 5.0, 0.0], [1.0, 2.0, 0.0]])
+    log_q = torch.zeros(3)
+    # column 1 holds item 7 again: an accidental hit for row 0, a negative for row 1
+    loss = sampled_softmax_loss(logits, torch.tensor([0, 1]), torch.tensor([7, 8]), torch.tensor([7, 7, 9]),
+                                log_q, weight=torch.tensor([1.0, 0.0]))
+    expected = -(1.0 - math.log(math.exp(1.0) + math.exp(0.0)))
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_loss_rejects_wrong_shapes_and_temperature():
+    with pytest.raises(ValueError, match="logits must be"):
+        sampled_softmax_loss(torch.zeros(2, 2), torch.tensor([0, 1]), torch.tensor([1, 2]),
+                             torch.tensor([1, 2, 3]), torch.zeros(3))
+    with pytest.raises(ValueError, match="temperature"):
+        sampled_softmax_loss(torch.zeros(1, 1), torch.tensor([0]), torch.tensor([1]), torch.tensor([1]),
+                             torch.zeros(1), temperature=0.0)
+
+
+def test_sampler_proposal_and_log_q():
+    counts = np.array([0, 1, 4, 0, 16])
+    s = NegativeSampler(counts, proposal="unigram", alpha=0.5, seed=0)
+    q = s.q.numpy()
+    assert q[0] == 0 and q[3] == 0
+    assert q[1:3].tolist() == pytest.approx([1 / 7, 2 / 7]) and q[4] == pytest.approx(4 / 7)
+    draws = s.sample(20000).numpy()
+    assert set(np.unique(draws)) <= {1, 2, 4}
+    assert np.mean(draws == 4) == pytest.approx(4 / 7, abs=0.02)
+    lq = s.log_q(torch.tensor([4]), num_in_batch=10, num_sampled=5)
+    assert lq.item() == pytest.approx(math.log(10 * 16 / 21 + 5 * 4 / 7), rel=1e-6)
+    u = NegativeSampler(counts, proposal="uniform")
+    assert u.q.numpy()[[1, 2, 4]].tolist() == pytest.approx([1 / 3] * 3)
+    with pytest.raises(ValueError, match="proposal"):
+        NegativeSampler(counts, proposal="zipf")
+
+
+def test_ranking_metrics_on_hand_made_rankings():
+    hits = np.array([[False, True, False, False],   # one relevant item, found at rank 2
+                     [True, False, False, True],    # two relevant, both in top 4
+                     [False, False, False, False]])
+    m = ranking_metrics(hits, np.array([1, 2, 3]), [1, 4])
+    assert m["recall@1"].tolist() == [0.0, 0.5, 0.0]
+    assert m["recall@4"].tolist() == pytest.approx([1.0, 1.0, 0.0])
+    idcg2 = 1 + 1 / math.log2(3)
+    assert m["ndcg@4"].tolist() == pytest.approx([1 / math.log2(3), (1 + 1 / math.log2(5)) / idcg2, 0.0])
+    agg = aggregate(m, np.array([0, 0, 1]), ["x", "y", "z"])
+    assert agg["recall@4"] == pytest.approx({"x": 1.0, "y": 0.0, "mean": 0.5})
+
+
+def test_self_training_selects_exactly_the_top_fraction():
+    conf = torch.tensor([0.1, 0.9, 0.5, 0.7, 0.3, 0.8, 0.2, 0.6, 0.4, 0.0])
+    assert sorted(select_top_fraction(conf, 0.3).tolist()) == [1, 3, 5]
+    assert len(select_top_fraction(conf, 0.05)) == 0
+    assert len(select_top_fraction(torch.rand(1000), 0.2)) == 200
+    cfg = SelfTrainingConfig(start_epoch=1, p0=0.1, delta_p=0.05, max_p=0.2)
+    assert [cfg.fraction(e) for e in range(5)] == pytest.approx([0.0, 0.1, 0.15, 0.2, 0.2])
+    assert SelfTrainingConfig(enabled=False).fraction(5) == 0.0
+    with pytest.raises(ValueError, match="max_p"):
+        SelfTrainingConfig(max_p=1.5)
