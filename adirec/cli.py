@@ -5,10 +5,11 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 from adirec.models.registry import MODELS
+from adirec.serve.cli import register as register_serve
+from adirec.bench.cli import register as register_bench
 
 
 def _csv_ints(text: str) -> list[int]:
@@ -80,10 +81,11 @@ def train_config(args, **defaults):
 
 
 def cmd_train(args) -> int:
-    from adirec.runs import train_run
+    from adirec.train.distributed import train_run  # one process, or every rank under torchrun
     summary = train_run(data_spec(args), args.model, args.out, model_overrides=model_overrides(args),
                         train_config=train_config(args))
-    print(json.dumps({k: v for k, v in summary.items()}, indent=2))
+    if summary is not None:  # None on the ranks other than 0 of a torchrun job
+        print(json.dumps({k: v for k, v in summary.items()}, indent=2))
     return 0
 
 
@@ -115,7 +117,6 @@ def format_metrics(reports: dict[str, dict], title: str = "") -> str:
 
 
 def cmd_demo(args) -> int:
-    from adirec.data.sources import load_source
     from adirec.runs import DataSpec, evaluate_run, train_run
     from adirec.train.loop import TrainConfig
     out = Path(args.out) / time.strftime("%Y%m%d-%H%M%S")
@@ -199,6 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_data_inspect)
+    from adirec.data.parquet import register as register_convert
+    register_convert(data)  # adirec data convert SRC --to DIR
+    register_bench(sub)
+    register_serve(sub)  # adirec export | recommend | serve
     return parser
 
 

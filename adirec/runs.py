@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field as dc_field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -17,8 +17,9 @@ from adirec.data.batches import FeatureStore
 from adirec.data.dataset import MultiDomainData
 from adirec.data.sources import load_source
 from adirec.eval.protocols import SeenItems, evaluate
-from adirec.models.adi import TwoTowerConfig, TwoTowerModel
-from adirec.models.registry import build_config
+from adirec.models.adi import TwoTowerConfig
+from adirec.models.per_domain import PerDomainModel, fit_per_domain
+from adirec.models.registry import budget_matched_config, build_config, build_model
 from adirec.train.loop import TrainConfig, Trainer, TwoTowerScorer
 from adirec.utils import atomic_write_json, load_weights
 
@@ -50,8 +51,14 @@ def default_split(data: MultiDomainData) -> str:
 
 def train_run(spec: DataSpec, model_name: str, out_dir: str | Path, *,
               model_overrides: dict | None = None, train_config: TrainConfig | None = None,
-              data: MultiDomainData | None = None, report_split: str | None = None) -> dict:
-    """Train ``model_name`` on ``spec`` and write a run directory. Returns the summary."""
+              data: MultiDomainData | None = None, report_split: str | None = None,
+              match_budget: bool = False) -> dict:
+    """Train ``model_name`` on ``spec`` and write a run directory. Returns the summary.
+
+    ``match_budget``: scale the model's backbone widths to ADI-SE's dense parameter count at
+    the same size (registry.budget_matched_config); the saved config holds the scaled widths.
+    A per-domain model (``dnn-single``) trains each sub-model on its own domain only.
+    """
     out = Path(out_dir)
     if (out / "config.json").exists():
         raise FileExistsError(f"{out} already holds a run; choose another --out")
@@ -61,17 +68,23 @@ def train_run(spec: DataSpec, model_name: str, out_dir: str | Path, *,
     data = data if data is not None else spec.load()
     load_seconds = time.time() - t0
     report_split = report_split or default_split(data)
+    if match_budget:
+        mcfg = budget_matched_config(model_name, data.schema, data.num_domains, **(model_overrides or {}))
     torch.manual_seed(tcfg.seed)
-    model = TwoTowerModel(data.schema, data.num_domains, mcfg)
+    model = build_model(model_name, data.schema, data.num_domains, mcfg)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "config.json", {
         "model": model_name, "data": asdict(spec), "data_name": data.name, "domains": data.domains,
         "report_split": report_split, "model_config": asdict(mcfg), "train_config": asdict(tcfg),
         "schema": data.schema.to_dict(),
     })
-    trainer = Trainer(model, data, tcfg, report_split=report_split,
-                      protocol=default_protocol(data), out_dir=out)
-    summary = trainer.fit()
+    if isinstance(model, PerDomainModel):
+        summary = fit_per_domain(model, data, tcfg, report_split=report_split,
+                                 protocol=default_protocol(data), out_dir=out)
+    else:
+        trainer = Trainer(model, data, tcfg, report_split=report_split,
+                          protocol=default_protocol(data), out_dir=out)
+        summary = trainer.fit()
     summary["load_seconds"] = load_seconds
     atomic_write_json(out / "summary.json", summary)
     return summary
@@ -88,7 +101,7 @@ def load_run(run_dir: str | Path, data: MultiDomainData | None = None):
         data = DataSpec(**cfg["data"]).load()
     if data.domains != cfg["domains"]:
         raise ValueError(f"{run}: data domains {data.domains} differ from the run's {cfg['domains']}")
-    model = TwoTowerModel(data.schema, data.num_domains, TwoTowerConfig(**cfg["model_config"]))
+    model = build_model(cfg["model"], data.schema, data.num_domains, TwoTowerConfig(**cfg["model_config"]))
     load_weights(model, run / "model.safetensors")
     model.eval()
     return model, data, cfg

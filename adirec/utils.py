@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -76,3 +77,15 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> None:
         if t.shape != state[n].shape:
             raise ValueError(f"{path}: tensor {n!r} has shape {tuple(t.shape)}, model expects {tuple(state[n].shape)}")
     model.load_state_dict(filled)
+
+
+def publish_directory(tmp: Path, out: Path) -> None:
+    """Move the finished directory ``tmp`` to ``out`` in one rename; an existing ``out`` is
+    moved aside first and deleted only after the new one is in place."""
+    if out.exists():
+        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
+        os.replace(out, old / out.name)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)

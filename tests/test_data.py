@@ -109,3 +109,17 @@ def test_summary_reports_overlap(tiny_raw):
     assert s["domains"]["A"]["train"] == 6 and s["domains"]["B"]["train"] == 5
     assert s["overlap"]["users_in_2plus_domains"] == 2  # u1 and u3
     assert s["overlap"]["pairs"]["A&B"]["items"] == 1  # A has {a, b, d}, B has {a, c, e}
+
+
+def test_per_domain_dense_features_are_aligned_and_standardised(tiny_raw):
+    ctr = np.array([[1.0, 2.0, 3.0, 4.0, 5.0], [10.0, 20.0, 30.0, 40.0, 50.0]])
+    data = make(tiny_raw, item_domain_dense={"ctr": ctr})
+    assert data.schema["ctr"].per_domain and data.schema["ctr"].side == "item"
+    t = data.item_domain_table["ctr"][..., 0]  # (D, I + 1)
+    assert t.shape == (2, 6) and np.all(t[:, 0] == 0)
+    order = [data.item_keys.tolist().index(k) for k in "abcde"]
+    assert np.allclose(t[:, order] * ctr.std() + ctr.mean(), ctr, atol=1e-4)
+    with pytest.raises(ValueError, match="expected \\(2, 5"):
+        make(tiny_raw, item_domain_dense={"ctr": ctr[:, :3]})
+    with pytest.raises(ValueError, match="NaN"):
+        make(tiny_raw, item_domain_dense={"ctr": np.full((2, 5), np.nan)})

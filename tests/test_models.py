@@ -354,7 +354,7 @@ def test_tower_without_l2_and_forward_options(domain_forward):
 
 
 def test_shared_table_is_same_parameter_and_gradients_reach_both_towers():
-    model = TwoTowerModel(make_schema(), D, TwoTowerConfig(**TINY))
+    model = TwoTowerModel(make_schema(), D, TwoTowerConfig(**TINY, exclude_fields=()))
     u_tab = model.user_tower.embeddings.shared.tables["item_id"].weight
     i_tab = model.item_tower.embeddings.shared.tables["item_id"].weight
     assert u_tab is i_tab
@@ -437,3 +437,26 @@ def test_model_rejects_bad_inputs():
     features, _ = make_batch()
     with pytest.raises(ValueError, match="out of range"):
         model.user_embedding(features, torch.full((B,), D, dtype=torch.long))
+
+
+@pytest.mark.parametrize("item_tower_norm", [False, True])
+def test_item_tower_norm_switch(item_tower_norm):
+    from adirec.models.adi import TwoTowerConfig, TwoTowerModel
+    from adirec.models.layers import DomainSpecificBatchNorm
+    schema = make_schema()
+    model = TwoTowerModel(schema, D, TwoTowerConfig(item_tower_norm=item_tower_norm))
+    norms = lambda tower: [m for m in tower.modules() if isinstance(m, (nn.BatchNorm1d, DomainSpecificBatchNorm))]
+    assert bool(norms(model.item_tower)) == item_tower_norm
+    assert norms(model.user_tower)  # the user tower always normalises
+    feats, domain = make_batch()
+    model.train()
+    full = model.item_embedding(feats, domain)
+    half = model.item_embedding({k: v[:B // 2] for k, v in feats.items()}, domain[:B // 2])
+    # without batch statistics an item's vector does not depend on the rest of the batch
+    assert torch.allclose(full[:B // 2], half, atol=1e-6) == (not item_tower_norm)
+
+
+def test_excluded_fields_have_no_table():
+    model = TwoTowerModel(make_schema(), D, TwoTowerConfig(**TINY))
+    assert "user_id" not in model.embeddings.tables  # excluded by default
+    assert "user_id" in TwoTowerModel(make_schema(), D, TwoTowerConfig(**TINY, exclude_fields=())).embeddings.tables

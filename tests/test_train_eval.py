@@ -83,3 +83,24 @@ def test_self_training_selects_exactly_the_top_fraction():
     assert SelfTrainingConfig(enabled=False).fraction(5) == 0.0
     with pytest.raises(ValueError, match="max_p"):
         SelfTrainingConfig(max_p=1.5)
+
+
+def test_holdout_and_sampled_candidates_follow_the_protocol():
+    from adirec.data.sources import load_source
+    from adirec.train.loop import holdout_split, sample_candidates
+    data = load_source("synthetic:tiny")
+    reduced, held = holdout_split(data, 0.5, seed=0)
+    tr, full = reduced.splits["train"], data.splits["train"]
+    assert len(tr) + len(held) == len(full)
+    assert len(np.unique(held.user)) == len(held)  # one held-out positive per chosen user
+    key = data.num_items + 1
+    train_pairs = set((tr.user * key + tr.item).tolist())
+    assert not set((held.user * key + held.item).tolist()) & train_pairs
+    cands = sample_candidates(reduced, held, 20, seed=1)
+    assert cands.items.shape == (len(held), 20)
+    assert np.array_equal(cands.items[:, 0], held.item)
+    for u, d, row in zip(cands.user, cands.domain, cands.items):
+        row = row[row >= 0]
+        assert len(np.unique(row)) == len(row)
+        assert np.isin(row[1:], data.corpus[d]).all()
+        assert not {u * key + i for i in row[1:].tolist()} & train_pairs  # negatives unseen by the user

@@ -185,9 +185,9 @@ def build_dataset(
     Args:
         domains: domain names; ``RawInteractions.domain`` indexes this list.
         users / items: raw user and item feature tables.
-        user_domain_dense / item_domain_dense: extra per-domain dense features already aligned to
-            the raw keys ``(D, n_keys, k)`` are rare; sources normally leave these empty and rely on
-            the derived statistics below.
+        user_domain_dense / item_domain_dense: per-domain dense features (e.g. an item's CTR or
+            price in each domain), name -> ``(D, n_keys)`` or ``(D, n_keys, k)`` aligned to the keys
+            of ``users`` / ``items``; standardised on the rows of training entities.
         history_len: length ``L`` of the behaviour-history fields.
         corpus: ``"domain"`` ranks, for each domain, the items trained on in that domain;
             ``"all"`` ranks every training item in every domain (domains defined on users).
@@ -200,8 +200,6 @@ def build_dataset(
         raise ValueError(f"history_len must be >= 1, got {history_len}")
     if corpus not in ("domain", "all"):
         raise ValueError(f"corpus must be 'domain' or 'all', got {corpus!r}")
-    if user_domain_dense or item_domain_dense:
-        raise NotImplementedError("raw per-domain dense tables are not supported yet")
     D = len(domains)
     if len(train) == 0:
         raise ValueError(f"{name}: the training split is empty")
@@ -235,6 +233,13 @@ def build_dataset(
         item_table |= _feature_table(items, "item", item_vocab, tr.item, fields, vocab_sizes)
     user_domain_table = {"user_domain_activity": _log_count_table(tr.domain, tr.user, D, U1)}
     item_domain_table = {"item_domain_popularity": _log_count_table(tr.domain, tr.item, D, I1)}
+    for side, raw, vocab, ids, table in (("user", users, user_vocab, tr.user, user_domain_table),
+                                         ("item", items, item_vocab, tr.item, item_domain_table)):
+        extra = user_domain_dense if side == "user" else item_domain_dense
+        if extra:
+            if raw is None:
+                raise ValueError(f"{name}: {side}-domain features need the {side} table's keys")
+            table |= _domain_dense_tables(extra, raw.keys, side, vocab, ids, D, fields)
     if corpus == "domain":
         corp = [np.unique(tr.item[tr.domain == d]) for d in range(D)]
     else:
@@ -258,10 +263,37 @@ def build_dataset(
     )
 
 
+def _domain_dense_tables(extra: dict[str, np.ndarray], keys: np.ndarray, side: str, vocab: Vocabulary,
+                         train_ids: np.ndarray, D: int, fields: list[Field]) -> dict[str, np.ndarray]:
+    """(D, n_ids, k) standardised tables from per-domain values aligned to ``keys``."""
+    ids = vocab.encode(keys)
+    keep = ids > 0
+    fit = np.isin(ids[keep], train_ids)
+    out = {}
+    for fname, values in extra.items():
+        v = np.asarray(values, dtype=np.float64)
+        v = v[..., None] if v.ndim == 2 else v
+        if v.ndim != 3 or v.shape[:2] != (D, len(keys)):
+            raise ValueError(f"{side}-domain feature {fname!r} has shape {v.shape}, expected ({D}, {len(keys)}[, k])")
+        if not np.all(np.isfinite(v)):
+            raise ValueError(f"{side}-domain feature {fname!r} holds NaN or infinity")
+        kept = v[:, keep]  # (D, n, k)
+        flat = kept.reshape(-1, v.shape[2])
+        t = np.zeros((D, len(vocab), v.shape[2]), dtype=np.float32)
+        t[:, ids[keep]] = standardize(flat, kept[:, fit].reshape(-1, v.shape[2])).reshape(kept.shape)
+        fields.append(Field(fname, side, "dense", per_domain=True, dim=v.shape[2]))
+        out[fname] = t
+    return out
+
+
 def _log_count_table(domain: np.ndarray, ids: np.ndarray, D: int, n: int) -> np.ndarray:
     """(D, n, 1) standardised log(1 + count) of training rows per (domain, id)."""
-    counts = np.bincount(domain * n + ids, minlength=D * n).reshape(D, n).astype(np.float64)
-    logc = np.log1p(counts)
+    return log_count_features(np.bincount(domain * n + ids, minlength=D * n).reshape(D, n))
+
+
+def log_count_features(counts: np.ndarray) -> np.ndarray:
+    """(D, n, 1) standardised log(1 + count) from a (D, n) count table; column 0 (unknown) = 0."""
+    logc = np.log1p(counts.astype(np.float64))
     seen = counts > 0
     mean, std = logc[seen].mean(), logc[seen].std() or 1.0
     out = np.where(seen, (logc - mean) / std, (0.0 - mean) / std)

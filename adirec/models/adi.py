@@ -12,7 +12,8 @@ import torch
 import torch.nn as nn
 
 from adirec.data.schema import Schema
-from adirec.models.experts import BACKBONES, FUSIONS, GATES  # BACKBONES re-exported: name -> builder
+import adirec.models.baselines  # noqa: F401  (registers the comparison backbones in BACKBONES)
+from adirec.models.experts import BACKBONES, FUSIONS, GATES, SE_PLACEMENTS  # BACKBONES re-exported
 from adirec.models.layers import ADAPTATIONS
 from adirec.models.towers import SharedEmbeddings, Tower
 
@@ -38,9 +39,25 @@ class TwoTowerConfig:
         forward_hidden: hidden widths of the forward network(s); empty = none.
         output_dim: O, width of the user / item vectors.
         dsbn: domain-specific batch norm (eq. 20) in the shared networks; False = plain BN.
+        item_tower_norm: batch normalisation in the item tower too. Training batches of item
+            columns (positives + sampled negatives) are not distributed like the corpus that is
+            scored at serving time, so by default only the user tower normalises.
         dropout: dropout after every hidden layer.
         l2_normalize: L2-normalise the tower outputs (inner product = cosine).
         backbone: name of a builder in BACKBONES ("adi", "mlp", ...).
+        exclude_fields: schema fields the towers ignore. By default the user id: a user is
+            described by profile and behaviour history, which generalise to users with few
+            interactions, where a per-user vector overfits them (measured on the held-out
+            validation slice of XMRec).
+        hash_buckets: 0 = one embedding row per id; H >= 2 = ids of every vocabulary larger than
+            H are hashed into a table of H rows (high-cardinality ids, fixed memory).
+        sparse_embeddings: embedding tables produce sparse gradients, trained by SparseAdam
+            (only the rows a batch touches are read and written).
+        se_placements: extra SE blocks inside the "adi" backbone, on top of the DIAL SE at the
+            embeddings: any of "shared", "specific", "fusion" (Table 8: 1-SE = none, 3-SE =
+            shared + specific, 4-SE = all three).
+        specific_experts: domain-specific experts per domain and level of the "ple" backbone.
+        ple_levels: extraction levels of the "ple" backbone (1 = CGC).
     """
 
     embedding_dim: int = 32
@@ -58,6 +75,13 @@ class TwoTowerConfig:
     dropout: float = 0.0
     l2_normalize: bool = True
     backbone: str = "adi"
+    exclude_fields: tuple[str, ...] = ("user_id",)
+    item_tower_norm: bool = False
+    hash_buckets: int = 0
+    sparse_embeddings: bool = False
+    se_placements: tuple[str, ...] = ()
+    specific_experts: int = 1
+    ple_levels: int = 1
 
     def __post_init__(self) -> None:
         self.validate()
@@ -66,7 +90,10 @@ class TwoTowerConfig:
         """Check every field; raise ValueError naming the bad value. Returns self."""
         self.expert_hidden = tuple(self.expert_hidden)
         self.forward_hidden = tuple(self.forward_hidden)
-        for name in ("embedding_dim", "se_reduction", "shared_experts", "expert_out", "output_dim"):
+        self.exclude_fields = tuple(self.exclude_fields)
+        self.se_placements = tuple(self.se_placements)
+        for name in ("embedding_dim", "se_reduction", "shared_experts", "expert_out", "output_dim",
+                     "specific_experts", "ple_levels"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {v!r}")
@@ -80,6 +107,20 @@ class TwoTowerConfig:
                 raise ValueError(f"{name} must be one of {known}, got {getattr(self, name)!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if (not isinstance(self.hash_buckets, int) or isinstance(self.hash_buckets, bool)
+                or self.hash_buckets < 0 or self.hash_buckets == 1):
+            raise ValueError(f"hash_buckets must be 0 (off) or an int >= 2, got {self.hash_buckets!r}")
+        if not isinstance(self.sparse_embeddings, bool):
+            raise ValueError(f"sparse_embeddings must be a bool, got {self.sparse_embeddings!r}")
+        bad = [p for p in self.se_placements if p not in SE_PLACEMENTS]
+        if bad or len(set(self.se_placements)) != len(self.se_placements):
+            raise ValueError(f"se_placements must be distinct values of {SE_PLACEMENTS}, "
+                             f"got {self.se_placements!r}")
+        if self.se_placements and self.backbone != "adi":
+            raise ValueError(f"se_placements apply to the 'adi' backbone only, not {self.backbone!r}")
+        if self.fusion == "netmul" and set(self.se_placements) - {"fusion"}:
+            raise ValueError(f"with fusion 'netmul' only the 'fusion' SE placement applies, "
+                             f"got {self.se_placements!r}")
         return self
 
     @classmethod
@@ -97,7 +138,9 @@ class TwoTowerModel(nn.Module):
         self.config = (config or TwoTowerConfig()).validate()
         self.schema = schema
         self.num_domains = num_domains
-        self.embeddings = SharedEmbeddings(schema, self.config.embedding_dim)
+        used = Schema([f for f in schema.fields if f.name not in self.config.exclude_fields], schema.vocab_sizes)
+        self.embeddings = SharedEmbeddings(used, self.config.embedding_dim, self.config.hash_buckets,
+                                           self.config.sparse_embeddings)
         self.user_tower = Tower(self.config, schema, "user", num_domains, self.embeddings)
         self.item_tower = Tower(self.config, schema, "item", num_domains, self.embeddings)
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from adirec.models.layers import MLP, domain_groups
+from adirec.models.layers import MLP, HiddenSE, domain_groups
 
 
 @runtime_checkable
@@ -208,6 +208,10 @@ OUTPUT_FUSIONS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] 
 }
 FUSIONS = (*OUTPUT_FUSIONS, "netmul")
 
+# where extra SE blocks (HiddenSE) may sit inside the ADI backbone, on top of the DIAL SE at the
+# input embeddings: after the shared experts, after the domain-specific experts, after fusion
+SE_PLACEMENTS = ("shared", "specific", "fusion")
+
 
 # -----------------------------------------------------------------------------
 # backbones
@@ -218,6 +222,10 @@ class ADIBackbone(nn.Module):
 
     Every expert, shared or domain-specific, is an MLP with layers ``(*hidden, out)``. With
     fusion "concat" the output is 2*out wide, otherwise ``out``.
+
+    ``se_placements`` adds a per-domain SE block (eq. 25-26 on the hidden units) after the
+    shared experts ("shared"), the domain-specific experts ("specific") and/or the fusion
+    ("fusion"); with "netmul" the shared and specific networks are one, so only "fusion" applies.
     """
 
     def __init__(
@@ -231,10 +239,19 @@ class ADIBackbone(nn.Module):
         fusion: str = "concat",
         dsbn: bool = True,
         dropout: float = 0.0,
+        se_placements: Sequence[str] = (),
+        se_reduction: int = 4,
     ):
         super().__init__()
         if fusion not in FUSIONS:
             raise ValueError(f"unknown fusion {fusion!r}; known: {FUSIONS}")
+        se_placements = tuple(se_placements)
+        unknown = [p for p in se_placements if p not in SE_PLACEMENTS]
+        if unknown:
+            raise ValueError(f"unknown SE placements {unknown}; known: {SE_PLACEMENTS}")
+        if fusion == "netmul" and set(se_placements) - {"fusion"}:
+            raise ValueError(f"fusion 'netmul' has no separate shared/specific outputs; "
+                             f"only the 'fusion' SE placement applies, got {se_placements}")
         layers = (*hidden, out)
         self.fusion = fusion
         if fusion == "netmul":
@@ -245,6 +262,8 @@ class ADIBackbone(nn.Module):
             self.shared = SharedExperts(in_dim, layers, num_experts, num_domains, gate, dsbn, dropout)
             self.specific = DomainExperts(in_dim, layers, num_domains, dropout)
             self.out_dim = self.shared.out_dim * (2 if fusion == "concat" else 1)
+        widths = {"shared": self.shared.out_dim, "specific": self.shared.out_dim, "fusion": self.out_dim}
+        self.se = nn.ModuleDict({p: HiddenSE(widths[p], num_domains, se_reduction) for p in se_placements})
 
     @property
     def last_gate_weights(self) -> torch.Tensor | None:
@@ -252,11 +271,15 @@ class ADIBackbone(nn.Module):
 
     def forward(self, x: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
         # x: (B, in_dim), domain: (B,)
-        h_shared = self.shared(x, domain)  # (B, H), eq. 8-9 (and 16-17 for netmul)
+        h_shared = self._se("shared", self.shared(x, domain), domain)  # (B, H), eq. 8-9 (16-17 netmul)
         if self.specific is None:
-            return h_shared
-        h_specific = self.specific(x, domain)  # (B, H), eq. 10
-        return OUTPUT_FUSIONS[self.fusion](h_shared, h_specific)  # (B, out_dim)
+            return self._se("fusion", h_shared, domain)
+        h_specific = self._se("specific", self.specific(x, domain), domain)  # (B, H), eq. 10
+        fused = OUTPUT_FUSIONS[self.fusion](h_shared, h_specific)  # (B, out_dim)
+        return self._se("fusion", fused, domain)
+
+    def _se(self, placement: str, h: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
+        return self.se[placement](h, domain) if placement in self.se else h  # (B, H), eq. 25-26
 
 
 class MLPBackbone(nn.Module):
@@ -291,6 +314,8 @@ def build_adi_backbone(config, in_dim: int, num_domains: int) -> ADIBackbone:
         fusion=config.fusion,
         dsbn=config.dsbn,
         dropout=config.dropout,
+        se_placements=getattr(config, "se_placements", ()),
+        se_reduction=config.se_reduction,
     )
 
 

@@ -123,10 +123,15 @@ class MLP(nn.Module):
         )
         self.dropout = nn.Dropout(dropout)
 
+    def remove_norms(self) -> None:
+        """Drop the normalisation layers (``Linear -> ReLU -> dropout``)."""
+        self.norms = None
+
     def after_linear(self, i: int, z: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
         """norm -> ReLU -> dropout of layer ``i``; split out so that network multiplication
         (experts.py, eq. 16-17) can run this MLP with its Linear weights swapped."""
-        z = self.norms[i](z, domain) if self.dsbn else self.norms[i](z)
+        if self.norms is not None:
+            z = self.norms[i](z, domain) if self.dsbn else self.norms[i](z)
         return self.dropout(F.relu(z))
 
     def forward(self, x: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
@@ -239,6 +244,21 @@ class SEAdaptation(Adaptation):
         a = self.field_weights(e, domain)  # (B, F)
         self.last_weights = a.detach()
         return e * a.unsqueeze(-1)  # (B, F, E), eq. 26
+
+
+class HiddenSE(SEAdaptation):
+    """The SE block of eq. 25-26 on a hidden vector (B, H) instead of field embeddings.
+
+    Each of the H units is its own "field" of width 1, so the squeeze is the identity and the
+    per-domain excitation maps H -> max(1, H // r) -> H. Used for the extra SE placements inside
+    the backbone (the paper's 3-SE / 4-SE variants, Table 8).
+    """
+
+    def __init__(self, width: int, num_domains: int, reduction: int = 4):
+        super().__init__(width, 1, num_domains, reduction)
+
+    def forward(self, h: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
+        return super().forward(h.unsqueeze(-1), domain).squeeze(-1)  # (B, H)
 
 
 ADAPTATIONS = ("se", "va", "lt", "none")

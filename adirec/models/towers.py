@@ -33,27 +33,50 @@ class SharedEmbeddings(nn.Module):
     Create it once per model and hand it to both towers; every field naming a vocabulary looks
     up the same table (eq. 6). Row ``OOV`` (0) is the padding row: all zeros and never trained,
     so padding and unseen ids contribute nothing.
+
+    High-cardinality ids: with ``hash_buckets = H > 0`` every vocabulary larger than ``H`` gets a
+    table of ``H`` rows and its ids are hashed into rows ``1..H-1`` (row 0 stays padding), so
+    the table no longer grows with the catalogue; colliding ids share a vector. With ``sparse``
+    the tables produce sparse gradients (only the rows a batch touched), for an optimizer that
+    updates only those rows (``torch.optim.SparseAdam``, see ``adirec.train.loop``).
     """
 
-    def __init__(self, schema: Schema, dim: int):
+    # universal hashing ((a x + b) mod p) mod (H - 1) + 1, p = 2^31 - 1; (a x + b) stays < 2^63
+    # for any id below 2^31
+    _HASH_P, _HASH_A, _HASH_B = 2_147_483_647, 1_103_515_245, 12_345
+
+    def __init__(self, schema: Schema, dim: int, hash_buckets: int = 0, sparse: bool = False):
         super().__init__()
         if dim < 1:
             raise ValueError(f"embedding dim must be >= 1, got {dim}")
+        if hash_buckets < 0 or hash_buckets == 1:
+            raise ValueError(f"hash_buckets must be 0 (off) or >= 2, got {hash_buckets}")
         self.dim = dim
         vocabs = sorted({f.vocab_name for f in schema.fields if f.vocab_name is not None})
+        # vocabulary -> number of rows its ids are hashed into (vocabularies not listed: no hashing)
+        self.hashed = {v: hash_buckets for v in vocabs if 0 < hash_buckets < schema.vocab_sizes[v]}
         self.tables = nn.ModuleDict(
-            {v: nn.Embedding(schema.vocab_sizes[v], dim, padding_idx=OOV) for v in vocabs}
+            {v: nn.Embedding(self.hashed.get(v, schema.vocab_sizes[v]), dim, padding_idx=OOV, sparse=sparse)
+             for v in vocabs}
         )
         self.dense = nn.ModuleDict(
             {f.name: nn.Linear(f.dim, dim) for f in schema.fields if f.kind == "dense"}
         )
 
+    def rows(self, vocab: str, x: torch.Tensor) -> torch.Tensor:
+        """Table rows of ids ``x`` of ``vocab``: the ids themselves, or their hashes (0 stays 0)."""
+        buckets = self.hashed.get(vocab)
+        if buckets is None:
+            return x
+        h = (x * self._HASH_A + self._HASH_B) % self._HASH_P % (buckets - 1) + 1
+        return torch.where(x == OOV, torch.zeros_like(x), h)
+
     def embed(self, field: Field, x: torch.Tensor) -> torch.Tensor:
         """Embed one field's batch: categorical (B,), sequence (B, L) or dense (B, dim) -> (B, E)."""
         if field.kind == "categorical":
-            return self.tables[field.vocab_name](x)  # (B, E), eq. 6
+            return self.tables[field.vocab_name](self.rows(field.vocab_name, x))  # (B, E), eq. 6
         if field.kind == "sequence":
-            e = self.tables[field.vocab_name](x)  # (B, L, E)
+            e = self.tables[field.vocab_name](self.rows(field.vocab_name, x))  # (B, L, E)
             mask = (x != OOV).unsqueeze(-1).to(e.dtype)  # (B, L, 1)
             # mean over real entries only; an all-padding row divides 0 by 1 and stays zero
             count = mask.sum(dim=1).clamp(min=1.0)  # (B, 1)
@@ -66,10 +89,10 @@ class SharedEmbeddings(nn.Module):
 class FieldEmbeddings(nn.Module):
     """The embeddings of one side's fields, stacked in schema order: (B, F, E)."""
 
-    def __init__(self, schema: Schema, side: str, shared: SharedEmbeddings):
+    def __init__(self, schema: Schema, side: str, shared: SharedEmbeddings, exclude: tuple[str, ...] = ()):
         super().__init__()
         self.side = side
-        self.fields = schema.side(side)
+        self.fields = [f for f in schema.side(side) if f.name not in exclude]
         if not self.fields:
             raise ValueError(f"schema has no {side!r}-side fields; a tower needs at least one")
         self.shared = shared  # registered in both towers: the same tables, not copies
@@ -103,7 +126,7 @@ class Tower(nn.Module):
         self.side = side
         self.num_domains = num_domains
         self.l2_normalize = config.l2_normalize
-        self.embeddings = FieldEmbeddings(schema, side, embeddings)
+        self.embeddings = FieldEmbeddings(schema, side, embeddings, config.exclude_fields)
         n_fields, dim = self.embeddings.num_fields, self.embeddings.dim
         self.adaptation = make_adaptation(config.dial, n_fields, dim, num_domains, config.se_reduction)
         self.backbone = BACKBONES[config.backbone](config, n_fields * dim, num_domains)
@@ -114,6 +137,12 @@ class Tower(nn.Module):
         else:
             self.forward_net = MLP(h, config.forward_hidden, num_domains, config.dsbn, config.dropout)
         self.head = nn.Linear(self.forward_net.out_dim, config.output_dim)
+        if side == "item" and not config.item_tower_norm:
+            # the item tower sees in-batch positives plus sampled negatives in training but the
+            # whole corpus at serving time: batch statistics of the one do not describe the other
+            for m in self.modules():
+                if isinstance(m, MLP):
+                    m.remove_norms()
         self.output_dim = config.output_dim
 
     def forward(self, features: dict[str, torch.Tensor], domain: torch.Tensor) -> torch.Tensor:

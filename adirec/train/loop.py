@@ -7,7 +7,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field as dc_field
+from dataclasses import dataclass, field as dc_field
 from pathlib import Path
 
 import numpy as np
@@ -16,12 +16,13 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from adirec.data.batches import Batch, FeatureStore, iterate_batches
-from adirec.data.dataset import Interactions, MultiDomainData
-from adirec.eval.protocols import SeenItems, evaluate
+from adirec.data.dataset import Candidates, Interactions, MultiDomainData
+from adirec.eval.protocols import SeenItems
 from adirec.models.adi import TwoTowerModel
 from adirec.train.loss import sampled_softmax_loss
 from adirec.train.sampler import NegativeSampler
 from adirec.train.self_training import SelfTrainingConfig, pseudo_positives
+from adirec.train import distributed as ddp
 from adirec.utils import atomic_write_json, save_weights
 
 
@@ -116,6 +117,35 @@ def holdout_split(data: MultiDomainData, fraction: float, seed: int) -> tuple[Mu
     return reduced, tr.take(held)
 
 
+def sample_candidates(data: MultiDomainData, queries: Interactions, width: int, *, seed: int) -> Candidates:
+    """Candidate lists like a ``sampled`` run file: each query's positive plus ``width - 1``
+    items drawn uniformly without replacement from its domain's corpus, excluding every item the
+    user interacted with in training or in ``queries``."""
+    rng = np.random.default_rng(seed)
+    key = data.num_items + 1
+    tr = data.splits["train"]
+    seen = np.unique(np.concatenate([tr.user * key + tr.item, queries.user * key + queries.item]))
+    rows = np.full((len(queries), width), -1, dtype=np.int64)
+    rows[:, 0] = queries.item
+    for d in range(data.num_domains):
+        q = np.flatnonzero(queries.domain == d)
+        if len(q) == 0:
+            continue
+        corpus = data.corpus[d]
+        draw = corpus[rng.integers(0, len(corpus), (len(q), 3 * width))]  # (n, 3W), with repeats
+        ok = ~np.isin(queries.user[q, None] * key + draw, seen)
+        order = np.argsort(draw, axis=1, kind="stable")
+        srt = np.take_along_axis(draw, order, axis=1)
+        repeat = np.zeros_like(ok)
+        np.put_along_axis(repeat, order[:, 1:], srt[:, 1:] == srt[:, :-1], axis=1)
+        ok &= ~repeat  # keep the first draw of each item
+        slot = np.cumsum(ok, axis=1)  # 1-based position among kept draws
+        keep = ok & (slot < width)
+        r, c = np.nonzero(keep)
+        rows[q[r], slot[r, c]] = draw[r, c]
+    return Candidates(queries.user.copy(), queries.domain.copy(), rows)
+
+
 class TwoTowerScorer:
     """Scores (users x items) in a domain with a two-tower model; item vectors cached per domain."""
 
@@ -146,17 +176,66 @@ class TwoTowerScorer:
         return self.user_matrix(users, domain) @ self.item_matrix(domain)[torch.as_tensor(items)].T
 
 
+class SparseDenseAdam:
+    """``torch.optim.SparseAdam`` for the embedding tables with sparse gradients (it reads and
+    writes only the rows a batch touched) and ``torch.optim.Adam`` for every other parameter.
+    Weight decay applies to the dense parameters only (SparseAdam has none)."""
+
+    def __init__(self, sparse: list[nn.Parameter], dense: list[nn.Parameter], lr: float, weight_decay: float):
+        self.optimizers = [torch.optim.SparseAdam(sparse, lr=lr)]
+        if dense:
+            self.optimizers.append(torch.optim.Adam(dense, lr=lr, weight_decay=weight_decay))
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for o in self.optimizers:
+            o.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        for o in self.optimizers:
+            o.step()
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return [g for o in self.optimizers for g in o.param_groups]
+
+    def state_dict(self) -> list[dict]:
+        return [o.state_dict() for o in self.optimizers]
+
+
+def make_optimizer(model: nn.Module, lr: float, weight_decay: float):
+    """Adam over every parameter, or :class:`SparseDenseAdam` when some embedding tables produce
+    sparse gradients (``TwoTowerConfig.sparse_embeddings``)."""
+    sparse = {id(p): p for m in model.modules() if isinstance(m, nn.Embedding) and m.sparse
+              for p in m.parameters()}
+    if not sparse:
+        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    dense = [p for p in model.parameters() if id(p) not in sparse]
+    return SparseDenseAdam(list(sparse.values()), dense, lr, weight_decay)
+
+
 class Trainer:
     """Trains a :class:`TwoTowerModel` on a :class:`MultiDomainData`.
 
     ``report_split`` names the split whose numbers will be reported; validation never uses it:
     when the data's ``valid`` split is the reported one (or empty), a slice of the training
     interactions is held out instead.
+
+    Streaming (``adirec.data.parquet.ParquetLayout.training_view``): ``batches(epoch=,
+    batch_size=, rank=, world_size=, seed=)`` replaces the in-memory training split as the source
+    of batches, ``store`` the FeatureStore built from it and ``item_counts`` its item counts
+    (the sampler's); ``data`` then only needs what validation reads.
+
+    Under torch.distributed (see ``adirec.train.distributed``) the loss runs through a DDP
+    module, each rank takes ``batch_size / world_size`` rows of every global batch, running
+    statistics are averaged over ranks after each epoch, validation gathers every rank's
+    per-user results, and only rank 0 writes.
     """
 
     def __init__(self, model: TwoTowerModel, data: MultiDomainData, config: TrainConfig,
-                 *, report_split: str = "test", protocol: str = "full", out_dir: str | Path | None = None):
+                 *, report_split: str = "test", protocol: str = "full", out_dir: str | Path | None = None,
+                 batches=None, store: FeatureStore | None = None, item_counts: np.ndarray | None = None):
         self.model, self.config = model, config
+        self.batches = batches
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.protocol = protocol
         if report_split != "valid" and len(data.splits["valid"]):
@@ -165,14 +244,21 @@ class Trainer:
             self.train_data, held = holdout_split(data, config.holdout_fraction, config.seed)
             self.train_data.splits["valid"] = held
             self.train_data.candidates = {}
-            self.val_split, self.val_protocol = "valid", "full"
+            if protocol == "sampled":  # mirror the reported protocol on the held-out rows
+                width = data.candidates["valid"].items.shape[1] if "valid" in data.candidates else 100
+                self.train_data.candidates = {"valid": sample_candidates(
+                    self.train_data, held, width, seed=config.seed)}
+            self.val_split, self.val_protocol = "valid", protocol
         self.data = data
-        self.store = FeatureStore(self.train_data)
+        self.store = store if store is not None else FeatureStore(self.train_data)
         tr = self.train_data.splits["train"]
-        counts = np.bincount(tr.item, minlength=data.num_items + 1)
+        counts = np.bincount(tr.item, minlength=data.num_items + 1) if item_counts is None else item_counts
+        self.rank, self.world_size = ddp.rank_world()
         self.sampler = NegativeSampler(counts, proposal=config.proposal, alpha=config.proposal_alpha,
-                                       seed=config.seed)
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+                                       seed=config.seed + 7919 * self.rank)  # other negatives per rank
+        self.optimizer = make_optimizer(model, config.lr, config.weight_decay)
+        # DDP reduces gradients of what runs inside its forward(): wrap the loss, not the model
+        self._ddp = ddp.wrap(model, self.loss) if self.world_size > 1 else None
         self.history: list[dict] = []
 
     # ------------------------------------------------------------------ step
@@ -187,12 +273,14 @@ class Trainer:
         u = model.user_embedding(self.store.user_features(user, domain, exclude_item=item), domain)  # (B', O)
         negatives = self.sampler.sample(cfg.num_negatives)
         columns = torch.cat([item, negatives])  # (N,) = in-batch positives + sampled negatives
+        # popular items repeat among the columns: run the item tower once per distinct item
+        distinct, where = torch.unique(columns, return_inverse=True)
         logits = torch.empty(len(user), len(columns))
         for d in torch.unique(domain).tolist():
             rows = domain == d
-            dvec = torch.full((len(columns),), d, dtype=torch.long)
-            v = model.item_embedding(self.store.item_features(columns, d), dvec)  # (N, O) in domain d
-            logits[rows] = u[rows] @ v.T
+            dvec = torch.full((len(distinct),), d, dtype=torch.long)
+            v = model.item_embedding(self.store.item_features(distinct, d), dvec)  # (N', O) in domain d
+            logits[rows] = u[rows] @ v[where].T
         log_q = self.sampler.log_q(columns, len(user), cfg.num_negatives)
         loss = sampled_softmax_loss(logits, torch.arange(len(user)), item, columns, log_q,
                                     temperature=cfg.temperature, weight=weight)
@@ -201,37 +289,46 @@ class Trainer:
     # ------------------------------------------------------------------ loop
     def validate(self) -> dict:
         scorer = TwoTowerScorer(self.model, self.store, self.data.num_items)
-        result = evaluate(scorer, self.train_data, split=self.val_split, protocol=self.val_protocol,
-                          ks=list(self.config.eval_ks), seen=SeenItems(self.train_data))
+        result = ddp.evaluate_across_ranks(scorer, self.train_data, split=self.val_split,
+                                           protocol=self.val_protocol, ks=list(self.config.eval_ks),
+                                           seen=SeenItems(self.train_data))
         return result.metrics(self.data.domains)
 
     def fit(self) -> dict:
         cfg = self.config
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(cfg.seed + self.rank)
         tr = self.train_data.splits["train"]
+        n_train = len(self.batches) if self.batches is not None else len(tr)
+        main = self.rank == 0
         best, best_epoch, bad_epochs = -math.inf, -1, 0
         start = time.time()
         for epoch in range(cfg.epochs):
             self.model.train()
             p = cfg.self_training.fraction(epoch)
             t0, total, n_rows, n_pseudo = time.time(), 0.0, 0, 0
-            bar = tqdm(total=len(tr), unit="samples", unit_scale=True, disable=not cfg.progress,
-                       desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, dynamic_ncols=True)
-            for batch in iterate_batches(tr, cfg.batch_size, shuffle=True, seed=cfg.seed * 100003 + epoch):
-                loss, k = self.loss(batch, p)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"non-finite loss at epoch {epoch + 1}; lower the lr or raise the temperature")
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self.optimizer.step()
-                total += loss.item() * len(batch)
-                n_rows += len(batch)
-                n_pseudo += k
-                bar.update(len(batch))
-                bar.set_postfix(loss=f"{total / n_rows:.4f}")
+            bar = tqdm(total=n_train // self.world_size, unit="samples", unit_scale=True,
+                       disable=not (cfg.progress and main), desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                       leave=False, dynamic_ncols=True)
+            with ddp.join(self._ddp):  # ranks whose share runs out first wait for the others
+                for batch in self._epoch_batches(epoch):
+                    loss, k = (self._ddp if self._ddp is not None else self.loss)(batch, p)
+                    if not torch.isfinite(loss):
+                        raise FloatingPointError(f"non-finite loss at epoch {epoch + 1}; lower the lr or raise the temperature")
+                    self.optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    self.optimizer.step()
+                    total += loss.item() * len(batch)
+                    n_rows += len(batch)
+                    n_pseudo += k
+                    bar.update(len(batch))
+                    bar.set_postfix(loss=f"{total / n_rows:.4f}")
             bar.close()
+            if self.world_size > 1:  # one model everywhere before validating and saving
+                ddp.average_buffers(self.model)
+                total, n_rows, n_pseudo = ddp.all_reduce_sums([total, n_rows, n_pseudo])
+                n_rows, n_pseudo = int(n_rows), int(n_pseudo)
             train_seconds = time.time() - t0
             metrics = self.validate()
             value = metrics[cfg.early_stopping_metric]["mean"]
@@ -247,10 +344,10 @@ class Trainer:
                 best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
             else:
                 bad_epochs += 1
-            if cfg.progress:
+            if cfg.progress and main:
                 tqdm.write(f"epoch {epoch + 1}: loss {row['loss']:.4f}  valid {cfg.early_stopping_metric} "
                            f"{value:.4f}{' *' if improved else ''}  {row['samples_per_second']:.0f} samples/s")
-            if self.out_dir is not None:
+            if self.out_dir is not None and main:
                 self._checkpoint(epoch + 1, improved, row)
             if cfg.patience and bad_epochs >= cfg.patience:
                 break
@@ -261,9 +358,19 @@ class Trainer:
                                   "protocol": self.val_protocol}}
         if best_epoch > 0:  # leave the model at its best epoch, as saved on disk
             self.model.load_state_dict(best_state)
-        if self.out_dir is not None:
+        if self.out_dir is not None and main:
             atomic_write_json(self.out_dir / "summary.json", summary)
         return summary
+
+    def _epoch_batches(self, epoch: int):
+        """This rank's batches of one epoch: its ``batch_size / world_size`` share of each global
+        batch, from the stream when there is one, else from the in-memory training split."""
+        rank, world = self.rank, self.world_size
+        size, seed = max(1, self.config.batch_size // world), self.config.seed * 100003 + epoch
+        if self.batches is not None:
+            return self.batches(epoch=epoch, batch_size=size, rank=rank, world_size=world, seed=seed)
+        return iterate_batches(self.train_data.splits["train"], size, shuffle=True, seed=seed,
+                               rank=rank, world_size=world)
 
     def _checkpoint(self, epoch: int, improved: bool, row: dict) -> None:
         ckpt = self.out_dir / "checkpoints"

@@ -1,10 +1,10 @@
 """Data sources addressed as ``KIND:LOCATION`` (``xmrec:DIR``, ``recbole:DIR/PREFIX``,
-``synthetic[:PRESET]``)."""
+``synthetic[:PRESET]``, ``parquet:DIR``)."""
 from __future__ import annotations
 
 from adirec.data.dataset import MultiDomainData
 
-KINDS = ("xmrec", "recbole", "synthetic")
+KINDS = ("xmrec", "recbole", "synthetic", "parquet")
 
 
 def load_source(spec: str, *, domains: list[str] | None = None, domain_by: str | None = None,
@@ -25,5 +25,13 @@ def load_source(spec: str, *, domains: list[str] | None = None, domain_by: str |
     if kind == "synthetic":
         from adirec.data.sources.synthetic import load_synthetic
         return load_synthetic(location or "default", seed=seed, history_len=history_len)
+    if kind == "parquet":  # a layout written by `adirec data convert`
+        from adirec.data.parquet import load_parquet
+        if not location:
+            raise ValueError("parquet source needs a layout directory: parquet:DIR")
+        if domains or domain_by or positive:
+            raise ValueError("parquet:DIR holds a converted data set: --domains, --domain-by and "
+                             "--positive apply when converting (adirec data convert)")
+        return load_parquet(location, history_len=history_len)
     raise ValueError(f"unknown data source kind {kind!r} in {spec!r}; expected one of "
                      f"{', '.join(k + ':...' for k in KINDS)}")

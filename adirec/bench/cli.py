@@ -1,0 +1,91 @@
+"""``adirec bench``: run the paper's experiments on a data set (see :mod:`adirec.bench`)."""
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def _size_value(text: str):
+    """A --set value: JSON (8, true, "sum", [256, 128]) or, failing that, a plain string;
+    comma-separated integers become a tuple (expert_hidden=256,128)."""
+    try:
+        v = json.loads(text)
+    except json.JSONDecodeError:
+        parts = text.split(",")
+        if len(parts) > 1 and all(p.strip().lstrip("-").isdigit() for p in parts):
+            return tuple(int(p) for p in parts)
+        return text
+    return tuple(v) if isinstance(v, list) else v
+
+
+def _size_item(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (a model config field), got {text!r}")
+    return key.strip(), _size_value(value.strip())
+
+
+def _ease_lambda(text: str):
+    if text == "auto":
+        return text
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a number > 0, got {text!r}") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"EASE lambda must be > 0, got {text!r}")
+    return v
+
+
+def register(subparsers) -> None:
+    """Add the ``bench`` command to the ``adirec`` sub-command parsers."""
+    from adirec.bench.suites import SUITES
+    from adirec.cli import _csv, _csv_ints
+    p = subparsers.add_parser(
+        "bench", help="run the paper's experiments (comparison, fusion, ablation, SE, experts)",
+        description="Train and evaluate every run of the chosen suites into OUT (resumable: a rerun "
+                    "skips finished runs) and write OUT/results.json, OUT/results.md and PNG figures.")
+    p.add_argument("--data", required=True, metavar="SRC", help="xmrec:DIR | recbole:DIR/PREFIX | synthetic[:PRESET]")
+    p.add_argument("--suite", required=True, metavar="NAME",
+                   help=f"{', '.join(SUITES)}, a comma-separated list, or all")
+    p.add_argument("--seeds", type=int, default=1, help="training seeds per neural run (0..N-1)")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--methods", type=_csv, help="only these runs, by key (mmoe-k2), suite/key (paper/adi-se) or model "
+                        "name (mmoe: every run of that preset), comma-separated")
+    p.add_argument("--domains", type=_csv, help="comma-separated domains to load (xmrec markets)")
+    p.add_argument("--domain-by", help="RecBole domain rule, e.g. user.age:25,35")
+    p.add_argument("--positive", help="RecBole positive rule (default rating>=4)")
+    p.add_argument("--history-len", type=int, default=50)
+    p.add_argument("--data-seed", type=int, default=0, help="seed of a synthetic data set")
+    p.add_argument("--k", type=_csv_ints, help="cut-offs (default 10 with candidate lists, else 20,50,100)")
+    p.add_argument("--set", type=_size_item, action="append", default=[], metavar="KEY=VALUE",
+                   help="model config field for every neural run, e.g. --set embedding_dim=16 "
+                        "--set expert_hidden=64 (repeatable)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--negatives", type=int, dest="num_negatives")
+    p.add_argument("--temperature", type=float)
+    p.add_argument("--patience", type=int)
+    p.add_argument("--ease-lambda", type=_ease_lambda, default="auto",
+                   help="EASE's lambda, or auto: chosen on a hold-out from training (default)")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    p.add_argument("--no-progress", action="store_true", help="no per-epoch progress bars")
+    p.set_defaults(func=cmd_bench)
+
+
+def cmd_bench(args) -> int:
+    from adirec.bench.runner import Bench, BenchConfig
+    from adirec.bench.suites import parse_suites
+    from adirec.runs import DataSpec
+    spec = DataSpec(source=args.data, domains=args.domains, domain_by=args.domain_by, positive=args.positive,
+                    seed=args.data_seed, history_len=args.history_len)
+    train = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "num_negatives", "temperature", "patience")
+             if getattr(args, k) is not None}
+    config = BenchConfig(data=spec, out=args.out, suites=parse_suites(args.suite), seeds=args.seeds,
+                         methods=args.methods, size=dict(args.set), train=train, ease_lambda=args.ease_lambda,
+                         ks=args.k, threads=args.threads, progress=not args.no_progress)
+    results = Bench(config).run()
+    for f in results["failed"]:
+        print(f"failed: {f['suite']}/{f['key']} seed {f['seed']}: {f['error']}")
+    return 1 if results["failed"] else 0

@@ -1,0 +1,123 @@
+"""The experiments of the ADI paper as lists of runs.
+
+A suite is a list of :class:`RunSpec`: which method (a model preset of
+:mod:`adirec.models.registry` or a reference of :mod:`adirec.models.references`), with which
+changes to its preset, under which row label. Neural presets are looked up by name when the
+bench runs, so a preset added to the registry later joins its suite without changes here; one
+that is not registered is skipped with a note.
+
+* ``paper`` (Tables 2 and 3): every comparison method and the references. Neural methods are
+  sized to ADI-SE's parameter budget (``match_budget``).
+* ``fusion`` (Table 6): ADI-SE with SUM, Network-Mul and CONCAT fusion.
+* ``ablation`` (Table 7): ADI-SE, without self-training, without ST and the DIAL, without ST,
+  DIAL and DSBN.
+* ``se`` (Table 8, Figure 4): 1, 3 and 4 SE blocks (``registry.SE_LAYOUTS``).
+* ``experts`` (Figure 3): 1 to 5 shared experts for MMoE, PLE and ADI, each point sized to the
+  parameter budget of ADI-SE with one shared expert.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SUITES = ("paper", "fusion", "ablation", "se", "experts")
+
+#: the method every budget is measured on
+BUDGET_REFERENCE = "adi-se"
+EXPERT_COUNTS = (1, 2, 3, 4, 5)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One row of a suite's table (trained once per seed; a reference once).
+
+    Attributes:
+        suite: the suite it belongs to.
+        key: directory name under ``runs/<suite>/`` and a handle for ``--methods``.
+        label: row label in results.md, as the paper names it.
+        model: registry preset (``kind="neural"``) or reference name (``kind="reference"``).
+        kind: ``"neural"`` or ``"reference"``.
+        overrides: TwoTowerConfig fields changed from the preset (on top of the bench's size).
+        self_training: train with cross-domain self-training (Algorithm 1).
+        match_budget: scale the backbone widths to ADI-SE's dense parameter count.
+        group, x: a series and its x value in a figure (the experts sweep: method, K).
+    """
+
+    suite: str
+    key: str
+    label: str
+    model: str
+    kind: str = "neural"
+    overrides: tuple[tuple[str, object], ...] = ()
+    self_training: bool = True
+    match_budget: bool = False
+    group: str | None = None
+    x: int | None = None
+
+    def override_dict(self) -> dict:
+        return dict(self.overrides)
+
+
+PAPER_NEURAL = (  # (preset, label) in the order of the paper's tables
+    ("dnn-single", "DNN-Single"), ("dnn", "DNN"), ("shared-bottom", "Shared-Bottom"),
+    ("cross-stitch", "Cross-Stitch"), ("mmoe", "MMoE"), ("ple", "PLE"), ("star", "STAR"),
+    ("adi-lt", "ADI-LT"), ("adi-va", "ADI-VA"), ("adi-se", "ADI-SE"), ("adi-se-max", "ADI-SE-max"),
+)
+PAPER_REFERENCES = (
+    ("popularity", "Popularity"), ("domain-popularity", "Domain popularity"),
+    ("itemknn", "Item-kNN"), ("itemknn-pooled", "Item-kNN (pooled)"),
+    ("ease", "EASE"), ("ease-pooled", "EASE (pooled)"),
+)
+EXPERT_METHODS = (("mmoe", "MMoE"), ("ple", "PLE"), ("adi-se", "ADI"))
+
+#: the run whose DIAL weights are drawn for a suite (Figure 5)
+HEATMAP_KEY = {"paper": "adi-se", "fusion": "concat", "ablation": "adi-se", "se": "1-se", "experts": "adi-se-k1"}
+
+
+def suite_runs(suite: str) -> list[RunSpec]:
+    """The runs of ``suite``, in table order."""
+    if suite == "paper":
+        runs = [RunSpec(suite, name, label, name, match_budget=True) for name, label in PAPER_NEURAL]
+        runs += [RunSpec(suite, name, label, name, kind="reference") for name, label in PAPER_REFERENCES]
+        return runs
+    if suite == "fusion":
+        return [RunSpec(suite, key, label, "adi-se", overrides=(("fusion", key),))
+                for key, label in (("sum", "SUM"), ("netmul", "Network-Mul"), ("concat", "CONCAT"))]
+    if suite == "ablation":
+        return [
+            RunSpec(suite, "adi-se", "ADI-SE", "adi-se"),
+            RunSpec(suite, "no-st", "w/o self-training", "adi-se", self_training=False),
+            RunSpec(suite, "no-st-dial", "w/o ST & DIAL", "adi-se", overrides=(("dial", "none"),),
+                    self_training=False),
+            RunSpec(suite, "no-st-dial-dsbn", "w/o ST & DIAL & DSBN", "adi-se",
+                    overrides=(("dial", "none"), ("dsbn", False)), self_training=False),
+        ]
+    if suite == "se":
+        from adirec.models import registry
+        layouts = getattr(registry, "SE_LAYOUTS", None) or {"1-SE": ()}
+        return [RunSpec(suite, label.lower(), label, "adi-se", overrides=(("se_placements", tuple(p)),))
+                for label, p in layouts.items()]
+    if suite == "experts":
+        return [RunSpec(suite, f"{name}-k{k}", f"{label} (K={k})", name, overrides=(("shared_experts", k),),
+                        match_budget=True, group=label, x=k)
+                for name, label in EXPERT_METHODS for k in EXPERT_COUNTS]
+    raise ValueError(f"unknown suite {suite!r}; known: {', '.join(SUITES)}")
+
+
+def parse_suites(text: str) -> list[str]:
+    """``"paper"``, ``"fusion,se"`` or ``"all"`` -> suite names (validated)."""
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    if names == ["all"]:
+        return list(SUITES)
+    unknown = [s for s in names if s not in SUITES]
+    if unknown or not names:
+        raise ValueError(f"unknown suite(s) {unknown or text!r}; known: {', '.join(SUITES)} or all")
+    return names
+
+
+def select(runs: list[RunSpec], methods: list[str] | None) -> list[RunSpec]:
+    """Runs named in ``methods`` by key (``mmoe-k2``), ``suite/key`` (``paper/adi-se``) or model
+    name (``mmoe``: every run of that preset); all runs when None."""
+    if not methods:
+        return runs
+    wanted = set(methods)
+    return [r for r in runs if wanted & {r.key, f"{r.suite}/{r.key}", r.model}]

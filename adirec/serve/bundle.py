@@ -1,0 +1,508 @@
+"""Model bundles: a trained run made self-contained for online serving.
+
+``export_bundle(run_dir, out)`` writes a directory that a server can load without the training
+data or the source code's data loaders:
+
+    BUNDLE/
+      manifest.json                 format + version, model, domains, item counts, index kinds,
+                                    creation time and the sha256 + size of every other file
+      config.json                   run config (model name and config, schema, data spec)
+      model.safetensors             weights of both towers
+      vocab/users.parquet           column ``key``: row r is the raw key of encoded user r + 1
+      vocab/items.parquet           the same for items
+      features/users.safetensors    user tables ``user/<field>`` (U+1, ...) and user-domain
+                                    tables ``user_domain/<field>`` (D, U+1, ...)
+      features/items.safetensors    item tables, likewise (kept so item vectors can be rebuilt)
+      features/train.parquet        the training interactions (user, item, domain, weight,
+                                    timestamp): the behaviour histories and the seen items
+      domains/<d>/items.safetensors ``item_ids`` (n,) the domain's corpus, ``embeddings`` (n, O)
+                                    its item vectors, ``popular_ids`` / ``popular_counts``
+      domains/<d>/index.faiss       inner-product index over ``embeddings`` (labels = rows)
+
+Nothing is pickled: tensors are safetensors, tables Parquet, metadata JSON, so loading an
+untrusted bundle cannot execute code. The bundle is written to a hidden temporary directory
+beside ``out`` and renamed into place, so a failed export leaves nothing half-written, and
+:func:`load_bundle` checks the manifest and every checksum before using a byte of it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from safetensors.numpy import load_file as load_np, save_file as save_np
+
+from adirec.data.batches import FeatureStore
+from adirec.data.dataset import Interactions, MultiDomainData
+from adirec.data.schema import Schema
+from adirec.models.adi import TwoTowerConfig, TwoTowerModel
+from adirec.utils import atomic_write_json, load_weights, publish_directory, save_weights
+
+FORMAT = "adirec-bundle"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+INDEX_KINDS = ("flat", "hnsw", "ivf")
+
+
+class BundleError(ValueError):
+    """A bundle that cannot be loaded; the message names the file and what is wrong with it."""
+
+
+@dataclass
+class IndexConfig:
+    """Which FAISS index each domain gets. All indexes rank by inner product.
+
+    Attributes:
+        exact_max_items: corpora with at most this many items get an exact ``IndexFlatIP``
+            (scores and order equal to offline evaluation); larger ones get ``ann``.
+        ann: approximate index for large corpora, ``"hnsw"`` or ``"ivf"``.
+        hnsw_m: neighbours per node of the HNSW graph.
+        hnsw_ef_construction: candidate list size while building the graph.
+        hnsw_ef_search: candidate list size while searching (raised to k when k is larger).
+        ivf_nlist: number of IVF cells; 0 chooses about ``4 * sqrt(n)``.
+        ivf_nprobe: cells visited per query.
+        ivf_train_points: k-means training sample per cell (capped at the corpus size).
+        seed: seeds the k-means training sample.
+    """
+
+    exact_max_items: int = 100_000
+    ann: str = "ivf"
+    hnsw_m: int = 32
+    hnsw_ef_construction: int = 64
+    hnsw_ef_search: int = 256
+    ivf_nlist: int = 0
+    ivf_nprobe: int = 256
+    ivf_train_points: int = 64
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.ann not in ("hnsw", "ivf"):
+            raise ValueError(f"ann must be 'hnsw' or 'ivf', got {self.ann!r}")
+        for name in ("exact_max_items", "hnsw_m", "hnsw_ef_construction", "hnsw_ef_search",
+                     "ivf_nprobe", "ivf_train_points"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+        if not isinstance(self.ivf_nlist, int) or self.ivf_nlist < 0:
+            raise ValueError(f"ivf_nlist must be an int >= 0 (0 = automatic), got {self.ivf_nlist!r}")
+
+    def kind_for(self, n: int) -> str:
+        return "flat" if n <= self.exact_max_items else self.ann
+
+    def nlist_for(self, n: int) -> int:
+        nlist = self.ivf_nlist or int(4 * np.sqrt(n))
+        return max(1, min(nlist, n // 39 or 1))  # FAISS wants >= 39 training points per cell
+
+
+def build_index(vectors: np.ndarray, config: IndexConfig) -> tuple[faiss.Index, dict]:
+    """Inner-product index over ``vectors`` (n, O) float32, labels 0..n-1; (index, description)."""
+    n, dim = vectors.shape
+    kind = config.kind_for(n)
+    x = np.ascontiguousarray(vectors, dtype=np.float32)
+    if kind == "flat":
+        index = faiss.IndexFlatIP(dim)
+        info = {"kind": "flat"}
+    elif kind == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = config.hnsw_ef_construction
+        index.hnsw.efSearch = config.hnsw_ef_search
+        info = {"kind": "hnsw", "m": config.hnsw_m, "ef_construction": config.hnsw_ef_construction,
+                "ef_search": config.hnsw_ef_search}
+    else:
+        nlist = config.nlist_for(n)
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        sample = min(n, nlist * config.ivf_train_points)
+        rows = np.sort(np.random.default_rng(config.seed).choice(n, sample, replace=False))
+        index.train(x[rows])
+        index.nprobe = min(config.ivf_nprobe, nlist)
+        info = {"kind": "ivf", "nlist": nlist, "nprobe": int(index.nprobe)}
+    index.add(x)
+    return index, info
+
+
+# --------------------------------------------------------------------------- export
+def export_bundle(run_dir: str | Path, out: str | Path, *, index_config: IndexConfig | None = None,
+                  data: MultiDomainData | None = None, overwrite: bool = False) -> Path:
+    """Export a finished run (see :mod:`adirec.runs`) as a serving bundle at ``out``."""
+    from adirec.runs import load_run
+    model, data, cfg = load_run(run_dir, data)
+    run_dir = Path(run_dir)
+    summary_path = run_dir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    return write_bundle(out, model, data, model_name=cfg["model"], run_config=cfg,
+                        index_config=index_config, overwrite=overwrite,
+                        extra={"source_run": str(run_dir.resolve()), "best_epoch": summary.get("best_epoch")})
+
+
+@torch.no_grad()
+def write_bundle(out: str | Path, model: TwoTowerModel, data: MultiDomainData, *, model_name: str,
+                 run_config: dict | None = None, index_config: IndexConfig | None = None,
+                 item_vectors: list[np.ndarray] | None = None, overwrite: bool = False,
+                 extra: dict | None = None) -> Path:
+    """Write ``model`` + the serving side of ``data`` as a bundle, atomically.
+
+    ``item_vectors`` (one ``(len(data.corpus[d]), O)`` array per domain) replaces the item tower's
+    vectors; it exists for synthetic benchmarks and is recorded in the manifest. Normally the
+    vectors are the model's, computed exactly as offline evaluation does.
+    """
+    from adirec.train.loop import TwoTowerScorer
+    out = Path(out)
+    index_config = index_config or IndexConfig()
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} already exists; choose another --out or pass --overwrite")
+    if item_vectors is not None and len(item_vectors) != data.num_domains:
+        raise ValueError(f"item_vectors has {len(item_vectors)} domains, data has {data.num_domains}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        model.eval()
+        run_config = dict(run_config or {})
+        run_config.setdefault("model", model_name)
+        run_config["model_config"] = asdict(model.config)
+        run_config["schema"] = data.schema.to_dict()
+        run_config["domains"] = list(data.domains)
+        run_config["index_config"] = asdict(index_config)
+        atomic_write_json(tmp / "config.json", run_config)
+        save_weights(model, tmp / "model.safetensors")
+        (tmp / "vocab").mkdir()
+        _write_keys(tmp / "vocab" / "users.parquet", data.user_keys)
+        _write_keys(tmp / "vocab" / "items.parquet", data.item_keys)
+        (tmp / "features").mkdir()
+        user_t = {f"user/{k}": v for k, v in data.user_table.items()}
+        user_t |= {f"user_domain/{k}": v for k, v in data.user_domain_table.items()}
+        item_t = {f"item/{k}": v for k, v in data.item_table.items()}
+        item_t |= {f"item_domain/{k}": v for k, v in data.item_domain_table.items()}
+        save_np({k: np.ascontiguousarray(v) for k, v in user_t.items()}, str(tmp / "features" / "users.safetensors"))
+        save_np({k: np.ascontiguousarray(v) for k, v in item_t.items()}, str(tmp / "features" / "items.safetensors"))
+        tr = data.splits["train"]
+        pq.write_table(pa.table({c: getattr(tr, c) for c in ("user", "item", "domain", "weight", "timestamp")}),
+                       tmp / "features" / "train.parquet")
+        scorer = None if item_vectors is not None else TwoTowerScorer(model, FeatureStore(data), data.num_items)
+        pos = tr.weight > 0
+        domains_info = {}
+        for d, name in enumerate(data.domains):
+            corpus = np.asarray(data.corpus[d], dtype=np.int64)
+            if item_vectors is None:
+                vec = scorer.item_matrix(d)[torch.as_tensor(corpus)].numpy()  # (n, O)
+            else:
+                vec = np.asarray(item_vectors[d], dtype=np.float32)
+                if vec.shape[0] != len(corpus):
+                    raise ValueError(f"item_vectors[{d}] has {vec.shape[0]} rows, domain {name!r} has {len(corpus)} items")
+            vec = np.ascontiguousarray(vec, dtype=np.float32)
+            if not np.all(np.isfinite(vec)):
+                raise ValueError(f"domain {name!r}: item vectors contain NaN or infinity")
+            # popular items: training positives per item in this domain, most first, ties by id
+            counts = np.bincount(tr.item[pos & (tr.domain == d)], minlength=data.num_items + 1)[corpus]
+            order = np.lexsort((corpus, -counts))
+            ddir = tmp / "domains" / str(d)
+            ddir.mkdir(parents=True)
+            save_np({"item_ids": corpus, "embeddings": vec, "popular_ids": corpus[order],
+                     "popular_counts": counts[order].astype(np.int64)}, str(ddir / "items.safetensors"))
+            t0 = time.time()
+            index, info = build_index(vec, index_config)
+            faiss.write_index(index, str(ddir / "index.faiss"))
+            info["build_seconds"] = round(time.time() - t0, 3)
+            domains_info[name] = {"dir": f"domains/{d}", "items": len(corpus), "index": info}
+        weights_sha = _sha256(tmp / "model.safetensors")
+        manifest = {
+            "format": FORMAT, "format_version": FORMAT_VERSION,
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "model": model_name, "model_version": f"{model_name}-{weights_sha[:12]}",
+            "data": data.name, "domains": list(data.domains), "domain_info": domains_info,
+            "num_users": data.num_users, "num_items": data.num_items,
+            "embedding_dim": int(model.config.output_dim),
+            "item_vectors": "model" if item_vectors is None else "supplied",
+            **(extra or {}),
+            "files": {p: {"sha256": _sha256(tmp / p), "bytes": (tmp / p).stat().st_size}
+                      for p in _listing(tmp)},
+        }
+        atomic_write_json(tmp / MANIFEST, manifest)
+        _publish_permissions(tmp)
+        _fsync_dir(tmp)
+        publish_directory(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _write_keys(path: Path, keys: np.ndarray) -> None:
+    """Raw keys of ids 1..n (index 0 is the unknown id and is not stored)."""
+    real = list(keys[1:])
+    if all(isinstance(k, (int, np.integer)) and not isinstance(k, bool) for k in real):
+        arr = pa.array(np.asarray(real, dtype=np.int64))
+    else:
+        arr = pa.array([str(k) for k in real], type=pa.string())
+    pq.write_table(pa.table({"key": arr}), path)
+
+
+def _listing(root: Path) -> list[str]:
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and p.name != MANIFEST)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _publish_permissions(root: Path) -> None:
+    """Temporary files are private (0600); give the finished bundle the usual umask modes."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for p in [*root.rglob("*"), root]:
+        os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
+
+
+def _fsync_dir(root: Path) -> None:
+    for p in [*root.rglob("*"), root]:
+        if p.is_dir():
+            fd = os.open(p, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
+# ----------------------------------------------------------------------------- load
+class KeyIndex:
+    """Raw keys <-> encoded ids (0 = unknown). Keys are compared by their string form, so the
+    JSON number 7 and the string "7" name the same user; lookups are vectorised binary searches."""
+
+    def __init__(self, keys: pa.Array):
+        self.is_int = pa.types.is_integer(keys.type)
+        native = keys.to_numpy(zero_copy_only=False)
+        self._native = native  # (n,) raw keys of ids 1..n
+        text = native.astype(str) if len(native) else np.zeros(0, dtype="<U1")
+        self._order = np.argsort(text, kind="stable")
+        self._sorted = text[self._order]
+
+    def __len__(self) -> int:  # real ids, 0 excluded
+        return len(self._native)
+
+    def encode(self, keys) -> np.ndarray:
+        """(n,) int64 ids of ``keys`` (any of str / int), 0 where unknown."""
+        text = [str(k) for k in keys]
+        q = np.asarray(text, dtype=str) if len(text) else np.zeros(0, dtype="<U1")
+        if len(self._sorted) == 0:
+            return np.zeros(len(q), dtype=np.int64)
+        pos = np.clip(np.searchsorted(self._sorted, q), 0, len(self._sorted) - 1)
+        # numpy strings drop trailing NULs: "7\0" must not pass for "7"
+        found = (self._sorted[pos] == q) & np.array([not t.endswith("\0") for t in text], dtype=bool)
+        return np.where(found, self._order[pos] + 1, 0).astype(np.int64)
+
+    def decode(self, ids: np.ndarray) -> list:
+        """Raw keys of ids >= 1 (Python ints or strings, as exported)."""
+        return self._native[np.asarray(ids, dtype=np.int64) - 1].tolist()
+
+    def object_keys(self) -> np.ndarray:
+        """(n + 1,) object array with "<unk>" at 0, as in MultiDomainData."""
+        out = np.empty(len(self._native) + 1, dtype=object)
+        out[0] = "<unk>"
+        out[1:] = self._native
+        return out
+
+
+@dataclass
+class DomainIndex:
+    """One domain's corpus, item vectors, FAISS index and popularity ranking."""
+
+    name: str
+    item_ids: np.ndarray  # (n,) encoded item id of each index row
+    embeddings: np.ndarray  # (n, O) float32
+    index: faiss.Index
+    index_info: dict
+    popular_ids: np.ndarray  # (n,) most popular first
+    popular_counts: np.ndarray  # (n,)
+    position: np.ndarray  # (I + 1,) int64: item id -> index row, -1 when not in this corpus
+
+    @property
+    def size(self) -> int:
+        return len(self.item_ids)
+
+
+@dataclass
+class Bundle:
+    """A loaded, verified bundle: everything a :class:`~adirec.serve.service.Recommender` needs."""
+
+    path: Path
+    manifest: dict
+    config: dict
+    model: TwoTowerModel
+    data: MultiDomainData  # training split + feature tables only (valid/test are empty)
+    store: FeatureStore
+    users: KeyIndex
+    items: KeyIndex
+    domains: list[DomainIndex]
+    seen_indptr: np.ndarray  # (U + 2,) CSR over users of their training positives (all domains)
+    seen_items: np.ndarray  # (P,)
+
+    @property
+    def model_version(self) -> str:
+        return self.manifest["model_version"]
+
+    @property
+    def domain_names(self) -> list[str]:
+        return [d.name for d in self.domains]
+
+    def seen(self, user: int) -> np.ndarray:
+        """Encoded items the user interacted with positively in training (any domain)."""
+        return self.seen_items[self.seen_indptr[user]:self.seen_indptr[user + 1]]
+
+
+def verify_bundle(path: str | Path) -> dict:
+    """Check the manifest and every file's size and sha256; return the manifest or raise
+    :class:`BundleError` naming each problem."""
+    root = Path(path)
+    if not root.is_dir():
+        raise BundleError(f"{root} is not a bundle directory (it does not exist or is a file)")
+    mpath = root / MANIFEST
+    if not mpath.is_file():
+        raise BundleError(f"{root}: no {MANIFEST}; not a bundle, or an export that did not finish")
+    try:
+        manifest = json.loads(mpath.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BundleError(f"{mpath}: manifest is not valid JSON ({e})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise BundleError(f"{mpath}: not an {FORMAT} manifest (format={manifest.get('format') if isinstance(manifest, dict) else None!r})")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise BundleError(f"{mpath}: format_version {version!r} is not supported (this adirec reads {FORMAT_VERSION})")
+    required = ("model", "model_version", "domains", "domain_info", "files", "created_at")
+    missing = [k for k in required if k not in manifest]
+    if missing:
+        raise BundleError(f"{mpath}: manifest lacks {missing}")
+    files = manifest["files"]
+    if not isinstance(files, dict):
+        raise BundleError(f"{mpath}: 'files' must map paths to checksums")
+    needed = {"config.json", "model.safetensors", "vocab/users.parquet", "vocab/items.parquet",
+              "features/users.safetensors", "features/items.safetensors", "features/train.parquet"}
+    for name in manifest["domains"]:
+        info = manifest["domain_info"].get(name)
+        if not isinstance(info, dict) or "dir" not in info:
+            raise BundleError(f"{mpath}: domain {name!r} has no entry in domain_info")
+        needed |= {f"{info['dir']}/items.safetensors", f"{info['dir']}/index.faiss"}
+    unlisted = sorted(needed - set(files))
+    if unlisted:
+        raise BundleError(f"{mpath}: manifest does not list {unlisted}")
+    problems = []
+    for rel, meta in sorted(files.items()):
+        p = root / rel
+        if ".." in Path(rel).parts or Path(rel).is_absolute():
+            problems.append(f"{rel}: path leaves the bundle")
+        elif not p.is_file():
+            problems.append(f"{rel}: missing")
+        elif p.stat().st_size != meta.get("bytes"):
+            size = p.stat().st_size
+            what = "truncated" if size < meta.get("bytes", 0) else "has the wrong size"
+            problems.append(f"{rel}: {what} ({size} bytes, manifest says {meta.get('bytes')})")
+        elif _sha256(p) != meta.get("sha256"):
+            problems.append(f"{rel}: sha256 mismatch (file is corrupted or was modified)")
+    if problems:
+        raise BundleError(f"{root}: bundle failed verification: " + "; ".join(problems))
+    return manifest
+
+
+def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
+    """Load a bundle written by :func:`write_bundle`. With ``verify`` (the default) every checksum
+    is checked first; any problem raises :class:`BundleError` with the file and the reason."""
+    root = Path(path)
+    if verify:
+        manifest = verify_bundle(root)
+    else:
+        try:
+            manifest = json.loads((root / MANIFEST).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise BundleError(f"{root}: cannot read {MANIFEST} ({e})") from None
+    try:
+        return _load(root, manifest)
+    except BundleError:
+        raise
+    except Exception as e:  # a file that passed its checksum but does not fit the rest
+        raise BundleError(f"{root}: bundle is inconsistent: {type(e).__name__}: {e}") from e
+
+
+def _load(root: Path, manifest: dict) -> Bundle:
+    config = json.loads((root / "config.json").read_text())
+    schema = Schema.from_dict(config["schema"])
+    domains = list(manifest["domains"])
+    if config.get("domains") != domains:
+        raise BundleError(f"{root}: config.json domains {config.get('domains')} differ from the manifest's {domains}")
+    users = KeyIndex(pq.read_table(root / "vocab" / "users.parquet").column("key").combine_chunks())
+    items = KeyIndex(pq.read_table(root / "vocab" / "items.parquet").column("key").combine_chunks())
+    ut = load_np(str(root / "features" / "users.safetensors"))
+    it = load_np(str(root / "features" / "items.safetensors"))
+    t = pq.read_table(root / "features" / "train.parquet")
+    train = Interactions(*(t.column(c).to_numpy() for c in ("user", "item", "domain", "weight", "timestamp")))
+    dom: list[DomainIndex] = []
+    corpus = []
+    for d, name in enumerate(domains):
+        info = manifest["domain_info"][name]
+        arrays = load_np(str(root / info["dir"] / "items.safetensors"))
+        index = faiss.read_index(str(root / info["dir"] / "index.faiss"))
+        ids, emb = arrays["item_ids"].astype(np.int64), arrays["embeddings"]
+        if index.ntotal != len(ids) or emb.shape != (len(ids), index.d):
+            raise BundleError(f"{root}: domain {name!r}: index holds {index.ntotal} vectors of width "
+                              f"{index.d}, items file has {emb.shape}")
+        if len(ids) and (ids.min() < 1 or ids.max() > len(items)):
+            raise BundleError(f"{root}: domain {name!r}: item ids outside the item vocabulary")
+        position = np.full(len(items) + 1, -1, dtype=np.int64)
+        position[ids] = np.arange(len(ids))
+        _apply_search_params(index, info.get("index", {}))
+        dom.append(DomainIndex(name, ids, emb, index, info.get("index", {}), arrays["popular_ids"].astype(np.int64),
+                               arrays["popular_counts"], position))
+        corpus.append(ids)
+    data = MultiDomainData(
+        name=manifest.get("data", "bundle"), domains=domains, schema=schema,
+        user_keys=users.object_keys(), item_keys=items.object_keys(), splits={"train": train},
+        user_table={k[5:]: v for k, v in ut.items() if k.startswith("user/")},
+        user_domain_table={k[12:]: v for k, v in ut.items() if k.startswith("user_domain/")},
+        item_table={k[5:]: v for k, v in it.items() if k.startswith("item/")},
+        item_domain_table={k[12:]: v for k, v in it.items() if k.startswith("item_domain/")},
+        corpus=corpus, meta={"bundle": str(root)},
+    )
+    model = _build_model(config["model"], schema, len(domains), TwoTowerConfig(**config["model_config"]))
+    load_weights(model, root / "model.safetensors")
+    model.eval()
+    if model.config.output_dim != dom[0].embeddings.shape[1]:
+        raise BundleError(f"{root}: model output width {model.config.output_dim} differs from the "
+                          f"item vectors' {dom[0].embeddings.shape[1]}")
+    pos = train.weight > 0
+    order = np.argsort(train.user[pos], kind="stable")
+    seen_items = train.item[pos][order]
+    seen_indptr = np.zeros(data.num_users + 2, dtype=np.int64)
+    np.cumsum(np.bincount(train.user[pos], minlength=data.num_users + 1), out=seen_indptr[1:])
+    return Bundle(root, manifest, config, model, data, FeatureStore(data), users, items, dom,
+                  seen_indptr, seen_items)
+
+
+def _build_model(name: str, schema: Schema, num_domains: int, config: TwoTowerConfig) -> torch.nn.Module:
+    """The registry's architecture for ``name`` (e.g. a per-domain model); a plain two-tower
+    model for names the registry does not know."""
+    from adirec.models import registry
+    if hasattr(registry, "build_model"):
+        try:
+            return registry.build_model(name, schema, num_domains, config)
+        except ValueError as e:
+            if "unknown model" not in str(e):
+                raise
+    return TwoTowerModel(schema, num_domains, config)
+
+
+def _apply_search_params(index: faiss.Index, info: dict) -> None:
+    if info.get("kind") == "hnsw" and "ef_search" in info:
+        faiss.downcast_index(index).hnsw.efSearch = int(info["ef_search"])
+    elif info.get("kind") == "ivf" and "nprobe" in info:
+        faiss.extract_index_ivf(index).nprobe = int(info["nprobe"])

@@ -1,0 +1,131 @@
+"""``adirec export | recommend | serve``: the serving subcommands, added by :func:`register`."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    """Add the ``export``, ``recommend`` and ``serve`` subcommands to ``adirec``'s parser."""
+    p = subparsers.add_parser("export", help="turn a run directory into a serving bundle")
+    p.add_argument("run_dir")
+    p.add_argument("--out", required=True, metavar="BUNDLE", help="bundle directory to create")
+    # index settings default to IndexConfig's (None = not given), so --help imports no FAISS
+    p.add_argument("--exact-max-items", type=int, help="corpora up to this size get an exact index (100000)")
+    p.add_argument("--ann", choices=["ivf", "hnsw"], help="approximate index above that size (ivf)")
+    p.add_argument("--ivf-nlist", type=int, help="IVF cells (0 = about 4*sqrt(n))")
+    p.add_argument("--ivf-nprobe", type=int, help="IVF cells searched per query (256)")
+    p.add_argument("--hnsw-m", type=int, help="HNSW neighbours per node (32)")
+    p.add_argument("--hnsw-ef-construction", type=int, help="HNSW build candidate list (64)")
+    p.add_argument("--hnsw-ef-search", type=int, help="HNSW search candidate list (256)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --out")
+    p.set_defaults(func=cmd_export)
+
+    p = subparsers.add_parser("recommend", help="top-K items of users in a domain, from a bundle")
+    p.add_argument("bundle")
+    p.add_argument("--domain", required=True)
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--user", help="one raw user id")
+    who.add_argument("--users", metavar="FILE", help="file of user ids, one per line (batch mode)")
+    p.add_argument("--k", type=int, default=100)
+    p.add_argument("--include-seen", action="store_true", help="keep the user's training positives")
+    p.add_argument("--history", help="comma-separated item keys (oldest first) for --user")
+    p.add_argument("--out", metavar="FILE", help="batch output: .jsonl or .parquet (default: JSONL on stdout)")
+    p.add_argument("--batch-size", type=int, default=512, help="users scored at once in batch mode")
+    p.set_defaults(func=cmd_recommend)
+
+    p = subparsers.add_parser("serve", help="serve a bundle over HTTP (FastAPI + uvicorn)")
+    p.add_argument("bundle")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default %(default)s: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--enable-reload", action="store_true", help="expose POST /v1/admin/reload")
+    p.add_argument("--max-k", type=int, default=1000)
+    p.add_argument("--max-batch", type=int, default=1000)
+    p.add_argument("--max-body-bytes", type=int, default=1 << 20)
+    p.add_argument("--threads", type=int, default=1, help="torch / FAISS threads per request (default 1)")
+    p.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument("--access-log", action="store_true")
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_export(args) -> int:
+    from adirec.serve.bundle import IndexConfig, export_bundle
+    given = {k: getattr(args, k) for k in ("exact_max_items", "ann", "ivf_nlist", "ivf_nprobe", "hnsw_m",
+                                           "hnsw_ef_construction", "hnsw_ef_search")}
+    cfg = IndexConfig(**{k: v for k, v in given.items() if v is not None})
+    out = export_bundle(args.run_dir, args.out, index_config=cfg, overwrite=args.overwrite)
+    manifest = json.loads((Path(out) / "manifest.json").read_text())
+    print(json.dumps({"bundle": str(out), "model_version": manifest["model_version"],
+                      "domains": {d: {"items": v["items"], "index": v["index"]["kind"]}
+                                  for d, v in manifest["domain_info"].items()}}, indent=2))
+    return 0
+
+
+def cmd_recommend(args) -> int:
+    from adirec.serve.service import Recommender
+    rec = Recommender.from_path(args.bundle, max_k=max(args.k, 1))
+    if args.user is not None:
+        features = {"history": [h.strip() for h in args.history.split(",") if h.strip()]} if args.history else None
+        r = rec.recommend(args.user, args.domain, args.k, not args.include_seen, features)
+        print(json.dumps(r.to_dict()))
+        return 0
+    if args.history:
+        raise ValueError("--history applies to --user only")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    users = [line.strip() for line in Path(args.users).read_text().splitlines() if line.strip()]
+    if not users:
+        raise ValueError(f"{args.users}: no user ids")
+    rec.max_batch = args.batch_size
+    results = []
+    for start in range(0, len(users), args.batch_size):
+        results += rec.recommend_batch(users[start:start + args.batch_size], args.domain, args.k,
+                                       not args.include_seen)
+    write_results(results, args.out)
+    if args.out:
+        known = sum(r.user_known for r in results)
+        print(f"{len(results)} users ({known} known, {len(results) - known} unknown: popular items) "
+              f"-> {args.out}", file=sys.stderr)
+    return 0
+
+
+def write_results(results, out: str | None) -> None:
+    """JSONL (one object per user) or Parquet (list columns), written atomically."""
+    from adirec.utils import atomic_write_bytes
+    if out is None:
+        for r in results:
+            sys.stdout.write(json.dumps(r.to_dict()) + "\n")
+        return
+    if out.endswith(".jsonl"):
+        atomic_write_bytes(out, "".join(json.dumps(r.to_dict()) + "\n" for r in results).encode())
+    elif out.endswith(".parquet"):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+        table = pa.table({
+            "user_id": pa.array([str(r.user_id) for r in results], pa.string()),
+            "domain": pa.array([r.domain for r in results], pa.string()),
+            "items": pa.array([[str(i) for i in r.items] for r in results], pa.list_(pa.string())),
+            "scores": pa.array([r.scores for r in results], pa.list_(pa.float32())),
+            "source": pa.array([r.source for r in results], pa.string()),
+            "model_version": pa.array([r.model_version for r in results], pa.string()),
+        })
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink)
+        atomic_write_bytes(out, sink.getvalue().to_pybytes())
+    else:
+        raise ValueError(f"--out must end in .jsonl or .parquet, got {out!r}")
+
+
+def cmd_serve(args) -> int:
+    from adirec.serve.app import ServeConfig, serve
+    if not 0 <= args.port <= 65535:
+        raise ValueError(f"--port must be in [0, 65535], got {args.port}")
+    config = ServeConfig(max_k=args.max_k, max_batch=args.max_batch, max_body_bytes=args.max_body_bytes,
+                         enable_reload=args.enable_reload)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"adirec serve: listening on {args.host}, beyond this machine; the API has no "
+              f"authentication", file=sys.stderr)
+    serve(args.bundle, host=args.host, port=args.port, config=config, threads=args.threads,
+          log_level=args.log_level, access_log=args.access_log)
+    return 0

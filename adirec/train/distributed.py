@@ -1,0 +1,284 @@
+"""Data-parallel training and evaluation on ``torch.distributed`` (DistributedDataParallel).
+
+Launch with torchrun; every process runs the same command and torchrun's environment
+(``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ...) tells it its place::
+
+    torchrun --nproc-per-node 4 -m adirec train --data parquet:DIR --model adi-se --out RUN
+    torchrun --nnodes 2 --node-rank 0 --nproc-per-node 8 --rdzv-backend c10d \\
+             --rdzv-endpoint HOST:29500 -m adirec train ...          # on each machine
+
+How each piece of state stays right across ranks:
+
+* **Data.** Each rank reads a disjoint share of the training rows: the in-memory path splits
+  one global permutation (:func:`~adirec.data.batches.iterate_batches`), the Parquet path
+  shards row groups over ranks and loader workers (:mod:`adirec.data.streaming`). The global
+  batch is ``TrainConfig.batch_size``, split evenly over the ranks, so 1 and N processes take the
+  same number of optimizer steps per epoch. Ranks whose share runs out first wait inside
+  ``Join`` instead of rows being dropped.
+* **Gradients.** The loss is computed inside the forward() of the DDP-wrapped
+  :class:`LossModule`, so DDP averages the gradients of every step over the ranks. Embedding
+  tables with sparse gradients need the ``gloo`` backend (NCCL has no sparse all-reduce).
+* **Domain-specific batch norm.** DDP's default ``broadcast_buffers`` copies rank 0's buffers
+  over every other rank at each forward, which would silently throw away the running
+  statistics that the other ranks' rows of each domain produced. Buffers are therefore not
+  broadcast: during an epoch each rank normalises with its own batch statistics (as plain
+  BatchNorm under DDP does) and keeps its own running statistics, and at the end of every epoch,
+  before validation and checkpoints, :func:`average_buffers` all-reduces them to their mean over
+  ranks. Means of per-rank running means are the running mean of the global batches; running
+  variances average the within-rank variances (the between-rank spread of shard means of iid
+  shards is small, ``var / shard size``).
+* **Self-training.** Pseudo-labels are selected per rank: each rank keeps the most confident
+  fraction ``p`` of its own shard of the batch. Selection is per batch in single-process
+  training too, and a rank's shard is a uniformly random part of the global batch, so this is
+  the same rule applied to a smaller sample (no extra communication per step).
+* **Evaluation.** Each rank scores the users with ``user % world_size == rank``; the raw
+  per-query results (``EvalResult.per_query``, ``query_domain``, ``query_user``) are gathered
+  and the metrics computed once from all of them (averaging per-rank metrics would weigh ranks,
+  not users). Every rank gets the same numbers, so early stopping agrees everywhere.
+* **Writes.** Rank 0 alone writes checkpoints, ``metrics.jsonl``, ``config.json`` and
+  ``summary.json``.
+
+Backend: ``gloo`` for CPU tensors (the trainer computes on the CPU), ``nccl`` for a CUDA device.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import inspect
+import os
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+from adirec.eval.protocols import EvalResult, evaluate
+
+
+# ---------------------------------------------------------------------- process group
+def default_backend(device: torch.device | str = "cpu") -> str:
+    """``nccl`` for CUDA tensors, ``gloo`` otherwise."""
+    return "nccl" if torch.device(device).type == "cuda" else "gloo"
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank_world() -> tuple[int, int]:
+    """(rank, world size); (0, 1) without a process group."""
+    if not is_distributed():
+        return 0, 1
+    return dist.get_rank(), dist.get_world_size()
+
+
+def is_main() -> bool:
+    return rank_world()[0] == 0
+
+
+def init_from_env(backend: str | None = None) -> bool:
+    """Join the process group that torchrun describes in the environment. Returns True when
+    this call created it (and the caller should :func:`shutdown` it), False when there is
+    nothing to do (no torchrun, a single process, or a group that already exists)."""
+    if not dist.is_available() or dist.is_initialized():
+        return False
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return False
+    missing = [k for k in ("RANK", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
+    if missing:
+        raise ValueError(f"WORLD_SIZE={world} but {missing} are not set; launch with torchrun")
+    dist.init_process_group(backend=backend or default_backend())
+    # torchrun gives each process a fair share of the cores unless the user chose otherwise
+    if "OMP_NUM_THREADS" not in os.environ:
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
+    return True
+
+
+def shutdown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+# ---------------------------------------------------------------------- training pieces
+class LossModule(nn.Module):
+    """Computes the training loss inside ``forward`` so that DistributedDataParallel sees the
+    gradient-carrying computation; ``model`` is registered so DDP finds its parameters."""
+
+    def __init__(self, model: nn.Module, loss_fn):
+        super().__init__()
+        self.model = model
+        self._loss_fn = loss_fn
+
+    def forward(self, *args, **kwargs):
+        return self._loss_fn(*args, **kwargs)
+
+
+def wrap(model: nn.Module, loss_fn) -> nn.Module:
+    """The DDP module whose forward(*args) returns ``loss_fn(*args)``.
+
+    Buffers are not broadcast (see the module docstring: DSBN), and parameters that a rank's
+    batch did not use (a domain's experts or norms when the domain is absent) are allowed.
+    """
+    DDP = nn.parallel.DistributedDataParallel
+    # torch >= 2.13 names the per-forward buffer broadcast `forward_sync_buffers`
+    no_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DDP).parameters
+               else {"broadcast_buffers": False})
+    return DDP(LossModule(model, loss_fn), find_unused_parameters=True, **no_sync)
+
+
+def join(ddp_module: nn.Module | None):
+    """Context in which ranks with fewer batches shadow the others' collectives (uneven shares)."""
+    if ddp_module is None:
+        return contextlib.nullcontext()
+    from torch.distributed.algorithms.join import Join
+    return Join([ddp_module])
+
+
+@torch.no_grad()
+def average_buffers(module: nn.Module) -> None:
+    """All-reduce every floating-point buffer (BN / DSBN running statistics) to its mean over
+    ranks, and integer buffers (``num_batches_tracked``) to their maximum."""
+    if not is_distributed():
+        return
+    world = dist.get_world_size()
+    for b in module.buffers():
+        if b.is_floating_point():
+            dist.all_reduce(b, op=dist.ReduceOp.SUM)
+            b.div_(world)
+        else:
+            dist.all_reduce(b, op=dist.ReduceOp.MAX)
+
+
+def all_reduce_sums(values: list[float]) -> list[float]:
+    """Sums over ranks of a few scalars (loss totals, row counts)."""
+    if not is_distributed():
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.tolist()
+
+
+# ---------------------------------------------------------------------- evaluation
+def evaluate_across_ranks(scorer, data, *, split: str, protocol: str, ks: list[int], seen=None) -> EvalResult:
+    """:func:`adirec.eval.protocols.evaluate` with the users shared out over the ranks and the raw
+    per-query results gathered; without a process group, plain ``evaluate``."""
+    rank, world = rank_world()
+    if world == 1:
+        return evaluate(scorer, data, split=split, protocol=protocol, ks=ks, seen=seen)
+    target = data.splits[split]
+    mine = target.take(np.flatnonzero(target.user % world == rank))
+    local = None
+    if np.any(mine.weight > 0):
+        shard = dataclasses.replace(data, splits={**data.splits, split: mine})
+        local = evaluate(scorer, shard, split=split, protocol=protocol, ks=ks, seen=seen)
+    parts: list = [None] * world
+    dist.all_gather_object(parts, local)
+    parts = [p for p in parts if p is not None]
+    if not parts:
+        raise ValueError(f"{data.name}: split {split!r} has no positive interactions")
+    return EvalResult({k: np.concatenate([p.per_query[k] for p in parts]) for k in parts[0].per_query},
+                      np.concatenate([p.query_domain for p in parts]),
+                      np.concatenate([p.query_user for p in parts]))
+
+
+# ---------------------------------------------------------------------- adirec train
+def _streamable(spec):
+    """The layout of a ``parquet:DIR`` spec that can be streamed (it has a validation split and a
+    separate reported test split); None otherwise."""
+    kind, _, location = spec.source.partition(":")
+    if kind != "parquet" or not location:
+        return None
+    from adirec.data.parquet import ParquetLayout
+    layout = ParquetLayout(location)
+    if layout.split_rows("valid") and layout.split_rows("test"):
+        return layout
+    return None
+
+
+def train_run(spec, model_name: str, out_dir: str | Path, *, model_overrides: dict | None = None,
+              train_config=None, valid_users: int = 10_000, stream_workers: int = 0, **run_options) -> dict | None:
+    """What ``adirec train`` runs, alone or under torchrun.
+
+    * ``parquet:DIR`` with valid and test splits: the training split is streamed from Parquet
+      (:meth:`ParquetLayout.training_view`, validation on at most ``valid_users`` users);
+    * anything else: :func:`adirec.runs.train_run` on the data in memory (``run_options`` are
+      passed on to it).
+    Under torchrun every rank trains (DDP) and only rank 0 keeps a run directory. Returns the
+    run's summary on rank 0 and None on the other ranks.
+    """
+    from adirec import runs
+    started = init_from_env()
+    try:
+        out = Path(out_dir)
+        # every rank looks before rank 0 writes anything, so they all stop together
+        exists = (out / "config.json").exists()
+        barrier()
+        if exists:
+            raise FileExistsError(f"{out} already holds a run; choose another --out")
+        layout = _streamable(spec)
+        kw = dict(model_overrides=model_overrides, train_config=train_config)
+        if layout is not None:
+            if run_options:
+                raise ValueError(f"options {sorted(run_options)} are not supported when streaming from Parquet")
+            summary = _train_streaming(layout, spec, model_name, out, valid_users=valid_users,
+                                       stream_workers=stream_workers, **kw)
+            return summary if is_main() else None
+        if is_main():
+            return runs.train_run(spec, model_name, out, **kw, **run_options)
+        # the other ranks train alongside rank 0 (the Trainer writes nothing on them); what
+        # runs.train_run itself writes goes to a scratch directory that is removed
+        with tempfile.TemporaryDirectory(prefix="adirec-rank-") as scratch:
+            runs.train_run(spec, model_name, Path(scratch) / "run", **kw, **run_options)
+        return None
+    finally:
+        if started:
+            shutdown()
+
+
+def _train_streaming(layout, spec, model_name: str, out: Path, *, model_overrides, train_config,
+                     valid_users: int, stream_workers: int) -> dict:
+    from adirec.models import registry
+    from adirec.models.adi import TwoTowerModel
+    from adirec.runs import default_protocol
+    from adirec.train.loop import TrainConfig, Trainer
+    from adirec.utils import atomic_write_json
+    tcfg = train_config or TrainConfig()
+    mcfg = registry.build_config(model_name, **(model_overrides or {}))
+    t0 = time.time()
+    view = layout.training_view(valid_users=valid_users, seed=tcfg.seed, history_len=spec.history_len,
+                                num_workers=stream_workers)
+    load_seconds = time.time() - t0
+    data = view.data
+    torch.manual_seed(tcfg.seed)
+    build = getattr(registry, "build_model", None)
+    model = build(model_name, data.schema, data.num_domains, mcfg) if build else \
+        TwoTowerModel(data.schema, data.num_domains, mcfg)
+    if not isinstance(model, TwoTowerModel):
+        raise ValueError(f"model {model_name!r} cannot be trained from a stream; load the data in memory")
+    if is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / "config.json", {
+            "model": model_name, "data": asdict(spec), "data_name": data.name, "domains": data.domains,
+            "report_split": "test", "model_config": asdict(mcfg), "train_config": asdict(tcfg),
+            "schema": data.schema.to_dict(),
+            "streaming": {"train_rows": len(view.batches), "valid_users": valid_users,
+                          "world_size": rank_world()[1]},
+        })
+    trainer = Trainer(model, data, tcfg, report_split="test", protocol=default_protocol(data), out_dir=out,
+                      batches=view.batches, store=view.store, item_counts=view.item_counts)
+    summary = trainer.fit()
+    summary["load_seconds"] = load_seconds
+    if is_main():
+        atomic_write_json(out / "summary.json", summary)
+    return summary

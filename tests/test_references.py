@@ -1,0 +1,209 @@
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from adirec.data.build import RawCandidates, RawInteractions, build_dataset
+from adirec.eval.protocols import SeenItems, evaluate
+from adirec.models.references import EASE, ItemKNN, Popularity, build_reference, select_ease_lambda
+
+from conftest import shared_data
+
+# two domains, four users, five items; u1 is active in both domains
+#   d0: u1 {a, b}, u2 {a, b, c}, u3 {b, c}
+#   d1: u4 {a, d}, u1 {d}, u3 {d, e}
+TRAIN = [("u1", "a", 0), ("u1", "b", 0), ("u2", "a", 0), ("u2", "b", 0), ("u2", "c", 0),
+         ("u3", "b", 0), ("u3", "c", 0), ("u4", "a", 1), ("u4", "d", 1), ("u1", "d", 1),
+         ("u3", "d", 1), ("u3", "e", 1), ("u2", "a", 0)]  # the last row repeats a pair: counted once
+
+
+@pytest.fixture
+def tiny():
+    u, i, d = (np.array([r[k] for r in TRAIN], dtype=object if k < 2 else np.int64) for k in range(3))
+    # candidates: u2 in d1 ranks {a, d, e, zz}; zz was never trained on (id 0)
+    cands = {"valid": RawCandidates(np.array(["u2"], dtype=object), np.array([1]), [["e", "zz", "d", "a"]])}
+    valid = RawInteractions(np.array(["u2"], dtype=object), np.array(["d"], dtype=object), np.array([1]))
+    data = build_dataset("tiny", ["d0", "d1"], RawInteractions(u, i, d), valid, candidates=cands)
+    ids = {k: n for n, k in enumerate(data.item_keys)}
+    users = {k: n for n, k in enumerate(data.user_keys)}
+    return data, ids, users
+
+
+def _items(ids, names):
+    return np.array([ids[n] for n in names])
+
+
+def _ranking(scores: torch.Tensor, names: list[str]) -> list[str]:
+    order = torch.argsort(scores, descending=True, stable=True).tolist()
+    return [names[j] for j in order]
+
+
+def test_popularity_counts_and_tie_order(tiny):
+    data, ids, users = tiny
+    names = ["a", "b", "c", "d", "e"]
+    items = _items(ids, names)
+    u = np.array([users["u1"], users["u3"]])
+    pop = Popularity().fit(data)
+    # distinct (user, item) pairs over all domains: a 3, b 3, c 2, d 3, e 1
+    assert pop.raw_score(u, 0, items)[0].tolist() == [3, 3, 2, 3, 1]
+    s = pop.score(u, 0, items)
+    assert s.shape == (2, 5) and torch.equal(s[0], s[1])
+    # a, b, d tie at 3: broken by the count in d0 (b 3, a 2, d 0)
+    assert _ranking(s[0], names) == ["b", "a", "d", "c", "e"]
+    # in d1 the same tie is broken by d1 counts (d 3, a 1, b 0)
+    assert _ranking(pop.score(u, 1, items)[0], names) == ["d", "a", "b", "c", "e"]
+    dpop = build_reference("domain-popularity").fit(data)
+    assert dpop.raw_score(u, 0, items)[0].tolist() == [2, 3, 2, 0, 0]
+    # a and c tie at 2 in d0, d and e at 0: the smaller raw id first
+    assert _ranking(dpop.score(u, 0, items)[0], names) == ["b", "a", "c", "d", "e"]
+    assert _ranking(dpop.score(u, 1, items)[0], names) == ["d", "a", "e", "b", "c"]
+    # the unknown item ranks below every known one, even one with count 0
+    s = dpop.score(u[:1], 1, np.array([0, ids["b"]]))
+    assert s[0, 0] < s[0, 1]
+    # the shortcut equals the generic tie-breaking of the base class
+    from adirec.models.references import Reference
+    for model in (pop, dpop):
+        for d in (0, 1):
+            all_items = np.arange(data.num_items + 1)
+            assert torch.equal(torch.argsort(model.score(u, d, all_items), dim=1),
+                               torch.argsort(Reference.score(model, u, d, all_items), dim=1))
+
+
+def test_itemknn_cosine_by_hand(tiny):
+    data, ids, users = tiny
+    names = ["a", "b", "c", "d", "e"]
+    items = _items(ids, names)
+    knn = ItemKNN().fit(data)
+    # d0 columns over users (u1, u2, u3): a = (1,1,0), b = (1,1,1), c = (0,1,1)
+    ab, ac, bc = 2 / math.sqrt(6), 1 / 2, 2 / math.sqrt(6)
+    got = knn.raw_score(np.array([users["u1"], users["u3"]]), 0, items)
+    expected = torch.tensor([[ab, ab, ac + bc, 0, 0],  # u1 has a, b (an item is not its own neighbour)
+                             [ab + ac, bc, bc, 0, 0]], dtype=torch.float32)  # u3 has b, c
+    assert torch.allclose(got, expected, atol=1e-6)
+    # d1 columns over users (u1, u3, u4): a = (0,0,1), d = (1,1,1), e = (0,1,0); u1's d1 history is {d}
+    got = knn.raw_score(np.array([users["u1"]]), 1, items)
+    assert torch.allclose(got, torch.tensor([[1 / math.sqrt(3), 0, 0, 0, 1 / math.sqrt(3)]]), atol=1e-6)
+    # history="all": u1's d0 items that d1 knows (a) count as well
+    got = ItemKNN(history="all").fit(data).raw_score(np.array([users["u1"]]), 1, items)
+    assert torch.allclose(got, torch.tensor([[1 / math.sqrt(3), 0, 0, 1 / math.sqrt(3), 1 / math.sqrt(3)]]), atol=1e-6)
+    # ties (a and e at 1/sqrt3, b and c at 0) are broken by d1 counts, then the raw id
+    assert _ranking(knn.score(np.array([users["u1"]]), 1, items)[0], names) == ["a", "e", "d", "b", "c"]
+
+
+def test_itemknn_pooled_uses_every_domain(tiny):
+    data, ids, users = tiny
+    knn = build_reference("itemknn-pooled").fit(data)
+    assert knn.name == "itemknn-pooled" and knn.history == "all"
+    # pooled columns over users (u1..u4): a = (1,1,0,1), d = (1,0,1,1); shared users u1, u4
+    s = knn.raw_score(np.array([users["u2"]]), 1, _items(ids, ["d"]))  # u2 has a, b, c
+    b = np.array([1, 1, 1, 0]); c = np.array([0, 1, 1, 0]); d = np.array([1, 0, 1, 1]); a = np.array([1, 1, 0, 1])
+    cos = lambda x, y: x @ y / math.sqrt((x @ x) * (y @ y))
+    assert s.item() == pytest.approx(cos(a, d) + cos(b, d) + cos(c, d), abs=1e-6)
+
+
+def _ridge_without_self(x: np.ndarray, lam: float) -> np.ndarray:
+    """EASE by definition: column j regressed on every other column with an L2 penalty."""
+    n = x.shape[1]
+    b = np.zeros((n, n))
+    for j in range(n):
+        rest = [k for k in range(n) if k != j]
+        xr = x[:, rest]
+        b[rest, j] = np.linalg.solve(xr.T @ xr + lam * np.eye(n - 1), xr.T @ x[:, j])
+    return b
+
+
+@pytest.mark.parametrize("lam", [0.5, 3.0])
+def test_ease_closed_form_equals_direct_solve(tiny, lam):
+    data, ids, users = tiny
+    ease = EASE(lam).fit(data)
+    for dom, rows, cols in ((0, ["u1", "u2", "u3"], ["a", "b", "c"]), (1, ["u1", "u3", "u4"], ["a", "d", "e"])):
+        tr = data.splits["train"]
+        x = np.zeros((len(rows), len(cols)))
+        for uu, ii, dd in zip(tr.user, tr.item, tr.domain):
+            if dd == dom:
+                x[rows.index(data.user_keys[uu]), cols.index(data.item_keys[ii])] = 1
+        b = _ridge_without_self(x, lam)
+        got = ease.raw_score(np.array([users[r] for r in rows]), dom, _items(ids, cols)).numpy()
+        np.testing.assert_allclose(got, x @ b, atol=1e-5)
+        # the matrix itself, in the order of its rows
+        order = [cols.index(data.item_keys[k]) for k in ease.items[dom]]
+        np.testing.assert_allclose(ease.weights[dom].numpy(), b[np.ix_(order, order)], atol=1e-5)
+    assert ease.num_parameters() == 9 + 9
+
+
+def test_references_evaluate_with_sampled_candidates(tiny):
+    data, ids, users = tiny
+    # u2 in d1 ranks e, zz (unknown), d, a; domain popularity in d1: d 3, a 1, e 1 -> d first
+    res = evaluate(build_reference("domain-popularity").fit(data), data, split="valid", protocol="sampled", ks=[1, 2])
+    m = res.metrics(data.domains)
+    assert m["recall@1"]["d1"] == 1.0
+    # item-kNN: u2 has no d1 history, every score is 0; the tie order still puts d first
+    res = evaluate(ItemKNN().fit(data), data, split="valid", protocol="sampled", ks=[1])
+    assert res.metrics(data.domains)["recall@1"]["d1"] == 1.0
+
+
+def test_reference_errors(tiny):
+    data, _, _ = tiny
+    with pytest.raises(ValueError, match="unknown reference"):
+        build_reference("svd")
+    with pytest.raises(ValueError, match="lambda"):
+        EASE(0.0)
+    with pytest.raises(ValueError, match="scope"):
+        ItemKNN(scope="global")
+    with pytest.raises(ValueError, match="history"):
+        ItemKNN(history="others")
+    with pytest.raises(RuntimeError, match="fit"):
+        Popularity().score(np.array([1]), 0, np.array([1]))
+    with pytest.raises(ValueError, match="domain 2"):
+        ItemKNN().fit(data).score(np.array([1]), 2, np.array([1]))
+
+
+def test_select_ease_lambda_uses_holdout_from_train():
+    from adirec.data.sources import load_source
+    data = load_source("synthetic:tiny")
+    best, found = select_ease_lambda(data, grid=(1.0, 10.0, 100.0))
+    assert best in found and set(found) == {1.0, 10.0, 100.0}
+    assert all(0.0 <= v <= 1.0 for v in found.values())
+    with pytest.raises(ValueError, match="grid"):
+        select_ease_lambda(data, grid=(0.0,))
+
+
+# ------------------------------------------------------------------ real data (../shared/README.md)
+XMREC = {  # sampled-100, valid, Recall@10 for s1, s2, s3
+    "domain-popularity": ({}, [0.296, 0.714, 0.633]),
+    "itemknn": ({}, [0.375, 0.797, 0.759]),
+    "ease": ({"lam": 200.0}, [0.364, 0.806, 0.771]),
+}
+MOVIELENS = {  # age3, test, full ranking, mean Recall@20/50/100
+    "popularity": ({}, [0.079, 0.141, 0.244]),
+    "domain-popularity": ({}, [0.085, 0.154, 0.253]),
+    "itemknn-pooled": ({}, [0.104, 0.197, 0.300]),
+    "ease-pooled": ({"lam": 500.0}, [0.156, 0.284, 0.423]),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(XMREC))
+def test_xmrec_reference_numbers(name):
+    from adirec.data.sources import load_source
+    data = load_source(f"xmrec:{shared_data('xmrec')}")
+    kwargs, expected = XMREC[name]
+    r = evaluate(build_reference(name, **kwargs).fit(data), data, split="valid", protocol="sampled", ks=[10],
+                 seen=SeenItems(data)).metrics(data.domains)["recall@10"]
+    print(f"xmrec {name}: " + json.dumps({d: round(v, 4) for d, v in r.items()}))
+    assert [r[d] for d in ("s1", "s2", "s3")] == pytest.approx(expected, abs=0.005), json.dumps(r)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(MOVIELENS))
+def test_movielens_reference_numbers(name):
+    from adirec.data.sources import load_source
+    data = load_source(f"recbole:{shared_data('movielens-1m')}/ml-1m", domain_by="user.age:25,35")
+    kwargs, expected = MOVIELENS[name]
+    m = evaluate(build_reference(name, **kwargs).fit(data), data, split="test", protocol="full", ks=[20, 50, 100],
+                 seen=SeenItems(data)).metrics(data.domains)
+    got = [m[f"recall@{k}"]["mean"] for k in (20, 50, 100)]
+    print(f"movielens {name}: R@20/50/100 " + json.dumps([round(v, 4) for v in got]))
+    assert got == pytest.approx(expected, abs=0.005), json.dumps(got)
