@@ -50,12 +50,19 @@ def add_model_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shared-experts", type=int)
     p.add_argument("--embedding-dim", type=int)
     p.add_argument("--self-training", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--st-start-epoch", type=int, help="first epoch (0-based) with pseudo-labels")
+    p.add_argument("--st-p0", type=float, help="pseudo-label fraction at the start epoch")
+    p.add_argument("--st-delta-p", type=float, help="growth of the fraction per epoch")
+    p.add_argument("--st-max-p", type=float, help="ceiling of the fraction")
+    p.add_argument("--st-weight", type=float, help="loss weight of a pseudo-labelled sample")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--negatives", type=int, dest="num_negatives")
     p.add_argument("--temperature", type=float)
     p.add_argument("--patience", type=int)
+    p.add_argument("--early-stopping-metric", help="validation metric to watch, e.g. recall@50 "
+                   "(default: recall@10 on candidate lists, recall@50 on full rankings)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, dest="num_threads", help="torch threads (default: all cores)")
     p.add_argument("--no-progress", action="store_true")
@@ -72,11 +79,16 @@ def train_config(args, **defaults):
     from adirec.train.loop import TrainConfig
     from adirec.train.self_training import SelfTrainingConfig
     kw = dict(defaults)
-    for k in ("epochs", "batch_size", "lr", "num_negatives", "temperature", "patience", "num_threads"):
+    for k in ("epochs", "batch_size", "lr", "num_negatives", "temperature", "patience", "num_threads",
+              "early_stopping_metric"):
         if getattr(args, k) is not None:
             kw[k] = getattr(args, k)
+    st = {k: getattr(args, f"st_{k}") for k in ("start_epoch", "p0", "delta_p", "max_p", "weight")
+          if getattr(args, f"st_{k}") is not None}
     if args.self_training is not None:
-        kw["self_training"] = SelfTrainingConfig(enabled=args.self_training)
+        st["enabled"] = args.self_training
+    if st:
+        kw["self_training"] = SelfTrainingConfig(**st)
     return TrainConfig(seed=args.seed, progress=not args.no_progress, **kw)
 
 
@@ -170,8 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="train adi-se and dnn on synthetic data and compare them")
-    p.add_argument("--preset", default="default")
-    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--preset", default="small", help="synthetic preset (small: 50k interactions)")
+    p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--no-progress", action="store_true")

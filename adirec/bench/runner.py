@@ -281,7 +281,7 @@ class Bench:
         path = self.cfg.out / "ease_lambda.json"
         chosen = json.loads(path.read_text()) if path.is_file() else {}
         if scope not in chosen:
-            metric = TrainConfig(**self.cfg.train).early_stopping_metric
+            metric = TrainConfig(**self.cfg.train).early_stopping_metric or "recall@50"  # full ranking
             self.log(f"choosing EASE lambda ({scope}) on a hold-out from training, {metric}, grid {list(EASE_GRID)} ...")
             lam, scores = select_ease_lambda(self.data, EASE_GRID, scope=scope, metric=metric)
             chosen[scope] = {"lam": lam, "metric": metric, "holdout": {str(k): v for k, v in scores.items()}}

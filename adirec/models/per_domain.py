@@ -141,9 +141,10 @@ def fit_per_domain(
                     fh.write(json.dumps({"domain": name, **row}) + "\n")
                 fh.flush()
                 os.fsync(fh.fileno())
-    metric = config.early_stopping_metric
+    metric = next(iter(per_domain.values()))["valid_metric"]
     summary = {
         "best_epoch": {n: s["best_epoch"] for n, s in per_domain.items()},
+        "valid_metric": metric,
         f"best_valid_{metric}": {n: s[f"best_valid_{metric}"] for n, s in per_domain.items()},
         "epochs_run": {n: s["epochs_run"] for n, s in per_domain.items()},
         "train_seconds": time.time() - start,

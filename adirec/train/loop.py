@@ -37,8 +37,13 @@ class TrainConfig:
         proposal: ``"unigram"`` (counts^alpha) or ``"uniform"`` over training items.
         proposal_alpha: exponent of the unigram proposal.
         temperature: softmax temperature applied to the scores (cosine scores need < 1).
+        corpus_negatives_only: for a row of domain d, mask the negative columns whose item is not
+            in d's corpus, so that each domain's softmax runs over what that domain serves (the
+            logQ correction is unchanged: it describes how the columns were drawn).
         self_training: pseudo-label settings (Algorithm 1).
-        early_stopping_metric: metric (averaged over domains) watched on the validation split.
+        early_stopping_metric: metric (averaged over domains) watched on the validation split;
+            None = ``recall@10`` when validating on candidate lists (``sampled``, where deeper
+            cut-offs saturate), ``recall@50`` on full rankings.
         patience: epochs without improvement before stopping; 0 disables early stopping.
         holdout_fraction: when no separate validation split exists, the fraction of users whose
             last training positive is held out to validate on.
@@ -50,14 +55,15 @@ class TrainConfig:
 
     epochs: int = 20
     batch_size: int = 1024
-    lr: float = 1e-3
+    lr: float = 3e-3
     weight_decay: float = 0.0
     num_negatives: int = 1024
     proposal: str = "unigram"
     proposal_alpha: float = 0.75
-    temperature: float = 0.05
+    temperature: float = 0.1
+    corpus_negatives_only: bool = True
     self_training: SelfTrainingConfig = dc_field(default_factory=SelfTrainingConfig)
-    early_stopping_metric: str = "recall@50"
+    early_stopping_metric: str | None = None
     patience: int = 3
     holdout_fraction: float = 0.1
     eval_ks: tuple[int, ...] = (10, 50)
@@ -82,12 +88,11 @@ class TrainConfig:
             raise ValueError(f"holdout_fraction must be in (0, 1), got {self.holdout_fraction}")
         if self.patience < 0:
             raise ValueError(f"patience must be >= 0, got {self.patience}")
-        name, _, k = self.early_stopping_metric.partition("@")
-        if name not in ("recall", "ndcg") or not k.isdigit():
-            raise ValueError(f"early_stopping_metric must look like recall@50 or ndcg@10, "
-                             f"got {self.early_stopping_metric!r}")
-        if int(k) not in self.eval_ks:
-            self.eval_ks = tuple(sorted(set(self.eval_ks) | {int(k)}))
+        if self.early_stopping_metric is not None:
+            name, _, k = self.early_stopping_metric.partition("@")
+            if name not in ("recall", "ndcg") or not k.isdigit() or int(k) < 1:
+                raise ValueError(f"early_stopping_metric must look like recall@50 or ndcg@10, "
+                                 f"got {self.early_stopping_metric!r}")
 
 
 def holdout_split(data: MultiDomainData, fraction: float, seed: int) -> tuple[MultiDomainData, Interactions]:
@@ -250,7 +255,13 @@ class Trainer:
                     self.train_data, held, width, seed=config.seed)}
             self.val_split, self.val_protocol = "valid", protocol
         self.data = data
+        self.metric = config.early_stopping_metric or (
+            "recall@10" if self.val_protocol == "sampled" else "recall@50")
+        self.eval_ks = sorted(set(config.eval_ks) | {int(self.metric.partition("@")[2])})
         self.store = store if store is not None else FeatureStore(self.train_data)
+        self.in_corpus = torch.zeros(data.num_domains, data.num_items + 1, dtype=torch.bool)  # (D, I+1)
+        for d, corpus in enumerate(data.corpus):
+            self.in_corpus[d, torch.as_tensor(corpus)] = True
         tr = self.train_data.splits["train"]
         counts = np.bincount(tr.item, minlength=data.num_items + 1) if item_counts is None else item_counts
         self.rank, self.world_size = ddp.rank_world()
@@ -281,6 +292,10 @@ class Trainer:
             dvec = torch.full((len(distinct),), d, dtype=torch.long)
             v = model.item_embedding(self.store.item_features(distinct, d), dvec)  # (N', O) in domain d
             logits[rows] = u[rows] @ v[where].T
+        if cfg.corpus_negatives_only:  # a domain's softmax runs over that domain's corpus only
+            outside = ~self.in_corpus[domain][:, columns]  # (B', N)
+            outside[torch.arange(len(user)), torch.arange(len(user))] = False  # never the positive
+            logits = logits.masked_fill(outside, float("-inf"))
         log_q = self.sampler.log_q(columns, len(user), cfg.num_negatives)
         loss = sampled_softmax_loss(logits, torch.arange(len(user)), item, columns, log_q,
                                     temperature=cfg.temperature, weight=weight)
@@ -290,7 +305,7 @@ class Trainer:
     def validate(self) -> dict:
         scorer = TwoTowerScorer(self.model, self.store, self.data.num_items)
         result = ddp.evaluate_across_ranks(scorer, self.train_data, split=self.val_split,
-                                           protocol=self.val_protocol, ks=list(self.config.eval_ks),
+                                           protocol=self.val_protocol, ks=self.eval_ks,
                                            seen=SeenItems(self.train_data))
         return result.metrics(self.data.domains)
 
@@ -331,11 +346,11 @@ class Trainer:
                 n_rows, n_pseudo = int(n_rows), int(n_pseudo)
             train_seconds = time.time() - t0
             metrics = self.validate()
-            value = metrics[cfg.early_stopping_metric]["mean"]
+            value = metrics[self.metric]["mean"]
             row = {"epoch": epoch + 1, "loss": total / max(n_rows, 1), "pseudo_fraction": p,
                    "pseudo_rows": n_pseudo, "epoch_seconds": train_seconds,
                    "samples_per_second": n_rows / max(train_seconds, 1e-9),
-                   f"valid_{cfg.early_stopping_metric}": value,
+                   f"valid_{self.metric}": value,
                    "valid": metrics}
             self.history.append(row)
             improved = value > best
@@ -345,13 +360,13 @@ class Trainer:
             else:
                 bad_epochs += 1
             if cfg.progress and main:
-                tqdm.write(f"epoch {epoch + 1}: loss {row['loss']:.4f}  valid {cfg.early_stopping_metric} "
+                tqdm.write(f"epoch {epoch + 1}: loss {row['loss']:.4f}  valid {self.metric} "
                            f"{value:.4f}{' *' if improved else ''}  {row['samples_per_second']:.0f} samples/s")
             if self.out_dir is not None and main:
                 self._checkpoint(epoch + 1, improved, row)
             if cfg.patience and bad_epochs >= cfg.patience:
                 break
-        summary = {"best_epoch": best_epoch, f"best_valid_{cfg.early_stopping_metric}": best,
+        summary = {"best_epoch": best_epoch, "valid_metric": self.metric, f"best_valid_{self.metric}": best,
                    "epochs_run": len(self.history), "train_seconds": time.time() - start,
                    "params": self.model.num_parameters(),
                    "validation": {"split": "valid" if self.train_data is self.data else "holdout-from-train",
