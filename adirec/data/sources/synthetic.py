@@ -127,9 +127,8 @@ class SyntheticConfig:
             per-domain catalogues are subsampled at random for every block.
         block_users: users per generation block (and per chunk of :func:`generate_chunks`); the
             data depend on it, so keep it fixed to reproduce a data set.
-        item_domain_dense: also pass per-domain item features (``item_domain_ctr``,
-            ``item_domain_price``) to ``build_dataset`` (not supported by ``build_dataset`` yet:
-            it raises ``NotImplementedError``).
+        item_domain_dense: add the per-domain item statistics ``item_domain_ctr`` (CTR-like)
+            and ``item_domain_price`` (price-like) as item-domain fields.
     """
 
     num_users: int = 5_000
@@ -162,7 +161,7 @@ class SyntheticConfig:
     mean_gap_seconds: float = 43_200.0
     candidate_pool: int = 20_000
     block_users: int = 2_048
-    item_domain_dense: bool = False
+    item_domain_dense: bool = True
 
     def __post_init__(self) -> None:
         shares = _as_tuple(self.domain_shares, "domain_shares")
