@@ -63,7 +63,7 @@ class TwoTowerConfig:
         ple_levels: extraction levels of the "ple" backbone (1 = CGC).
     """
 
-    embedding_dim: int = 32
+    embedding_dim: int = 64
     dial: str = "se"
     se_reduction: int = 4
     shared_experts: int = 1
