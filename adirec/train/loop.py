@@ -3,6 +3,7 @@ a checkpoint per epoch, early stopping on a validation split that is never the r
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -112,13 +113,7 @@ def holdout_split(data: MultiDomainData, fraction: float, seed: int) -> tuple[Mu
     keep[held] = False
     splits = dict(data.splits)
     splits["train"] = tr.take(np.flatnonzero(keep))
-    reduced = MultiDomainData(
-        name=data.name, domains=data.domains, schema=data.schema, user_keys=data.user_keys,
-        item_keys=data.item_keys, splits=splits, user_table=data.user_table,
-        item_table=data.item_table, user_domain_table=data.user_domain_table,
-        item_domain_table=data.item_domain_table, corpus=data.corpus, candidates=data.candidates,
-        meta=data.meta,
-    )
+    reduced = dataclasses.replace(data, splits=splits)
     return reduced, tr.take(held)
 
 
