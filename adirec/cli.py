@@ -41,6 +41,16 @@ def data_spec(args):
                     positive=args.positive, seed=args.seed, history_len=args.history_len)
 
 
+def add_optimisation_args(p: argparse.ArgumentParser) -> None:
+    """Training options shared by ``train`` and ``bench`` (None = the TrainConfig default)."""
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--negatives", type=int, dest="num_negatives")
+    p.add_argument("--temperature", type=float)
+    p.add_argument("--patience", type=int)
+
+
 def add_model_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="adi-se", help=f"one of {', '.join(sorted(MODELS))}")
     p.add_argument("--fusion", choices=["concat", "sum", "netmul"])
@@ -55,12 +65,7 @@ def add_model_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--st-delta-p", type=float, help="growth of the fraction per epoch")
     p.add_argument("--st-max-p", type=float, help="ceiling of the fraction")
     p.add_argument("--st-weight", type=float, help="loss weight of a pseudo-labelled sample")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--negatives", type=int, dest="num_negatives")
-    p.add_argument("--temperature", type=float)
-    p.add_argument("--patience", type=int)
+    add_optimisation_args(p)
     p.add_argument("--early-stopping-metric", help="validation metric to watch, e.g. recall@50 "
                    "(default: recall@10 on candidate lists, recall@50 on full rankings)")
     p.add_argument("--seed", type=int, default=0)

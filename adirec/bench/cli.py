@@ -40,7 +40,7 @@ def _ease_lambda(text: str):
 def register(subparsers) -> None:
     """Add the ``bench`` command to the ``adirec`` sub-command parsers."""
     from adirec.bench.suites import SUITES
-    from adirec.cli import _csv, _csv_ints
+    from adirec.cli import _csv, _csv_ints, add_optimisation_args
     p = subparsers.add_parser(
         "bench", help="run the paper's experiments (comparison, fusion, ablation, SE, experts)",
         description="Train and evaluate every run of the chosen suites into OUT (resumable: a rerun "
@@ -61,12 +61,7 @@ def register(subparsers) -> None:
     p.add_argument("--set", type=_size_item, action="append", default=[], metavar="KEY=VALUE",
                    help="model config field for every neural run, e.g. --set embedding_dim=16 "
                         "--set expert_hidden=64 (repeatable)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--negatives", type=int, dest="num_negatives")
-    p.add_argument("--temperature", type=float)
-    p.add_argument("--patience", type=int)
+    add_optimisation_args(p)
     p.add_argument("--ease-lambda", type=_ease_lambda, default="auto",
                    help="EASE's lambda, or auto: chosen on a hold-out from training (default)")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
