@@ -51,6 +51,7 @@ from adirec.data.build import RawInteractions, build_dataset
 from adirec.models.adi import TwoTowerConfig, TwoTowerModel
 from adirec.serve.bundle import load_bundle, write_bundle
 from adirec.serve.service import Recommender
+from adirec.serve.process import start_server
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -215,25 +216,11 @@ def main(argv=None) -> int:
     script = work / "recommend.lua"
     script.write_text(wrk_script(bodies))
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "adirec", "serve", str(bundle_dir), "--port", str(port)],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+    server = start_server(bundle_dir, port, timeout=600)
     base = f"http://127.0.0.1:{port}"
     http = {}
     try:
         import httpx
-        deadline = time.time() + 600
-        while True:
-            try:
-                if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if server.poll() is not None:
-                raise RuntimeError("server exited:\n" + server.stdout.read().decode())
-            if time.time() > deadline:
-                raise RuntimeError("server did not come up in 600 s")
-            time.sleep(0.5)
         check = httpx.post(f"{base}/v1/recommend", content=bodies[0], headers={"content-type": "application/json"})
         assert check.status_code == 200 and len(check.json()["items"]) == args.k, check.text
         subprocess.run(["wrk", "-t1", "-c8", "-d3s", "-s", str(script), base], capture_output=True, timeout=60)  # warm-up

@@ -6,12 +6,10 @@ every test reads that bundle or a copy of it.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 
@@ -25,6 +23,7 @@ from adirec.serve.bundle import (
     FORMAT_VERSION, BundleError, IndexConfig, export_bundle, load_bundle, write_bundle,
 )
 from adirec.serve.service import FROM_MODEL, FROM_POPULAR, FROM_REQUEST, Recommender, RequestError, UnknownDomainError
+from adirec.serve.process import start_server
 from adirec.train.loop import TwoTowerScorer
 
 TINY_MODEL = dict(embedding_dim=8, expert_hidden=(16,), expert_out=8, forward_hidden=(8,), output_dim=8)
@@ -554,21 +553,9 @@ def _free_port() -> int:
 def test_real_uvicorn_process_serves_and_reloads_without_failed_requests(served, second_bundle):
     import httpx
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "adirec", "serve", str(served[1]), "--port", str(port),
-                             "--enable-reload"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = start_server(served[1], port, "--enable-reload")
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None, proc.stdout.read().decode()
-            assert time.time() < deadline, "server did not come up"
-            time.sleep(0.2)
         data = served[3]
         r = httpx.post(f"{base}/v1/recommend", json={"user_id": data.user_keys[2], "domain": "d1", "k": 5})
         assert r.status_code == 200 and len(r.json()["items"]) == 5
