@@ -103,6 +103,13 @@ def test_bench_end_to_end_resume_and_guards(tmp_path, capsys):
     assert _bench(out, methods="sum") == 0
     log = capsys.readouterr().out
     assert "fusion/sum seed 0: trained" in log and (run / "bench.json").is_file()
+    # another seed from a second bench process into the same OUT: only that seed trains, and the
+    # tables then hold both
+    assert _bench(out, "--first-seed", "1", methods="sum") == 0
+    log = capsys.readouterr().out
+    assert "fusion/sum seed 1: trained" in log and "seed 0" not in log
+    seeds = [r["seed"] for r in json.loads((out / "results.json").read_text())["runs"] if r["key"] == "sum"]
+    assert sorted(seeds) == [0, 1]
     # other settings for a finished run: refused, not mixed in
     assert _bench(out, "--lr", "0.01", methods="sum") == 1
     assert "other settings" in capsys.readouterr().out
@@ -151,6 +158,8 @@ def test_bench_config_is_validated_early(tmp_path):
         BenchConfig(spec, tmp_path, ["paper"], ease_lambda=-1.0)
     with pytest.raises(ValueError, match="seeds"):
         BenchConfig(spec, tmp_path, ["paper"], seeds=0)
+    with pytest.raises(ValueError, match="first_seed"):
+        BenchConfig(spec, tmp_path, ["paper"], first_seed=-1)
     with pytest.raises(ValueError, match="cannot be set"):
         BenchConfig(spec, tmp_path, ["paper"], train={"seed": 3})
     cfg = BenchConfig(spec, tmp_path, ["paper"], size={"expert_hidden": 16})

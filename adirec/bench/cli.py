@@ -48,7 +48,10 @@ def register(subparsers) -> None:
     p.add_argument("--data", required=True, metavar="SRC", help="xmrec:DIR | recbole:DIR/PREFIX | synthetic[:PRESET]")
     p.add_argument("--suite", required=True, metavar="NAME",
                    help=f"{', '.join(SUITES)}, a comma-separated list, or all")
-    p.add_argument("--seeds", type=int, default=1, help="training seeds per neural run (0..N-1)")
+    p.add_argument("--seeds", type=int, default=1, help="training seeds per neural run (default 1)")
+    p.add_argument("--first-seed", type=int, default=0,
+                   help="first training seed: runs seeds S..S+N-1 (default 0); bench processes with "
+                        "different seeds may share one --out")
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--methods", type=_csv, help="only these runs, by key (mmoe-k2), suite/key (paper/adi-se) or model "
                         "name (mmoe: every run of that preset), comma-separated")
@@ -78,8 +81,8 @@ def cmd_bench(args) -> int:
     train = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "num_negatives", "temperature", "patience")
              if getattr(args, k) is not None}
     config = BenchConfig(data=spec, out=args.out, suites=parse_suites(args.suite), seeds=args.seeds,
-                         methods=args.methods, size=dict(args.set), train=train, ease_lambda=args.ease_lambda,
-                         ks=args.k, threads=args.threads, progress=not args.no_progress)
+                         first_seed=args.first_seed, methods=args.methods, size=dict(args.set), train=train,
+                         ease_lambda=args.ease_lambda, ks=args.k, threads=args.threads, progress=not args.no_progress)
     results = Bench(config).run()
     for f in results["failed"]:
         print(f"failed: {f['suite']}/{f['key']} seed {f['seed']}: {f['error']}")

@@ -50,7 +50,10 @@ class BenchConfig:
         data: how to load the data set (its ``seed`` is the data's, not the training seed).
         out: output directory.
         suites: suite names (see :data:`adirec.bench.suites.SUITES`).
-        seeds: training seeds ``0..seeds-1`` per neural run.
+        seeds: how many training seeds per neural run.
+        first_seed: the first of them: seeds ``first_seed .. first_seed+seeds-1`` (several bench
+            processes can share one ``out``, each with its own seeds; ``results.md`` of the last
+            one to finish, or of a rerun, covers every finished run).
         methods: keep only runs whose key or model name is listed (None = all).
         size: TwoTowerConfig fields applied to every neural run ("the chosen size").
         train: TrainConfig fields applied to every neural run (epochs, batch_size, ...).
@@ -64,6 +67,7 @@ class BenchConfig:
     out: Path
     suites: list[str]
     seeds: int = 1
+    first_seed: int = 0
     methods: list[str] | None = None
     size: dict = dc_field(default_factory=dict)
     train: dict = dc_field(default_factory=dict)
@@ -76,6 +80,8 @@ class BenchConfig:
         self.out = Path(self.out)
         if self.seeds < 1:
             raise ValueError(f"seeds must be >= 1, got {self.seeds}")
+        if self.first_seed < 0:
+            raise ValueError(f"first_seed must be >= 0, got {self.first_seed}")
         if self.ease_lambda != "auto" and not (isinstance(self.ease_lambda, (int, float)) and self.ease_lambda > 0):
             raise ValueError(f"ease_lambda must be 'auto' or a number > 0, got {self.ease_lambda!r}")
         if self.ks is not None and (not self.ks or min(self.ks) < 1):
@@ -154,7 +160,8 @@ class Bench:
                 elif spec.model not in MODELS:
                     self.skipped.append({"suite": suite, "key": spec.key, "reason": f"model {spec.model!r} is not registered"})
                 else:
-                    tasks += [Task(spec, s, base / f"seed{s}") for s in range(self.cfg.seeds)]
+                    seeds = range(self.cfg.first_seed, self.cfg.first_seed + self.cfg.seeds)
+                    tasks += [Task(spec, s, base / f"seed{s}") for s in seeds]
         return tasks
 
     def _check_out(self) -> None:
