@@ -49,6 +49,8 @@ def add_optimisation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--negatives", type=int, dest="num_negatives")
     p.add_argument("--temperature", type=float)
     p.add_argument("--patience", type=int)
+    p.add_argument("--device", help="auto (default: this process's GPU when CUDA is available, "
+                   "else the CPU), cpu, cuda or cuda:N")
 
 
 def add_model_train_args(p: argparse.ArgumentParser) -> None:
@@ -85,7 +87,7 @@ def train_config(args, **defaults):
     from adirec.train.self_training import SelfTrainingConfig
     kw = dict(defaults)
     for k in ("epochs", "batch_size", "lr", "num_negatives", "temperature", "patience", "num_threads",
-              "early_stopping_metric"):
+              "early_stopping_metric", "device"):
         if getattr(args, k) is not None:
             kw[k] = getattr(args, k)
     st = {k: getattr(args, f"st_{k}") for k in ("start_epoch", "p0", "delta_p", "max_p", "weight")
@@ -109,7 +111,7 @@ def cmd_train(args) -> int:
 def cmd_evaluate(args) -> int:
     from adirec.runs import evaluate_run
     from adirec.utils import atomic_write_json
-    report = evaluate_run(args.run_dir, protocol=args.protocol, split=args.split, ks=args.k)
+    report = evaluate_run(args.run_dir, protocol=args.protocol, split=args.split, ks=args.k, device=args.device)
     print(format_metrics({report["model"]: report["metrics"]}, title=f"{report['data']} "
                          f"({report['protocol']}, split {report['split']})"))
     if args.json:
@@ -206,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=["valid", "test"])
     p.add_argument("--k", type=_csv_ints, default=[10, 50], help="cut-offs, e.g. 10,50")
     p.add_argument("--json", metavar="FILE", help="write the report as JSON")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     p.set_defaults(func=cmd_evaluate)
 
     data = sub.add_parser("data", help="data set tools").add_subparsers(dest="data_command", required=True)

@@ -20,6 +20,7 @@ from adirec.eval.protocols import SeenItems, evaluate
 from adirec.models.adi import TwoTowerConfig
 from adirec.models.per_domain import PerDomainModel, fit_per_domain
 from adirec.models.registry import budget_matched_config, build_config, build_model
+from adirec.train.distributed import resolve_device
 from adirec.train.loop import TrainConfig, Trainer, TwoTowerScorer
 from adirec.utils import atomic_write_json, load_weights
 
@@ -91,7 +92,7 @@ def train_run(spec: DataSpec, model_name: str, out_dir: str | Path, *,
 
 
 def load_run(run_dir: str | Path, data: MultiDomainData | None = None):
-    """(model with its best weights, data, config dict) of a finished run."""
+    """(model with its best weights, on the CPU; data; config dict) of a finished run."""
     run = Path(run_dir)
     cfg_path = run / "config.json"
     if not cfg_path.is_file():
@@ -108,9 +109,11 @@ def load_run(run_dir: str | Path, data: MultiDomainData | None = None):
 
 
 def evaluate_run(run_dir: str | Path, *, protocol: str | None = None, split: str | None = None,
-                 ks: list[int] = (10, 50), data: MultiDomainData | None = None) -> dict:
-    """Evaluate a run; the dict is what ``adirec evaluate --json`` writes."""
+                 ks: list[int] = (10, 50), data: MultiDomainData | None = None, device: str = "auto") -> dict:
+    """Evaluate a run on ``device`` (see :func:`adirec.train.distributed.resolve_device`); the
+    dict is what ``adirec evaluate --json`` writes."""
     model, data, cfg = load_run(run_dir, data)
+    model.to(resolve_device(device))
     protocol = protocol or default_protocol(data)
     split = split or cfg.get("report_split") or default_split(data)
     scorer = TwoTowerScorer(model, FeatureStore(data), data.num_items)

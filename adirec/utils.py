@@ -41,7 +41,7 @@ def save_weights(model: torch.nn.Module, path: str | Path) -> None:
             continue  # a table shared by both towers appears under several names
         if key is not None:
             seen[key] = name
-        tensors[name] = t.detach().contiguous().clone()
+        tensors[name] = t.detach().cpu().contiguous().clone()  # files hold host tensors
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     os.close(fd)
     try:

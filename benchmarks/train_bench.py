@@ -1,7 +1,7 @@
 """Training throughput of adirec's ``adi-se`` and ``dnn`` beside a minimal plain-PyTorch
 two-tower loop of the same embedding and MLP sizes, measured in the same run, plus a profile.
 
-    nice -n 10 python benchmarks/train_bench.py [--preset small] [--steps 12] [--rounds 3]
+    nice -n 10 python benchmarks/train_bench.py [--preset small] [--steps 12] [--rounds 3] [--device cuda]
 
 What is timed is one optimizer step on a batch: adirec's ``Trainer.loss`` (feature lookups,
 towers, sampled softmax with logQ correction, self-training when ``p > 0``) + backward + Adam
@@ -40,6 +40,7 @@ from adirec.data.schema import OOV  # noqa: E402
 from adirec.data.sources.synthetic import load_synthetic  # noqa: E402
 from adirec.models.adi import TwoTowerModel  # noqa: E402
 from adirec.models.registry import build_config  # noqa: E402
+from adirec.train.distributed import resolve_device  # noqa: E402
 from adirec.train.loop import TrainConfig, Trainer  # noqa: E402
 
 
@@ -87,7 +88,7 @@ class PlainTwoTower(nn.Module):
 class PlainFeatures:
     """Every feature as one precomputed tensor, indexed by id (and domain): no lookups logic."""
 
-    def __init__(self, data, history_len: int):
+    def __init__(self, data, history_len: int, device: torch.device):
         store = FeatureStore(data)
         D, U1 = data.num_domains, data.num_users + 1
         users = np.arange(U1)
@@ -101,9 +102,9 @@ class PlainFeatures:
                 t = data.user_domain_table[f.name]
             else:
                 t = data.user_table[f.name]
-            self.user[f] = torch.as_tensor(t)
-        self.item = {f: torch.as_tensor(data.item_domain_table[f.name] if f.per_domain else data.item_table[f.name])
-                     for f in data.schema.side("item")}
+            self.user[f] = torch.as_tensor(t).to(device)
+        self.item = {f: torch.as_tensor(data.item_domain_table[f.name] if f.per_domain else data.item_table[f.name]
+                                        ).to(device) for f in data.schema.side("item")}
 
     @staticmethod
     def _gather(tables, ids, domain):
@@ -116,16 +117,18 @@ class PlainFeatures:
         return self._gather(self.item, i, d)
 
 
-def plain_step(model, feats, opt, batch, num_items: int, negatives: int, temperature: float) -> float:
+def plain_step(model, feats, opt, batch, num_items: int, negatives: int, temperature: float,
+               device: torch.device) -> float:
+    batch = batch.to(device)
     u = model.user(feats.users(batch.user, batch.domain))  # (B, O)
-    cols = torch.cat([batch.item, torch.randint(1, num_items + 1, (negatives,))])  # (N,)
+    cols = torch.cat([batch.item, torch.randint(1, num_items + 1, (negatives,), device=device)])  # (N,)
     distinct, where = torch.unique(cols, return_inverse=True)
-    logits = torch.empty(len(u), len(cols))
+    logits = torch.empty(len(u), len(cols), device=device)
     for d in torch.unique(batch.domain).tolist():
         rows = batch.domain == d
-        v = model.item(feats.items(distinct, torch.full((len(distinct),), d)))  # (N', O)
+        v = model.item(feats.items(distinct, torch.full((len(distinct),), d, device=device)))  # (N', O)
         logits[rows] = u[rows] @ v[where].T
-    loss = F.cross_entropy(logits / temperature, torch.arange(len(u)))
+    loss = F.cross_entropy(logits / temperature, torch.arange(len(u), device=device))
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
@@ -150,15 +153,17 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--profile-steps", type=int, default=8)
+    ap.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = ap.parse_args()
+    device = resolve_device(args.device)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     load0 = os.getloadavg()
     data = load_synthetic(args.preset, seed=0)
-    tcfg = TrainConfig(batch_size=args.batch_size, num_negatives=args.negatives, progress=False)
+    tcfg = TrainConfig(batch_size=args.batch_size, num_negatives=args.negatives, progress=False, device=str(device))
     p_self = tcfg.self_training.max_p
     trainers = {}
     for name in ("adi-se", "dnn"):
@@ -168,14 +173,14 @@ def main() -> None:
     mcfg = build_config("dnn")
     L = next(f.dim for f in data.schema.fields if f.name == HIST_ALL)
     plain = PlainTwoTower(data.schema, mcfg.embedding_dim, (*mcfg.expert_hidden, mcfg.expert_out, *mcfg.forward_hidden),
-                          mcfg.output_dim)
+                          mcfg.output_dim).to(device)
     plain.train()
     plain_opt = torch.optim.Adam(plain.parameters(), lr=tcfg.lr)
-    feats = PlainFeatures(data, L)
+    feats = PlainFeatures(data, L, device)
     batches = list(iterate_batches(data.splits["train"], args.batch_size, shuffle=True, seed=0, drop_last=True))
     variants = {
         "plain PyTorch two-tower": lambda b: plain_step(plain, feats, plain_opt, b, data.num_items, args.negatives,
-                                                        tcfg.temperature),
+                                                        tcfg.temperature, device),
         "dnn": lambda b: adirec_step(trainers["dnn"], b, 0.0),
         "adi-se": lambda b: adirec_step(trainers["adi-se"], b, 0.0),
         f"dnn + self-training p={p_self}": lambda b: adirec_step(trainers["dnn"], b, p_self),
@@ -211,19 +216,22 @@ def main() -> None:
     s = io.StringIO()
     pstats.Stats(prof, stream=s).sort_stats("cumulative").print_stats(35)
     from torch.profiler import ProfilerActivity, profile
-    with profile(activities=[ProfilerActivity.CPU]) as tp:
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as tp:
         for b in batches[:args.profile_steps]:
             adirec_step(trainer, b, p_self)
-    ops = tp.key_averages().table(sort_by="self_cpu_time_total", row_limit=20)
+    ops = tp.key_averages().table(sort_by="self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total",
+                                  row_limit=20)
     load1 = os.getloadavg()
     header = (f"adi-se, {args.profile_steps} steps of {args.batch_size} rows, self-training p={p_self}, "
-              f"{args.threads} thread(s), synthetic:{args.preset}\n")
+              f"{args.threads} thread(s), synthetic:{args.preset}, device {device}\n")
     (out / "train_profile.txt").write_text(header + "\n== cProfile (cumulative) ==\n" + s.getvalue()
-                                           + "\n== torch.profiler (self CPU) ==\n" + ops + "\n")
+                                           + f"\n== torch.profiler (self {device.type.upper()}) ==\n" + ops + "\n")
     report = {
         "command": " ".join(["python", *sys.argv]), "preset": args.preset,
         "train_rows": len(data.splits["train"]), "items": data.num_items, "users": data.num_users,
         "batch_size": args.batch_size, "negatives": args.negatives, "threads": args.threads,
+        "device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "steps_per_round": args.steps, "rounds": args.rounds, "params": params,
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
                     "cuda": torch.cuda.is_available(), "loadavg_before": load0, "loadavg_after": load1},
@@ -231,7 +239,8 @@ def main() -> None:
     }
     (out / "train_bench.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"synthetic:{args.preset} ({len(data.splits['train'])} train rows), batch {args.batch_size}, "
-          f"{args.negatives} negatives, {args.threads} thread(s); load average {load0[0]:.1f} -> {load1[0]:.1f}")
+          f"{args.negatives} negatives, {args.threads} thread(s), {report['device_name']}; "
+          f"load average {load0[0]:.1f} -> {load1[0]:.1f}")
     print(f"{'variant':36}{'s/step':>10}{'samples/s':>12}{'vs plain':>10}")
     for r in rows:
         print(f"{r['variant']:36}{r['seconds_per_step']:>10.3f}{r['samples_per_second']:>12.0f}"

@@ -78,8 +78,8 @@ def cmd_bench(args) -> int:
     from adirec.runs import DataSpec
     spec = DataSpec(source=args.data, domains=args.domains, domain_by=args.domain_by, positive=args.positive,
                     seed=args.data_seed, history_len=args.history_len)
-    train = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "num_negatives", "temperature", "patience")
-             if getattr(args, k) is not None}
+    train = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "num_negatives", "temperature", "patience",
+                                           "device") if getattr(args, k) is not None}
     config = BenchConfig(data=spec, out=args.out, suites=parse_suites(args.suite), seeds=args.seeds,
                          first_seed=args.first_seed, methods=args.methods, size=dict(args.set), train=train,
                          ease_lambda=args.ease_lambda, ks=args.k, threads=args.threads, progress=not args.no_progress)

@@ -39,7 +39,7 @@ from adirec.train.self_training import SelfTrainingConfig
 from adirec.utils import atomic_write_json
 
 #: training-config fields that do not change a run's result (left out of its hash)
-_NOT_HASHED = ("progress", "num_threads")
+_NOT_HASHED = ("progress", "num_threads", "device")
 #: lambdas tried when EASE's lambda is chosen on the hold-out
 EASE_GRID = (100.0, 200.0, 500.0, 1000.0, 2000.0)
 
@@ -326,7 +326,8 @@ class Bench:
             train_run(self.cfg.data, task.spec.model, run_dir, model_overrides=asdict(mcfg),
                       train_config=self._train_config(task.spec, task.seed), data=self.data,
                       report_split=self.split)
-        report = evaluate_run(run_dir, protocol=self.protocol, split=self.split, ks=self.ks, data=self.data)
+        report = evaluate_run(run_dir, protocol=self.protocol, split=self.split, ks=self.ks, data=self.data,
+                              device=self.cfg.train.get("device", "auto"))
         summary = json.loads((run_dir / "summary.json").read_text())
         model, _, cfg = load_run(run_dir, self.data)
         train_seconds = float(summary.get("train_seconds") or 0.0)

@@ -28,6 +28,12 @@ class Batch:
     def __len__(self) -> int:
         return len(self.user)
 
+    def to(self, device: torch.device | str) -> "Batch":
+        """The batch on ``device`` (itself when it is already there)."""
+        if self.user.device == torch.device(device):
+            return self
+        return Batch(*(t.to(device, non_blocking=True) for t in (self.user, self.item, self.domain, self.weight)))
+
     @classmethod
     def from_interactions(cls, it: Interactions, index: np.ndarray | slice | None = None) -> "Batch":
         if index is not None:
@@ -93,6 +99,7 @@ class FeatureStore:
     the given users as seen in the given domains (user-domain fields resolved to that domain);
     behaviour histories never contain ``exclude_item`` (the training target).
     ``item_features(item, domain)`` does the same for the item side.
+    Lookups run on the host (NumPy); ``device`` says where the returned tensors go.
     """
 
     def __init__(self, data: MultiDomainData):
@@ -114,7 +121,8 @@ class FeatureStore:
         self._item_fields = self.schema.side("item")
 
     def user_features(self, user: torch.Tensor | np.ndarray, domain: torch.Tensor | np.ndarray,
-                      exclude_item: torch.Tensor | np.ndarray | None = None) -> dict[str, torch.Tensor]:
+                      exclude_item: torch.Tensor | np.ndarray | None = None,
+                      device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
         u = _np(user)
         d = _np(domain)
         ex = None if exclude_item is None else _np(exclude_item)
@@ -128,11 +136,11 @@ class FeatureStore:
                 v = self._user_domain_table[f.name][d, u]
             else:
                 v = self._user_table[f.name][u]
-            out[f.name] = _tensor(v, f.kind)
+            out[f.name] = _tensor(v, f.kind, device)
         return out
 
-    def item_features(self, item: torch.Tensor | np.ndarray,
-                      domain: torch.Tensor | np.ndarray | int) -> dict[str, torch.Tensor]:
+    def item_features(self, item: torch.Tensor | np.ndarray, domain: torch.Tensor | np.ndarray | int,
+                      device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
         i = _np(item)
         d = np.broadcast_to(_np(domain), i.shape)
         out: dict[str, torch.Tensor] = {}
@@ -141,7 +149,7 @@ class FeatureStore:
                 v = self._item_domain_table[f.name][d, i]
             else:
                 v = self._item_table[f.name][i]
-            out[f.name] = _tensor(v, f.kind)
+            out[f.name] = _tensor(v, f.kind, device)
         return out
 
 
@@ -151,8 +159,11 @@ def _np(x) -> np.ndarray:
     return np.asarray(x, dtype=np.int64)
 
 
-def _tensor(v: np.ndarray, kind: str) -> torch.Tensor:
+def _tensor(v: np.ndarray, kind: str, device: torch.device | str | None) -> torch.Tensor:
+    """A host array as a tensor on ``device`` (None: the CPU)."""
     if kind == "dense":
-        t = torch.as_tensor(np.ascontiguousarray(v), dtype=torch.float32)
-        return t.unsqueeze(-1) if t.dim() == 1 else t
-    return torch.as_tensor(np.ascontiguousarray(v), dtype=torch.long)
+        t = torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32))
+        t = t.unsqueeze(-1) if t.dim() == 1 else t
+    else:
+        t = torch.from_numpy(np.ascontiguousarray(v, dtype=np.int64))
+    return t if device is None else t.to(device, non_blocking=True)

@@ -98,18 +98,19 @@ def evaluate(scorer: Scorer, data: MultiDomainData, *, split: str, protocol: str
             t_row, t_item = trow[in_chunk] - start, titem[in_chunk]
             with torch.no_grad():
                 if protocol == "full":
-                    s = torch.as_tensor(scorer.score(ub, d, corpus), dtype=torch.float32).clone()
+                    s = _scores(scorer.score(ub, d, corpus)).clone()
                     if seen is not None:
                         seen.mask(s, ub, d)
-                    top = torch.topk(s, kmax, dim=1).indices.numpy()
+                    top = torch.topk(s, kmax, dim=1).indices.cpu().numpy()
                     top_items = corpus[top]
                 else:
                     cm = cand_mat[start:start + len(ub)]
                     uniq, inv = np.unique(np.where(cm < 0, 0, cm), return_inverse=True)
-                    s_all = torch.as_tensor(scorer.score(ub, d, uniq), dtype=torch.float32)
-                    s = torch.gather(s_all, 1, torch.as_tensor(inv.reshape(cm.shape)))
-                    s = s.masked_fill(torch.as_tensor(cm < 0), float("-inf"))
-                    top = torch.topk(s, kmax, dim=1).indices.numpy()
+                    s_all = _scores(scorer.score(ub, d, uniq))
+                    dev = s_all.device  # a scorer may score on a GPU
+                    s = torch.gather(s_all, 1, torch.from_numpy(inv.reshape(cm.shape)).to(dev))
+                    s = s.masked_fill(torch.from_numpy(cm < 0).to(dev), float("-inf"))
+                    top = torch.topk(s, kmax, dim=1).indices.cpu().numpy()
                     top_items = np.take_along_axis(cm, top, axis=1)
             hits = _hits_from_topk(top_items, t_row, t_item, n_key)
             for name, v in ranking_metrics(hits, counts[start:start + len(ub)], ks).items():
@@ -120,6 +121,13 @@ def evaluate(scorer: Scorer, data: MultiDomainData, *, split: str, protocol: str
         raise ValueError(f"{data.name}: split {split!r} has no positive interactions")
     return EvalResult({k: np.concatenate(v) for k, v in per_query.items()},
                       np.concatenate(q_domain), np.concatenate(q_user))
+
+
+def _scores(s) -> torch.Tensor:
+    """A scorer's output as float32, left on the device it was computed on."""
+    if isinstance(s, torch.Tensor):
+        return s.to(torch.float32)
+    return torch.from_numpy(np.ascontiguousarray(s, dtype=np.float32))
 
 
 class SeenItems:
@@ -145,4 +153,5 @@ class SeenItems:
         idx = np.repeat(start, lengths) + (np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths))
         cols = self._corpus_pos[domain][self._items[idx]]
         ok = cols >= 0
-        scores[torch.as_tensor(rows[ok]), torch.as_tensor(cols[ok])] = float("-inf")
+        r, c = (torch.from_numpy(np.ascontiguousarray(a[ok])).to(scores.device) for a in (rows, cols))
+        scores[r, c] = float("-inf")

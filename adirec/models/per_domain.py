@@ -91,7 +91,7 @@ class PerDomainModel(nn.Module):
             if out is None:
                 out = emb.new_empty(domain.shape[0], emb.shape[1])  # (B, O)
             out[idx] = emb  # (n_d, O)
-        return out if out is not None else torch.empty(0, self.config.output_dim)
+        return out if out is not None else torch.empty(0, self.config.output_dim, device=domain.device)
 
     def user_embedding(self, features: dict[str, torch.Tensor], domain: torch.Tensor) -> torch.Tensor:
         return self._route("user", features, domain)  # (B, O)

@@ -38,7 +38,10 @@ How each piece of state stays right across ranks:
 * **Writes.** Rank 0 alone writes checkpoints, ``metrics.jsonl``, ``config.json`` and
   ``summary.json``.
 
-Backend: ``gloo`` for CPU tensors (the trainer computes on the CPU), ``nccl`` for a CUDA device.
+Devices: ``TrainConfig.device="auto"`` gives each process the GPU ``cuda:LOCAL_RANK`` when CUDA
+is available, else the CPU; the backend follows the device: ``nccl`` for CUDA, ``gloo`` for the
+CPU. NCCL has no sparse all-reduce, so sparse embedding gradients on several GPU processes are
+refused with an error that says so.
 """
 from __future__ import annotations
 
@@ -65,6 +68,36 @@ def default_backend(device: torch.device | str = "cpu") -> str:
     return "nccl" if torch.device(device).type == "cuda" else "gloo"
 
 
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """The device this process trains on.
+
+    ``"auto"``: ``cuda:LOCAL_RANK`` (torchrun's local rank, 0 without torchrun) when CUDA is
+    available, else the CPU. ``"cuda"`` alone means the same GPU choice, and is an error without
+    CUDA; ``"cuda:N"`` and ``"cpu"`` are taken as given.
+    """
+    text = str(device)
+    if text == "auto":
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        text = "cuda"
+    try:
+        dev = torch.device(text)
+    except RuntimeError:
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {text!r}") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {text!r}")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {text!r} asked for, but CUDA is not available in this build of "
+                             f"torch ({torch.__version__}) or on this machine; use --device cpu")
+        index = dev.index if dev.index is not None else int(os.environ.get("LOCAL_RANK", "0"))
+        if index >= torch.cuda.device_count():
+            raise ValueError(f"device cuda:{index} asked for, but only {torch.cuda.device_count()} "
+                             f"GPU(s) are visible")
+        dev = torch.device("cuda", index)
+    return dev
+
+
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
@@ -80,10 +113,11 @@ def is_main() -> bool:
     return rank_world()[0] == 0
 
 
-def init_from_env(backend: str | None = None) -> bool:
-    """Join the process group that torchrun describes in the environment. Returns True when
-    this call created it (and the caller should :func:`shutdown` it), False when there is
-    nothing to do (no torchrun, a single process, or a group that already exists)."""
+def init_from_env(backend: str | None = None, device: torch.device | None = None) -> bool:
+    """Join the process group that torchrun describes in the environment, with ``backend`` or
+    the one that suits ``device`` (see :func:`default_backend`). Returns True when this call
+    created it (and the caller should :func:`shutdown` it), False when there is nothing to do
+    (no torchrun, a single process, or a group that already exists)."""
     if not dist.is_available() or dist.is_initialized():
         return False
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -92,7 +126,9 @@ def init_from_env(backend: str | None = None) -> bool:
     missing = [k for k in ("RANK", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
     if missing:
         raise ValueError(f"WORLD_SIZE={world} but {missing} are not set; launch with torchrun")
-    dist.init_process_group(backend=backend or default_backend())
+    if device is not None and device.type == "cuda":
+        torch.cuda.set_device(device)  # NCCL's collectives and all_gather_object use the current GPU
+    dist.init_process_group(backend=backend or default_backend(device or "cpu"))
     # torchrun gives each process a fair share of the cores unless the user chose otherwise
     if "OMP_NUM_THREADS" not in os.environ:
         local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
@@ -124,8 +160,9 @@ class LossModule(nn.Module):
         return self._loss_fn(*args, **kwargs)
 
 
-def wrap(model: nn.Module, loss_fn) -> nn.Module:
-    """The DDP module whose forward(*args) returns ``loss_fn(*args)``.
+def wrap(model: nn.Module, loss_fn, device: torch.device | None = None) -> nn.Module:
+    """The DDP module whose forward(*args) returns ``loss_fn(*args)``; ``model`` must already be
+    on ``device`` (a GPU gives DDP its ``device_ids``).
 
     Buffers are not broadcast (see the module docstring: DSBN), and parameters that a rank's
     batch did not use (a domain's experts or norms when the domain is absent) are allowed.
@@ -134,7 +171,13 @@ def wrap(model: nn.Module, loss_fn) -> nn.Module:
     # torch >= 2.13 names the per-forward buffer broadcast `forward_sync_buffers`
     no_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DDP).parameters
                else {"broadcast_buffers": False})
-    return DDP(LossModule(model, loss_fn), find_unused_parameters=True, **no_sync)
+    on_gpu = device is not None and device.type == "cuda"
+    if on_gpu and dist.get_backend() == "nccl" and any(
+            isinstance(m, nn.Embedding) and m.sparse for m in model.modules()):
+        raise ValueError("sparse embedding gradients cannot be all-reduced by NCCL; train without "
+                         "sparse_embeddings on GPUs, or on the gloo backend")
+    return DDP(LossModule(model, loss_fn), find_unused_parameters=True,
+               device_ids=[device.index] if on_gpu else None, **no_sync)
 
 
 def join(ddp_module: nn.Module | None):
@@ -164,9 +207,16 @@ def all_reduce_sums(values: list[float]) -> list[float]:
     """Sums over ranks of a few scalars (loss totals, row counts)."""
     if not is_distributed():
         return list(values)
-    t = torch.tensor(values, dtype=torch.float64)
+    t = torch.tensor(values, dtype=torch.float64, device=_collective_device())
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t.tolist()
+
+
+def _collective_device() -> torch.device:
+    """Where tensors for this process group's collectives must live (NCCL: the current GPU)."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 # ---------------------------------------------------------------------- evaluation
@@ -218,7 +268,8 @@ def train_run(spec, model_name: str, out_dir: str | Path, *, model_overrides: di
     run's summary on rank 0 and None on the other ranks.
     """
     from adirec import runs
-    started = init_from_env()
+    from adirec.train.loop import TrainConfig
+    started = init_from_env(device=resolve_device((train_config or TrainConfig()).device))
     try:
         out = Path(out_dir)
         # every rank looks before rank 0 writes anything, so they all stop together

@@ -51,6 +51,10 @@ class TrainConfig:
         eval_ks: cut-offs computed during validation.
         seed: seeds data order, negatives, initialisation and the hold-out.
         num_threads: torch intra-op threads (None leaves torch's default).
+        device: where the model trains: ``"auto"`` (this process's GPU when CUDA is available,
+            ``cuda:LOCAL_RANK`` under torchrun, else the CPU), ``"cpu"``, ``"cuda"`` or
+            ``"cuda:N"`` (see :func:`adirec.train.distributed.resolve_device`). Feature lookups
+            stay on the host; each batch's tensors are copied to the device.
         progress: show progress bars.
     """
 
@@ -70,6 +74,7 @@ class TrainConfig:
     eval_ks: tuple[int, ...] = (10, 50)
     seed: int = 0
     num_threads: int | None = None
+    device: str = "auto"
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -87,6 +92,10 @@ class TrainConfig:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if not 0.0 < self.holdout_fraction < 1.0:
             raise ValueError(f"holdout_fraction must be in (0, 1), got {self.holdout_fraction}")
+        if not isinstance(self.device, str) or not (
+                self.device in ("auto", "cpu", "cuda") or
+                (self.device.startswith("cuda:") and self.device[5:].isdigit())):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if self.patience < 0:
             raise ValueError(f"patience must be >= 0, got {self.patience}")
         if self.early_stopping_metric is not None:
@@ -147,10 +156,12 @@ def sample_candidates(data: MultiDomainData, queries: Interactions, width: int, 
 
 
 class TwoTowerScorer:
-    """Scores (users x items) in a domain with a two-tower model; item vectors cached per domain."""
+    """Scores (users x items) in a domain with a two-tower model; item vectors cached per domain.
+    Scores are computed on the model's device and returned there."""
 
     def __init__(self, model: TwoTowerModel, store: FeatureStore, num_items: int, chunk: int = 8192):
         self.model, self.store, self.num_items, self.chunk = model, store, num_items, chunk
+        self.device = next(model.parameters()).device
         self._items: dict[int, torch.Tensor] = {}
 
     @torch.no_grad()
@@ -158,22 +169,24 @@ class TwoTowerScorer:
         """(I + 1, O) vectors of every item (row 0 = unknown item) in ``domain``."""
         if domain not in self._items:
             self.model.eval()
-            ids = torch.arange(self.num_items + 1)
-            parts = [self.model.item_embedding(self.store.item_features(c, domain),
-                                               torch.full((len(c),), domain, dtype=torch.long))
-                     for c in ids.split(self.chunk)]
+            parts = []
+            for start in range(0, self.num_items + 1, self.chunk):
+                c = np.arange(start, min(start + self.chunk, self.num_items + 1))
+                d = torch.full((len(c),), domain, dtype=torch.long, device=self.device)
+                parts.append(self.model.item_embedding(self.store.item_features(c, domain, device=self.device), d))
             self._items[domain] = torch.cat(parts)
         return self._items[domain]
 
     @torch.no_grad()
     def user_matrix(self, users: np.ndarray, domain: int) -> torch.Tensor:
         self.model.eval()
-        d = torch.full((len(users),), domain, dtype=torch.long)
-        return self.model.user_embedding(self.store.user_features(users, d), d)
+        d = torch.full((len(users),), domain, dtype=torch.long, device=self.device)
+        return self.model.user_embedding(self.store.user_features(users, d, device=self.device), d)
 
     @torch.no_grad()
     def score(self, users: np.ndarray, domain: int, items: np.ndarray) -> torch.Tensor:
-        return self.user_matrix(users, domain) @ self.item_matrix(domain)[torch.as_tensor(items)].T
+        rows = torch.from_numpy(np.asarray(items, dtype=np.int64)).to(self.device)
+        return self.user_matrix(users, domain) @ self.item_matrix(domain)[rows].T
 
 
 class SparseDenseAdam:
@@ -234,7 +247,9 @@ class Trainer:
     def __init__(self, model: TwoTowerModel, data: MultiDomainData, config: TrainConfig,
                  *, report_split: str = "test", protocol: str = "full", out_dir: str | Path | None = None,
                  batches=None, store: FeatureStore | None = None, item_counts: np.ndarray | None = None):
-        self.model, self.config = model, config
+        self.config = config
+        self.device = ddp.resolve_device(config.device)
+        self.model = model.to(self.device)
         self.batches = batches
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.protocol = protocol
@@ -254,45 +269,50 @@ class Trainer:
             "recall@10" if self.val_protocol == "sampled" else "recall@50")
         self.eval_ks = sorted(set(config.eval_ks) | {int(self.metric.partition("@")[2])})
         self.store = store if store is not None else FeatureStore(self.train_data)
-        self.in_corpus = torch.zeros(data.num_domains, data.num_items + 1, dtype=torch.bool)  # (D, I+1)
+        in_corpus = torch.zeros(data.num_domains, data.num_items + 1, dtype=torch.bool)  # (D, I+1)
         for d, corpus in enumerate(data.corpus):
-            self.in_corpus[d, torch.as_tensor(corpus)] = True
+            in_corpus[d, torch.from_numpy(np.asarray(corpus, dtype=np.int64))] = True
+        self.in_corpus = in_corpus.to(self.device)
         tr = self.train_data.splits["train"]
         counts = np.bincount(tr.item, minlength=data.num_items + 1) if item_counts is None else item_counts
         self.rank, self.world_size = ddp.rank_world()
         self.sampler = NegativeSampler(counts, proposal=config.proposal, alpha=config.proposal_alpha,
-                                       seed=config.seed + 7919 * self.rank)  # other negatives per rank
+                                       seed=config.seed + 7919 * self.rank,  # other negatives per rank
+                                       device=self.device)
         self.optimizer = make_optimizer(model, config.lr, config.weight_decay)
         # DDP reduces gradients of what runs inside its forward(): wrap the loss, not the model
-        self._ddp = ddp.wrap(model, self.loss) if self.world_size > 1 else None
+        self._ddp = ddp.wrap(model, self.loss, self.device) if self.world_size > 1 else None
         self.history: list[dict] = []
 
     # ------------------------------------------------------------------ step
     def loss(self, batch: Batch, p: float) -> tuple[torch.Tensor, int]:
         """Loss of one batch plus its pseudo-positives; returns (loss, number of pseudo rows)."""
-        model, cfg, D = self.model, self.config, self.data.num_domains
+        model, cfg, D, dev = self.model, self.config, self.data.num_domains, self.device
+        batch = batch.to(dev)
         pu, pi, pd = pseudo_positives(model, self.store, batch.user, batch.item, batch.domain, D, p)
         user = torch.cat([batch.user, pu])
         item = torch.cat([batch.item, pi])
         domain = torch.cat([batch.domain, pd])
-        weight = torch.cat([batch.weight, torch.full((len(pu),), cfg.self_training.weight)])
-        u = model.user_embedding(self.store.user_features(user, domain, exclude_item=item), domain)  # (B', O)
+        weight = torch.cat([batch.weight, torch.full((len(pu),), cfg.self_training.weight, device=dev)])
+        u = model.user_embedding(self.store.user_features(user, domain, exclude_item=item, device=dev),
+                                 domain)  # (B', O)
         negatives = self.sampler.sample(cfg.num_negatives)
         columns = torch.cat([item, negatives])  # (N,) = in-batch positives + sampled negatives
         # popular items repeat among the columns: run the item tower once per distinct item
         distinct, where = torch.unique(columns, return_inverse=True)
-        logits = torch.empty(len(user), len(columns))
+        logits = torch.empty(len(user), len(columns), dtype=u.dtype, device=dev)  # (B', N)
         for d in torch.unique(domain).tolist():
             rows = domain == d
-            dvec = torch.full((len(distinct),), d, dtype=torch.long)
-            v = model.item_embedding(self.store.item_features(distinct, d), dvec)  # (N', O) in domain d
+            dvec = torch.full((len(distinct),), d, dtype=torch.long, device=dev)
+            v = model.item_embedding(self.store.item_features(distinct, d, device=dev), dvec)  # (N', O) in domain d
             logits[rows] = u[rows] @ v[where].T
         if cfg.corpus_negatives_only:  # a domain's softmax runs over that domain's corpus only
             outside = ~self.in_corpus[domain][:, columns]  # (B', N)
-            outside[torch.arange(len(user)), torch.arange(len(user))] = False  # never the positive
+            diagonal = torch.arange(len(user), device=dev)
+            outside[diagonal, diagonal] = False  # never the positive
             logits = logits.masked_fill(outside, float("-inf"))
         log_q = self.sampler.log_q(columns, len(user), cfg.num_negatives)
-        loss = sampled_softmax_loss(logits, torch.arange(len(user)), item, columns, log_q,
+        loss = sampled_softmax_loss(logits, torch.arange(len(user), device=dev), item, columns, log_q,
                                     temperature=cfg.temperature, weight=weight)
         return loss, len(pu)
 
@@ -363,7 +383,7 @@ class Trainer:
                 break
         summary = {"best_epoch": best_epoch, "valid_metric": self.metric, f"best_valid_{self.metric}": best,
                    "epochs_run": len(self.history), "train_seconds": time.time() - start,
-                   "params": self.model.num_parameters(),
+                   "params": self.model.num_parameters(), "device": str(self.device),
                    "validation": {"split": "valid" if self.train_data is self.data else "holdout-from-train",
                                   "protocol": self.val_protocol}}
         if best_epoch > 0:  # leave the model at its best epoch, as saved on disk

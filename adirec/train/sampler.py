@@ -16,7 +16,7 @@ class NegativeSampler:
     """
 
     def __init__(self, item_counts: np.ndarray, *, proposal: str = "unigram", alpha: float = 0.75,
-                 seed: int = 0):
+                 seed: int = 0, device: torch.device | str = "cpu"):
         if proposal not in PROPOSALS:
             raise ValueError(f"proposal must be one of {PROPOSALS}, got {proposal!r}")
         if not 0.0 <= alpha <= 1.0:
@@ -25,12 +25,16 @@ class NegativeSampler:
         counts[0] = 0.0  # never propose the unknown item
         if counts.sum() <= 0:
             raise ValueError("item counts are all zero: nothing to sample")
-        self.data_p = torch.as_tensor(counts / counts.sum(), dtype=torch.float32)
         q = counts ** alpha if proposal == "unigram" else (counts > 0).astype(np.float64)
-        self.q = torch.as_tensor(q / q.sum(), dtype=torch.float32)
-        self.generator = torch.Generator().manual_seed(seed)
+        # drawn where the loss runs: no host round trip per step (a GPU draws other numbers
+        # than the CPU for the same seed)
+        self.data_p = torch.from_numpy((counts / counts.sum()).astype(np.float32)).to(device)
+        self.q = torch.from_numpy((q / q.sum()).astype(np.float32)).to(device)
+        self.generator = torch.Generator(device=self.q.device).manual_seed(seed)
 
     def sample(self, num: int) -> torch.Tensor:
+        if num == 0:  # in-batch negatives only
+            return torch.zeros(0, dtype=torch.long, device=self.q.device)
         return torch.multinomial(self.q, num, replacement=True, generator=self.generator)
 
     def log_q(self, columns: torch.Tensor, num_in_batch: int, num_sampled: int) -> torch.Tensor:

@@ -65,7 +65,7 @@ def pseudo_positives(model, store, user: torch.Tensor, item: torch.Tensor, domai
     The model is scored in eval mode so that batch statistics of the real batch are not
     disturbed by samples that may never be used.
     """
-    empty = torch.zeros(0, dtype=torch.long)
+    empty = torch.zeros(0, dtype=torch.long, device=user.device)
     if p <= 0 or num_domains < 2:
         return empty, empty, empty
     was_training = model.training
@@ -75,12 +75,12 @@ def pseudo_positives(model, store, user: torch.Tensor, item: torch.Tensor, domai
         rows = torch.nonzero(domain != j).squeeze(1)
         if len(rows) == 0:
             continue
-        dj = torch.full((len(rows),), j, dtype=torch.long)
-        u = model.user_embedding(store.user_features(user[rows], dj, exclude_item=item[rows]), dj)
-        v = model.item_embedding(store.item_features(item[rows], dj), dj)
+        dj = torch.full((len(rows),), j, dtype=torch.long, device=user.device)
+        u = model.user_embedding(store.user_features(user[rows], dj, exclude_item=item[rows], device=user.device), dj)
+        v = model.item_embedding(store.item_features(item[rows], dj, device=user.device), dj)
         confidence = model.score(u, v)  # (n,) eq. 27's confidence of a label in domain j
         keep = rows[select_top_fraction(confidence, p)]
-        users.append(user[keep]); items.append(item[keep]); domains.append(torch.full((len(keep),), j))
+        users.append(user[keep]); items.append(item[keep]); domains.append(torch.full((len(keep),), j, device=user.device))
     model.train(was_training)
     if not users:
         return empty, empty, empty
