@@ -61,6 +61,10 @@ def add_model_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dsbn", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--shared-experts", type=int)
     p.add_argument("--embedding-dim", type=int)
+    p.add_argument("--hash-buckets", type=int, help="hash the ids of every vocabulary larger than H into "
+                   "H rows (default 0: one row per id)")
+    p.add_argument("--sparse-embeddings", action=argparse.BooleanOptionalAction, default=None,
+                   help="sparse gradients for the embedding tables, trained by SparseAdam")
     p.add_argument("--self-training", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--st-start-epoch", type=int, help="first epoch (0-based) with pseudo-labels")
     p.add_argument("--st-p0", type=float, help="pseudo-label fraction at the start epoch")
@@ -79,6 +83,7 @@ def model_overrides(args) -> dict:
     return {k: v for k, v in {
         "fusion": args.fusion, "dial": args.dial, "gate": args.gate, "dsbn": args.dsbn,
         "shared_experts": args.shared_experts, "embedding_dim": args.embedding_dim,
+        "hash_buckets": args.hash_buckets, "sparse_embeddings": args.sparse_embeddings,
     }.items() if v is not None}
 
 

@@ -47,6 +47,16 @@ def test_training_is_reproducible(tmp_path):
     assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
 
 
+def test_train_options_reach_the_configs(tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", "--data", "synthetic:tiny", "--model", "dnn", "--epochs", "1", "--hash-buckets", "64",
+                 "--sparse-embeddings", "--device", "cpu", "--out", str(run), *TINY]) == 0
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["model_config"]["hash_buckets"] == 64 and cfg["model_config"]["sparse_embeddings"] is True
+    assert cfg["train_config"]["device"] == "cpu"
+    assert json.loads((run / "summary.json").read_text())["device"] == "cpu"
+
+
 def test_cli_reports_bad_input(tmp_path, capsys):
     assert main(["train", "--data", "nosuch:thing", "--out", str(tmp_path / "x"), *TINY]) == 2
     assert "unknown data source kind 'nosuch'" in capsys.readouterr().err
@@ -56,6 +66,10 @@ def test_cli_reports_bad_input(tmp_path, capsys):
     assert "not a run directory" in capsys.readouterr().err
     assert main(["train", "--data", f"xmrec:{tmp_path}", "--out", str(tmp_path / "x"), *TINY]) == 2
     assert "no market directories" in capsys.readouterr().err
+    assert main(["train", "--data", "synthetic:tiny", "--device", "tpu", "--out", str(tmp_path / "x"), *TINY]) == 2
+    assert "device must be" in capsys.readouterr().err
+    assert main(["train", "--data", "synthetic:tiny", "--hash-buckets", "1", "--out", str(tmp_path / "x"), *TINY]) == 2
+    assert "hash_buckets" in capsys.readouterr().err
 
 
 def test_data_inspect_prints_domains(capsys):
