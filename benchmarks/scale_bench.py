@@ -111,7 +111,7 @@ def child_train(args) -> dict:
     from adirec.train.loop import TrainConfig, Trainer
     torch.manual_seed(0)
     layout = ParquetLayout(args.layout)
-    cfg = TrainConfig(batch_size=BATCH, progress=False)
+    cfg = TrainConfig(batch_size=BATCH, progress=False, device="cpu")  # peak RSS is host memory
     t0 = time.time()
     if args.mode.startswith("stream-train"):
         view = layout.training_view()
@@ -140,7 +140,7 @@ def child_ids(args) -> dict:
     hashed, sparse = args.variant in ("hashed", "hashed+sparse"), args.variant in ("sparse", "hashed+sparse")
     model = _model(view.data.schema, view.data.num_domains, hash_buckets=args.buckets if hashed else 0,
                    sparse_embeddings=sparse)
-    trainer = Trainer(model, view.data, TrainConfig(batch_size=BATCH, progress=False), batches=view.batches,
+    trainer = Trainer(model, view.data, TrainConfig(batch_size=BATCH, progress=False, device="cpu"), batches=view.batches,
                       store=view.store, item_counts=view.item_counts)
     batches = list(b for _, b in zip(range(args.steps + 2), view.batches(batch_size=BATCH, seed=0)))
     times = []

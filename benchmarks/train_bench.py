@@ -220,7 +220,7 @@ def main() -> None:
     with profile(activities=activities) as tp:
         for b in batches[:args.profile_steps]:
             adirec_step(trainer, b, p_self)
-    ops = tp.key_averages().table(sort_by="self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total",
+    ops = tp.key_averages().table(sort_by="self_device_time_total" if device.type == "cuda" else "self_cpu_time_total",
                                   row_limit=20)
     load1 = os.getloadavg()
     header = (f"adi-se, {args.profile_steps} steps of {args.batch_size} rows, self-training p={p_self}, "

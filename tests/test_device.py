@@ -46,6 +46,23 @@ def test_resolve_device():
     assert TrainConfig(device="cuda:1").device == "cuda:1"  # availability is checked when training
 
 
+def test_resolve_device_gives_each_torchrun_process_its_gpu(monkeypatch):
+    # the GPU choice alone, with CUDA's answers faked (nothing runs on a GPU here)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert resolve_device("auto") == torch.device("cuda", 0)
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert resolve_device("auto") == resolve_device("cuda") == torch.device("cuda", 2)
+    with pytest.raises(ValueError, match="all 4 processes"):
+        resolve_device("cuda:1")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # one visible GPU per process
+    assert resolve_device("auto") == torch.device("cuda", 0)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    with pytest.raises(ValueError, match="only 1 GPU"):
+        resolve_device("cuda:3")
+
+
 def _trainer(data, name: str, report_split: str, protocol: str) -> Trainer:
     torch.manual_seed(0)
     model = build_model(name, data.schema, data.num_domains, build_config(name, **SMALL))

@@ -33,7 +33,7 @@ EPOCHS = 3
 
 
 def _config(**kw) -> TrainConfig:
-    return TrainConfig(**{**dict(epochs=EPOCHS, batch_size=256, num_negatives=64, progress=False,
+    return TrainConfig(**{**dict(epochs=EPOCHS, batch_size=256, num_negatives=64, progress=False, device="cpu",
                                  patience=0, num_threads=1), **kw})
 
 

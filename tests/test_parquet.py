@@ -221,7 +221,8 @@ def test_trainer_runs_from_a_stream(layout):
     view = layout.training_view()
     torch.manual_seed(0)
     model = TwoTowerModel(view.data.schema, view.data.num_domains, build_config("dnn", **SMALL))
-    t = Trainer(model, view.data, TrainConfig(epochs=1, batch_size=256, num_negatives=32, progress=False, num_threads=1),
+    tcfg = TrainConfig(epochs=1, batch_size=256, num_negatives=32, progress=False, num_threads=1, device="cpu")
+    t = Trainer(model, view.data, tcfg,
                 batches=view.batches, store=view.store, item_counts=view.item_counts)
     s = t.fit()
     assert t.history[0]["loss"] > 0 and 0.0 <= s["best_valid_recall@50"] <= 1.0
@@ -254,7 +255,7 @@ def test_sparse_gradients_update_only_touched_rows(tiny):
     model = TwoTowerModel(tiny.schema, tiny.num_domains, build_config("dnn", **SMALL, sparse_embeddings=True))
     opt = make_optimizer(model, 1e-2, 0.0)
     assert isinstance(opt, SparseDenseAdam) and isinstance(opt.optimizers[0], torch.optim.SparseAdam)
-    t = Trainer(model, tiny, TrainConfig(epochs=1, batch_size=64, num_negatives=8, progress=False))
+    t = Trainer(model, tiny, TrainConfig(epochs=1, batch_size=64, num_negatives=8, progress=False, device="cpu"))
     table = model.embeddings.tables["item_id"].weight
     start = table.detach().clone()
     touched = torch.zeros(len(table), dtype=torch.bool)

@@ -335,7 +335,7 @@ class Bench:
                 "params": report["params"], "params_dense": dense_parameters(model),
                 "train_seconds": train_seconds, "eval_seconds": report["eval_seconds"],
                 "seconds": train_seconds + report["eval_seconds"], "best_epoch": report["best_epoch"],
-                "epochs_run": summary.get("epochs_run"), "metrics": report["metrics"],
+                "epochs_run": summary.get("epochs_run"), "device": summary.get("device"), "metrics": report["metrics"],
                 "dial_weights": dial_weights(model, self.data, self.split)}
 
 
@@ -360,6 +360,7 @@ def dial_weights(model, data: MultiDomainData, split: str, max_rows: int = 2048)
     if not isinstance(model, TwoTowerModel):
         return None
     model.eval()
+    dev = next(model.parameters()).device
     store = FeatureStore(data)
     target = data.splits[split]
     out = {}
@@ -377,8 +378,9 @@ def dial_weights(model, data: MultiDomainData, split: str, max_rows: int = 2048)
                 continue
             if len(ids) > max_rows:
                 ids = ids[np.linspace(0, len(ids) - 1, max_rows).astype(np.int64)]
-            dom = torch.full((len(ids),), d, dtype=torch.long)
-            feats = store.user_features(ids, dom) if side == "user" else store.item_features(ids, d)
+            dom = torch.full((len(ids),), d, dtype=torch.long, device=dev)
+            feats = (store.user_features(ids, dom, device=dev) if side == "user"
+                     else store.item_features(ids, d, device=dev))
             w = tower.adaptation.field_weights(tower.embeddings(feats), dom)  # (B, F)
             rows.append(w.mean(dim=0).tolist())
         out[side] = {"fields": [f.name for f in tower.embeddings.fields], "domains": list(data.domains),

@@ -149,6 +149,7 @@ def fit_per_domain(
         "epochs_run": {n: s["epochs_run"] for n, s in per_domain.items()},
         "train_seconds": time.time() - start,
         "params": model.num_parameters(),
+        "device": next(iter(per_domain.values())).get("device"),
         "domains": per_domain,
     }
     if out is not None:

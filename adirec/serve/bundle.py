@@ -193,7 +193,7 @@ def write_bundle(out: str | Path, model: TwoTowerModel, data: MultiDomainData, *
         for d, name in enumerate(data.domains):
             corpus = np.asarray(data.corpus[d], dtype=np.int64)
             if item_vectors is None:
-                vec = scorer.item_matrix(d)[torch.as_tensor(corpus)].numpy()  # (n, O)
+                vec = scorer.item_matrix(d)[torch.from_numpy(corpus).to(scorer.device)].cpu().numpy()  # (n, O)
             else:
                 vec = np.asarray(item_vectors[d], dtype=np.float32)
                 if vec.shape[0] != len(corpus):

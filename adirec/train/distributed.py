@@ -72,8 +72,10 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """The device this process trains on.
 
     ``"auto"``: ``cuda:LOCAL_RANK`` (torchrun's local rank, 0 without torchrun) when CUDA is
-    available, else the CPU. ``"cuda"`` alone means the same GPU choice, and is an error without
-    CUDA; ``"cuda:N"`` and ``"cpu"`` are taken as given.
+    available, else the CPU; ``cuda:0`` when the process sees a single GPU (a launcher that
+    sets ``CUDA_VISIBLE_DEVICES`` per process). ``"cuda"`` alone means the same GPU choice, and
+    is an error without CUDA; ``"cuda:N"`` and ``"cpu"`` are taken as given, but ``"cuda:N"`` is
+    refused when torchrun starts several processes on the machine (they would share one GPU).
     """
     text = str(device)
     if text == "auto":
@@ -90,7 +92,14 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         if not torch.cuda.is_available():
             raise ValueError(f"device {text!r} asked for, but CUDA is not available in this build of "
                              f"torch ({torch.__version__}) or on this machine; use --device cpu")
-        index = dev.index if dev.index is not None else int(os.environ.get("LOCAL_RANK", "0"))
+        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        if dev.index is not None and local_processes > 1:
+            raise ValueError(f"device {text!r} would put all {local_processes} processes of this machine on "
+                             f"one GPU; under torchrun use --device auto or cuda (process i takes cuda:LOCAL_RANK)")
+        if dev.index is not None:
+            index = dev.index
+        else:
+            index = int(os.environ.get("LOCAL_RANK", "0")) if torch.cuda.device_count() > 1 else 0
         if index >= torch.cuda.device_count():
             raise ValueError(f"device cuda:{index} asked for, but only {torch.cuda.device_count()} "
                              f"GPU(s) are visible")
@@ -174,8 +183,8 @@ def wrap(model: nn.Module, loss_fn, device: torch.device | None = None) -> nn.Mo
     on_gpu = device is not None and device.type == "cuda"
     if on_gpu and dist.get_backend() == "nccl" and any(
             isinstance(m, nn.Embedding) and m.sparse for m in model.modules()):
-        raise ValueError("sparse embedding gradients cannot be all-reduced by NCCL; train without "
-                         "sparse_embeddings on GPUs, or on the gloo backend")
+        raise ValueError("sparse embedding gradients cannot be all-reduced by NCCL across GPU processes; "
+                         "use --no-sparse-embeddings, or --device cpu")
     return DDP(LossModule(model, loss_fn), find_unused_parameters=True,
                device_ids=[device.index] if on_gpu else None, **no_sync)
 
@@ -269,7 +278,7 @@ def train_run(spec, model_name: str, out_dir: str | Path, *, model_overrides: di
     """
     from adirec import runs
     from adirec.train.loop import TrainConfig
-    started = init_from_env(device=resolve_device((train_config or TrainConfig()).device))
+    started = init_from_env(device=resolve_device((train_config or TrainConfig()).device))  # before any write
     try:
         out = Path(out_dir)
         # every rank looks before rank 0 writes anything, so they all stop together
@@ -277,6 +286,12 @@ def train_run(spec, model_name: str, out_dir: str | Path, *, model_overrides: di
         barrier()
         if exists:
             raise FileExistsError(f"{out} already holds a run; choose another --out")
+        device = resolve_device((train_config or TrainConfig()).device)
+        if device.type == "cuda" and rank_world()[1] > 1 and dist.get_backend() == "nccl":
+            from adirec.models.registry import build_config
+            if build_config(model_name, **(model_overrides or {})).sparse_embeddings:
+                raise ValueError("sparse embedding gradients cannot be all-reduced by NCCL across GPU processes; "
+                                 "use --no-sparse-embeddings, or --device cpu")
         layout = _streamable(spec)
         kw = dict(model_overrides=model_overrides, train_config=train_config)
         if layout is not None:

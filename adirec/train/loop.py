@@ -249,6 +249,8 @@ class Trainer:
                  batches=None, store: FeatureStore | None = None, item_counts: np.ndarray | None = None):
         self.config = config
         self.device = ddp.resolve_device(config.device)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)  # kernels, NCCL and caches on this process's GPU
         self.model = model.to(self.device)
         self.batches = batches
         self.out_dir = Path(out_dir) if out_dir is not None else None
@@ -276,6 +278,8 @@ class Trainer:
         tr = self.train_data.splits["train"]
         counts = np.bincount(tr.item, minlength=data.num_items + 1) if item_counts is None else item_counts
         self.rank, self.world_size = ddp.rank_world()
+        if self.world_size > 1 and torch.distributed.get_backend() == "nccl" and self.device.type != "cuda":
+            raise ValueError(f"the process group uses NCCL, which needs CUDA tensors, but the device is {self.device}")
         self.sampler = NegativeSampler(counts, proposal=config.proposal, alpha=config.proposal_alpha,
                                        seed=config.seed + 7919 * self.rank,  # other negatives per rank
                                        device=self.device)
@@ -300,14 +304,15 @@ class Trainer:
         columns = torch.cat([item, negatives])  # (N,) = in-batch positives + sampled negatives
         # popular items repeat among the columns: run the item tower once per distinct item
         distinct, where = torch.unique(columns, return_inverse=True)
+        distinct_host = distinct.cpu()  # feature lookups run on the host: one copy for all domains
         logits = torch.empty(len(user), len(columns), dtype=u.dtype, device=dev)  # (B', N)
         for d in torch.unique(domain).tolist():
             rows = domain == d
             dvec = torch.full((len(distinct),), d, dtype=torch.long, device=dev)
-            v = model.item_embedding(self.store.item_features(distinct, d, device=dev), dvec)  # (N', O) in domain d
+            v = model.item_embedding(self.store.item_features(distinct_host, d, device=dev), dvec)  # (N', O) in domain d
             logits[rows] = u[rows] @ v[where].T
         if cfg.corpus_negatives_only:  # a domain's softmax runs over that domain's corpus only
-            outside = ~self.in_corpus[domain][:, columns]  # (B', N)
+            outside = ~self.in_corpus[:, columns][domain]  # (B', N); columns first: never (B', I)
             diagonal = torch.arange(len(user), device=dev)
             outside[diagonal, diagonal] = False  # never the positive
             logits = logits.masked_fill(outside, float("-inf"))
