@@ -47,23 +47,28 @@ from adirec.train.loop import TrainConfig, Trainer  # noqa: E402
 # ----------------------------------------------------------------------------- reference
 class PlainTwoTower(nn.Module):
     """A two-tower model in plain PyTorch: one embedding table per vocabulary (shared by the
-    towers), a Linear per dense field, concat -> MLP (Linear, BatchNorm, ReLU) -> Linear -> L2."""
+    towers), a Linear per dense field, concat -> MLP (Linear, [BatchNorm], ReLU) -> Linear -> L2.
+    Uses the fields and norms of the ``dnn`` config it mirrors: ``exclude`` fields left out,
+    batch norm in the item tower only with ``item_norm``."""
 
-    def __init__(self, schema, dim: int, hidden: tuple[int, ...], out: int):
+    def __init__(self, schema, dim: int, hidden: tuple[int, ...], out: int, exclude=(), item_norm: bool = True):
         super().__init__()
-        self.user_fields, self.item_fields = schema.side("user"), schema.side("item")
-        vocabs = sorted({f.vocab_name for f in schema.fields if f.vocab_name})
+        used = [f for f in schema.fields if f.name not in set(exclude)]
+        self.user_fields = [f for f in used if f.side == "user"]
+        self.item_fields = [f for f in used if f.side == "item"]
+        vocabs = sorted({f.vocab_name for f in used if f.vocab_name})
         self.tables = nn.ModuleDict({v: nn.Embedding(schema.vocab_sizes[v], dim, padding_idx=0) for v in vocabs})
-        self.dense = nn.ModuleDict({f.name: nn.Linear(f.dim, dim) for f in schema.fields if f.kind == "dense"})
+        self.dense = nn.ModuleDict({f.name: nn.Linear(f.dim, dim) for f in used if f.kind == "dense"})
 
-        def tower(n_fields: int) -> nn.Sequential:
+        def tower(n_fields: int, norm: bool) -> nn.Sequential:
             layers, width = [], n_fields * dim
             for h in hidden:
-                layers += [nn.Linear(width, h), nn.BatchNorm1d(h), nn.ReLU()]
+                layers += [nn.Linear(width, h), *([nn.BatchNorm1d(h)] if norm else []), nn.ReLU()]
                 width = h
             return nn.Sequential(*layers, nn.Linear(width, out))
 
-        self.user_tower, self.item_tower = tower(len(self.user_fields)), tower(len(self.item_fields))
+        self.user_tower = tower(len(self.user_fields), True)
+        self.item_tower = tower(len(self.item_fields), item_norm)
 
     def _inputs(self, fields, feats: dict[str, torch.Tensor]) -> torch.Tensor:
         parts = []
@@ -173,7 +178,7 @@ def main() -> None:
     mcfg = build_config("dnn")
     L = next(f.dim for f in data.schema.fields if f.name == HIST_ALL)
     plain = PlainTwoTower(data.schema, mcfg.embedding_dim, (*mcfg.expert_hidden, mcfg.expert_out, *mcfg.forward_hidden),
-                          mcfg.output_dim).to(device)
+                          mcfg.output_dim, exclude=mcfg.exclude_fields, item_norm=mcfg.item_tower_norm).to(device)
     plain.train()
     plain_opt = torch.optim.Adam(plain.parameters(), lr=tcfg.lr)
     feats = PlainFeatures(data, L, device)
