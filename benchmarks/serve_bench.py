@@ -35,7 +35,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -51,7 +50,7 @@ from adirec.data.build import RawInteractions, build_dataset
 from adirec.models.adi import TwoTowerConfig, TwoTowerModel
 from adirec.serve.bundle import load_bundle, write_bundle
 from adirec.serve.service import Recommender
-from adirec.serve.process import start_server
+from adirec.serve.process import start_server, stop_server
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -236,12 +235,7 @@ def main(argv=None) -> int:
                   f"{row['requests_per_s']:.0f} req/s, {row['requests']} requests, "
                   f"non-2xx {row['non_2xx']}, socket errors {row['socket_errors']}", flush=True)
     finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop_server(server)
     results["http"] = http
     one = http.get(1)
     if one:

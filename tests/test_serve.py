@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
 import socket
-import subprocess
 import threading
 import time
 
@@ -23,7 +21,7 @@ from adirec.serve.bundle import (
     FORMAT_VERSION, BundleError, IndexConfig, export_bundle, load_bundle, write_bundle,
 )
 from adirec.serve.service import FROM_MODEL, FROM_POPULAR, FROM_REQUEST, Recommender, RequestError, UnknownDomainError
-from adirec.serve.process import start_server
+from adirec.serve.process import start_server, stop_server
 from adirec.train.loop import TwoTowerScorer
 
 TINY_MODEL = dict(embedding_dim=8, expert_hidden=(16,), expert_out=8, forward_hidden=(8,), output_dim=8)
@@ -587,10 +585,5 @@ def test_real_uvicorn_process_serves_and_reloads_without_failed_requests(served,
         assert len(versions) == 2  # both bundles answered
         assert httpx.get(f"{base}/healthz").json()["model_version"] == load_bundle(second_bundle).model_version
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_server(proc, timeout=20)
     assert proc.returncode is not None

@@ -1,7 +1,8 @@
-"""Start ``adirec serve`` as a separate process and wait until it answers (tests, benchmarks)."""
+"""Start ``adirec serve`` as a separate process, wait until it answers, stop it (tests, benchmarks)."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -28,3 +29,13 @@ def start_server(bundle: str, port: int, *extra: str, timeout: float = 90.0) -> 
             proc.kill()
             raise RuntimeError(f"server did not come up in {timeout:g} s")
         time.sleep(0.2)
+
+
+def stop_server(proc: subprocess.Popen, timeout: float = 30.0) -> None:
+    """Ask the server to shut down (SIGINT, as Ctrl-C); kill it if it has not exited in ``timeout`` s."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
