@@ -88,8 +88,7 @@ def model_overrides(args) -> dict:
 
 
 def train_config(args, **defaults):
-    from adirec.train.loop import TrainConfig
-    from adirec.train.self_training import SelfTrainingConfig
+    from adirec.train.config import SelfTrainingConfig, TrainConfig
     kw = dict(defaults)
     for k in ("epochs", "batch_size", "lr", "num_negatives", "temperature", "patience", "num_threads",
               "early_stopping_metric", "device"):
@@ -142,7 +141,7 @@ def format_metrics(reports: dict[str, dict], title: str = "") -> str:
 
 def cmd_demo(args) -> int:
     from adirec.runs import DataSpec, evaluate_run, train_run
-    from adirec.train.loop import TrainConfig
+    from adirec.train.config import TrainConfig
     out = Path(args.out) / time.strftime("%Y%m%d-%H%M%S")
     spec = DataSpec(source=f"synthetic:{args.preset}", seed=args.seed)
     t0 = time.time()

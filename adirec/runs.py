@@ -17,11 +17,13 @@ from adirec.data.batches import FeatureStore
 from adirec.data.dataset import MultiDomainData
 from adirec.data.sources import load_source
 from adirec.eval.protocols import SeenItems, evaluate
-from adirec.models.adi import TwoTowerConfig
-from adirec.models.per_domain import PerDomainModel, fit_per_domain
+from adirec.models.config import TwoTowerConfig
+from adirec.models.per_domain import PerDomainModel
+from adirec.train.per_domain import fit_per_domain
 from adirec.models.registry import budget_matched_config, build_config, build_model
 from adirec.train.distributed import resolve_device
-from adirec.train.loop import TrainConfig, Trainer, TwoTowerScorer
+from adirec.train.config import TrainConfig
+from adirec.train.loop import Trainer, TwoTowerScorer
 from adirec.utils import atomic_write_json, load_weights
 
 

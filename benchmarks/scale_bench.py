@@ -108,7 +108,8 @@ def _model(schema, num_domains, **overrides):
 def child_train(args) -> dict:
     import torch
     from adirec.data.parquet import ParquetLayout
-    from adirec.train.loop import TrainConfig, Trainer
+    from adirec.train.config import TrainConfig
+    from adirec.train.loop import Trainer
     torch.manual_seed(0)
     layout = ParquetLayout(args.layout)
     cfg = TrainConfig(batch_size=BATCH, progress=False, device="cpu")  # peak RSS is host memory
@@ -134,7 +135,8 @@ def child_train(args) -> dict:
 def child_ids(args) -> dict:
     import torch
     from adirec.data.parquet import ParquetLayout
-    from adirec.train.loop import TrainConfig, Trainer
+    from adirec.train.config import TrainConfig
+    from adirec.train.loop import Trainer
     torch.manual_seed(0)
     view = ParquetLayout(args.layout).training_view()
     hashed, sparse = args.variant in ("hashed", "hashed+sparse"), args.variant in ("sparse", "hashed+sparse")

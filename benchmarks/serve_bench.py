@@ -47,7 +47,8 @@ import numpy as np
 import torch
 
 from adirec.data.build import RawInteractions, build_dataset
-from adirec.models.adi import TwoTowerConfig, TwoTowerModel
+from adirec.models.config import TwoTowerConfig
+from adirec.models.adi import TwoTowerModel
 from adirec.serve.bundle import load_bundle, write_bundle
 from adirec.serve.service import Recommender
 from adirec.serve.process import start_server, stop_server

@@ -41,7 +41,8 @@ from adirec.data.sources.synthetic import load_synthetic  # noqa: E402
 from adirec.models.adi import TwoTowerModel  # noqa: E402
 from adirec.models.registry import build_config  # noqa: E402
 from adirec.train.distributed import resolve_device  # noqa: E402
-from adirec.train.loop import TrainConfig, Trainer  # noqa: E402
+from adirec.train.config import TrainConfig  # noqa: E402
+from adirec.train.loop import Trainer
 
 
 # ----------------------------------------------------------------------------- reference

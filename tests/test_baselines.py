@@ -11,7 +11,8 @@ import torch
 from adirec.data.batches import FeatureStore
 from adirec.data.sources import load_source
 from adirec.eval.protocols import SeenItems, evaluate
-from adirec.models.adi import TwoTowerConfig, TwoTowerModel
+from adirec.models.config import TwoTowerConfig
+from adirec.models.adi import TwoTowerModel
 from adirec.models.baselines import (
     CrossStitchBackbone,
     MMoEBackbone,
@@ -21,7 +22,9 @@ from adirec.models.baselines import (
 )
 from adirec.models.experts import BACKBONES, ADIBackbone, Backbone
 from adirec.models.layers import MLP, HiddenSE
-from adirec.models.per_domain import PerDomainModel, fit_per_domain, restrict_to_domain
+from adirec.models.per_domain import PerDomainModel
+from adirec.train.per_domain import fit_per_domain
+from adirec.data.split import restrict_to_domain
 from adirec.models.registry import (
     MODELS,
     SE_LAYOUTS,
@@ -31,7 +34,8 @@ from adirec.models.registry import (
     match_parameter_budget,
     parameter_counts,
 )
-from adirec.train.loop import TrainConfig, Trainer, TwoTowerScorer
+from adirec.train.config import TrainConfig
+from adirec.train.loop import Trainer, TwoTowerScorer
 
 D, B = 3, 24
 TINY = dict(embedding_dim=8, expert_hidden=(16,), expert_out=8, forward_hidden=(8,), output_dim=8)

@@ -12,11 +12,13 @@ import torch
 
 from adirec.data.batches import FeatureStore, iterate_batches
 from adirec.data.sources import load_source
-from adirec.models.adi import TwoTowerConfig
+from adirec.models.config import TwoTowerConfig
 from adirec.models.registry import MODELS, build_config, build_model
-from adirec.models.per_domain import PerDomainModel, restrict_to_domain
+from adirec.models.per_domain import PerDomainModel
+from adirec.data.split import restrict_to_domain
 from adirec.train.distributed import resolve_device
-from adirec.train.loop import TrainConfig, Trainer, TwoTowerScorer
+from adirec.train.config import TrainConfig
+from adirec.train.loop import Trainer, TwoTowerScorer
 from adirec.train.sampler import NegativeSampler
 
 SMALL = dict(embedding_dim=8, expert_hidden=(16,), expert_out=8, forward_hidden=(8,), output_dim=8)

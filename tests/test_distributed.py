@@ -24,8 +24,8 @@ from adirec.models.layers import DomainSpecificBatchNorm
 from adirec.models.registry import build_config
 from adirec.runs import DataSpec
 from adirec.train import distributed as ddp
-from adirec.train.loop import TrainConfig, Trainer, TwoTowerScorer
-from adirec.train.self_training import SelfTrainingConfig
+from adirec.train.config import SelfTrainingConfig, TrainConfig
+from adirec.train.loop import Trainer, TwoTowerScorer
 from adirec.utils import load_weights
 
 SMALL = dict(embedding_dim=8, expert_hidden=(32,), expert_out=16, forward_hidden=(16,), output_dim=16)

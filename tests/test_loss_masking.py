@@ -6,7 +6,8 @@ from adirec.data.batches import Batch
 from adirec.data.sources import load_source
 from adirec.models.adi import TwoTowerModel
 from adirec.models.registry import build_config
-from adirec.train.loop import TrainConfig, Trainer
+from adirec.train.config import TrainConfig
+from adirec.train.loop import Trainer
 
 
 def _trainer(corpus_only: bool):

@@ -9,7 +9,9 @@ import torch
 import torch.nn as nn
 
 from adirec.data.schema import Field, Schema
-from adirec.models.adi import BACKBONES, TwoTowerConfig, TwoTowerModel
+from adirec.models.experts import BACKBONES
+from adirec.models.config import TwoTowerConfig
+from adirec.models.adi import TwoTowerModel
 from adirec.models.experts import (
     ADIBackbone,
     Backbone,
@@ -441,7 +443,8 @@ def test_model_rejects_bad_inputs():
 
 @pytest.mark.parametrize("item_tower_norm", [False, True])
 def test_item_tower_norm_switch(item_tower_norm):
-    from adirec.models.adi import TwoTowerConfig, TwoTowerModel
+    from adirec.models.config import TwoTowerConfig
+    from adirec.models.adi import TwoTowerModel
     from adirec.models.layers import DomainSpecificBatchNorm
     schema = make_schema()
     model = TwoTowerModel(schema, D, TwoTowerConfig(item_tower_norm=item_tower_norm))

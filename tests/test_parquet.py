@@ -18,7 +18,8 @@ from adirec.data.sources.synthetic import PRESETS, load_synthetic
 from adirec.data.streaming import ParquetStream, iterate_parquet, row_group_units
 from adirec.models.adi import TwoTowerModel
 from adirec.models.registry import build_config
-from adirec.train.loop import SparseDenseAdam, TrainConfig, Trainer, make_optimizer
+from adirec.train.loop import SparseDenseAdam, Trainer, make_optimizer
+from adirec.train.config import TrainConfig
 
 SMALL = dict(embedding_dim=8, expert_hidden=(16,), expert_out=8, forward_hidden=(8,), output_dim=8)
 

@@ -31,8 +31,7 @@ TINY_MODEL = dict(embedding_dim=8, expert_hidden=(16,), expert_out=8, forward_hi
 def served(tmp_path_factory):
     """(run dir, bundle dir, model, data) of a tiny trained run, exported."""
     from adirec.runs import DataSpec, load_run, train_run
-    from adirec.train.loop import TrainConfig
-    from adirec.train.self_training import SelfTrainingConfig
+    from adirec.train.config import SelfTrainingConfig, TrainConfig
     import faiss
     threads = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(1)  # tiny indexes: OpenMP threads only add contention
@@ -188,7 +187,8 @@ def test_bad_k_and_unknown_domain(rec):
 
 def test_string_keys_round_trip(tmp_path, tiny_raw):
     from adirec.data.build import build_dataset
-    from adirec.models.adi import TwoTowerConfig, TwoTowerModel
+    from adirec.models.config import TwoTowerConfig
+    from adirec.models.adi import TwoTowerModel
     data = build_dataset("hand", ["a", "b"], tiny_raw["train"], test=tiny_raw["test"],
                          users=tiny_raw["users"], items=tiny_raw["items"], history_len=4)
     torch.manual_seed(0)

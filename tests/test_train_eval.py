@@ -7,7 +7,8 @@ import torch
 from adirec.eval.metrics import aggregate, ranking_metrics
 from adirec.train.loss import sampled_softmax_loss
 from adirec.train.sampler import NegativeSampler
-from adirec.train.self_training import SelfTrainingConfig, select_top_fraction
+from adirec.train.config import SelfTrainingConfig
+from adirec.train.self_training import select_top_fraction
 
 
 def test_logq_corrected_loss_matches_hand_computation():
@@ -87,7 +88,7 @@ def test_self_training_selects_exactly_the_top_fraction():
 
 def test_holdout_and_sampled_candidates_follow_the_protocol():
     from adirec.data.sources import load_source
-    from adirec.train.loop import holdout_split, sample_candidates
+    from adirec.data.split import holdout_split, sample_candidates
     data = load_source("synthetic:tiny")
     reduced, held = holdout_split(data, 0.5, seed=0)
     tr, full = reduced.splits["train"], data.splits["train"]

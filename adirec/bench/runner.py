@@ -34,8 +34,7 @@ from adirec.data.dataset import MultiDomainData
 from adirec.eval.protocols import SeenItems, evaluate
 from adirec.models.references import build_reference, select_ease_lambda
 from adirec.runs import DataSpec, default_protocol, default_split, evaluate_run, load_run, train_run
-from adirec.train.loop import TrainConfig
-from adirec.train.self_training import SelfTrainingConfig
+from adirec.train.config import SelfTrainingConfig, TrainConfig
 from adirec.utils import atomic_write_json
 
 #: training-config fields that do not change a run's result (left out of its hash)
@@ -86,7 +85,7 @@ class BenchConfig:
             raise ValueError(f"ease_lambda must be 'auto' or a number > 0, got {self.ease_lambda!r}")
         if self.ks is not None and (not self.ks or min(self.ks) < 1):
             raise ValueError(f"cut-offs must be positive integers, got {self.ks}")
-        from adirec.models.adi import TwoTowerConfig
+        from adirec.models.config import TwoTowerConfig
         unknown = sorted(set(self.size) - set(TwoTowerConfig.field_names()))
         if unknown:
             raise ValueError(f"unknown model config fields {unknown}; known: {TwoTowerConfig.field_names()}")
@@ -313,7 +312,7 @@ class Bench:
                 "metrics": result.metrics(self.data.domains)}
 
     def _run_neural(self, task: Task, request: dict, h: str) -> dict:
-        from adirec.models.adi import TwoTowerConfig
+        from adirec.models.config import TwoTowerConfig
         run_dir, marker = task.run_dir, task.run_dir / "bench_request.json"
         trained = (marker.is_file() and json.loads(marker.read_text()).get("hash") == h
                    and (run_dir / "summary.json").is_file() and (run_dir / "model.safetensors").is_file())

@@ -293,7 +293,7 @@ def select_ease_lambda(data: MultiDomainData, grid: tuple[float, ...] = (50, 100
     users, ranked against the full corpus, as the trainer validates. The reported split is never
     looked at. Returns (best lam, {lam: mean metric}); ties go to the larger lam."""
     from adirec.eval.protocols import SeenItems, evaluate
-    from adirec.train.loop import holdout_split
+    from adirec.data.split import holdout_split
 
     if not grid or min(grid) <= 0:
         raise ValueError(f"lambda grid must hold positive values, got {grid}")

@@ -21,7 +21,8 @@ import torch
 import torch.nn as nn
 
 from adirec.data.schema import Schema
-from adirec.models.adi import TwoTowerConfig, TwoTowerModel
+from adirec.models.config import TwoTowerConfig
+from adirec.models.adi import TwoTowerModel
 from adirec.models.per_domain import PerDomainModel
 from adirec.models.towers import SharedEmbeddings
 

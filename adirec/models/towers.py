@@ -13,18 +13,14 @@ vocabulary used on both sides (the user's item history and the target item) is o
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from adirec.data.schema import OOV, Field, Schema
 from adirec.models.experts import BACKBONES, DomainExperts
+from adirec.models.config import TwoTowerConfig
 from adirec.models.layers import MLP, make_adaptation
-
-if TYPE_CHECKING:
-    from adirec.models.adi import TwoTowerConfig
 
 
 class SharedEmbeddings(nn.Module):
@@ -114,7 +110,7 @@ class Tower(nn.Module):
 
     def __init__(
         self,
-        config: "TwoTowerConfig",
+        config: TwoTowerConfig,
         schema: Schema,
         side: str,
         num_domains: int,

@@ -45,7 +45,8 @@ from safetensors.numpy import load_file as load_np, save_file as save_np
 from adirec.data.batches import FeatureStore
 from adirec.data.dataset import Interactions, MultiDomainData
 from adirec.data.schema import Schema
-from adirec.models.adi import TwoTowerConfig, TwoTowerModel
+from adirec.models.config import TwoTowerConfig
+from adirec.models.adi import TwoTowerModel
 from adirec.utils import atomic_write_json, load_weights, publish_directory, save_weights
 
 FORMAT = "adirec-bundle"

@@ -277,7 +277,7 @@ def train_run(spec, model_name: str, out_dir: str | Path, *, model_overrides: di
     run's summary on rank 0 and None on the other ranks.
     """
     from adirec import runs
-    from adirec.train.loop import TrainConfig
+    from adirec.train.config import TrainConfig
     started = init_from_env(device=resolve_device((train_config or TrainConfig()).device))  # before any write
     try:
         out = Path(out_dir)
@@ -317,7 +317,8 @@ def _train_streaming(layout, spec, model_name: str, out: Path, *, model_override
     from adirec.models import registry
     from adirec.models.adi import TwoTowerModel
     from adirec.runs import default_protocol
-    from adirec.train.loop import TrainConfig, Trainer
+    from adirec.train.config import TrainConfig
+    from adirec.train.loop import Trainer
     from adirec.utils import atomic_write_json
     tcfg = train_config or TrainConfig()
     mcfg = registry.build_config(model_name, **(model_overrides or {}))

@@ -3,12 +3,10 @@ a checkpoint per epoch, early stopping on a validation split that is never the r
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
 import time
-from dataclasses import dataclass, field as dc_field
 from pathlib import Path
 
 import numpy as np
@@ -17,142 +15,16 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from adirec.data.batches import Batch, FeatureStore, iterate_batches
-from adirec.data.dataset import Candidates, Interactions, MultiDomainData
+from adirec.data.dataset import MultiDomainData
+from adirec.data.split import holdout_split, sample_candidates
 from adirec.eval.protocols import SeenItems
 from adirec.models.adi import TwoTowerModel
+from adirec.train.config import TrainConfig
 from adirec.train.loss import sampled_softmax_loss
 from adirec.train.sampler import NegativeSampler
-from adirec.train.self_training import SelfTrainingConfig, pseudo_positives
+from adirec.train.self_training import pseudo_positives
 from adirec.train import distributed as ddp
 from adirec.utils import atomic_write_json, save_weights
-
-
-@dataclass
-class TrainConfig:
-    """Attributes:
-        epochs: maximum number of passes over the training split.
-        batch_size: interactions per step (all domains mixed).
-        lr: Adam learning rate.
-        weight_decay: L2 penalty of Adam (applied to every parameter).
-        num_negatives: extra negatives drawn from the proposal per step, shared by the batch.
-        proposal: ``"unigram"`` (counts^alpha) or ``"uniform"`` over training items.
-        proposal_alpha: exponent of the unigram proposal.
-        temperature: softmax temperature applied to the scores (cosine scores need < 1).
-        corpus_negatives_only: for a row of domain d, mask the negative columns whose item is not
-            in d's corpus, so that each domain's softmax runs over what that domain serves (the
-            logQ correction is unchanged: it describes how the columns were drawn).
-        self_training: pseudo-label settings (Algorithm 1).
-        early_stopping_metric: metric (averaged over domains) watched on the validation split;
-            None = ``recall@10`` when validating on candidate lists (``sampled``, where deeper
-            cut-offs saturate), ``recall@50`` on full rankings.
-        patience: epochs without improvement before stopping; 0 disables early stopping.
-        holdout_fraction: when no separate validation split exists, the fraction of users whose
-            last training positive is held out to validate on.
-        eval_ks: cut-offs computed during validation.
-        seed: seeds data order, negatives, initialisation and the hold-out.
-        num_threads: torch intra-op threads (None leaves torch's default).
-        device: where the model trains: ``"auto"`` (this process's GPU when CUDA is available,
-            ``cuda:LOCAL_RANK`` under torchrun, else the CPU), ``"cpu"``, ``"cuda"`` or
-            ``"cuda:N"`` (see :func:`adirec.train.distributed.resolve_device`). Feature lookups
-            stay on the host; each batch's tensors are copied to the device.
-        progress: show progress bars.
-    """
-
-    epochs: int = 20
-    batch_size: int = 1024
-    lr: float = 3e-3
-    weight_decay: float = 0.0
-    num_negatives: int = 1024
-    proposal: str = "unigram"
-    proposal_alpha: float = 0.75
-    temperature: float = 0.1
-    corpus_negatives_only: bool = True
-    self_training: SelfTrainingConfig = dc_field(default_factory=SelfTrainingConfig)
-    early_stopping_metric: str | None = None
-    patience: int = 3
-    holdout_fraction: float = 0.1
-    eval_ks: tuple[int, ...] = (10, 50)
-    seed: int = 0
-    num_threads: int | None = None
-    device: str = "auto"
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        if isinstance(self.self_training, dict):
-            self.self_training = SelfTrainingConfig(**self.self_training)
-        self.eval_ks = tuple(int(k) for k in self.eval_ks)
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.num_negatives < 0:
-            raise ValueError(f"num_negatives must be >= 0, got {self.num_negatives}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        if not 0.0 < self.holdout_fraction < 1.0:
-            raise ValueError(f"holdout_fraction must be in (0, 1), got {self.holdout_fraction}")
-        if not isinstance(self.device, str) or not (
-                self.device in ("auto", "cpu", "cuda") or
-                (self.device.startswith("cuda:") and self.device[5:].isdigit())):
-            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
-        if self.patience < 0:
-            raise ValueError(f"patience must be >= 0, got {self.patience}")
-        if self.early_stopping_metric is not None:
-            name, _, k = self.early_stopping_metric.partition("@")
-            if name not in ("recall", "ndcg") or not k.isdigit() or int(k) < 1:
-                raise ValueError(f"early_stopping_metric must look like recall@50 or ndcg@10, "
-                                 f"got {self.early_stopping_metric!r}")
-
-
-def holdout_split(data: MultiDomainData, fraction: float, seed: int) -> tuple[MultiDomainData, Interactions]:
-    """Move the last (by time; a random one without timestamps) training positive of a random
-    ``fraction`` of users with >= 3 positives out of train. Returns (reduced data, held-out rows)."""
-    tr = data.splits["train"]
-    rng = np.random.default_rng(seed)
-    tiebreak = rng.random(len(tr))  # random order among equal timestamps
-    order = np.lexsort((tiebreak, tr.timestamp, tr.user))
-    users = tr.user[order]
-    last = np.flatnonzero(np.r_[users[1:] != users[:-1], True])
-    counts = np.diff(np.r_[-1, last])
-    eligible = last[counts >= 3]
-    chosen = rng.random(len(eligible)) < fraction
-    held = order[eligible[chosen]]
-    keep = np.ones(len(tr), dtype=bool)
-    keep[held] = False
-    splits = dict(data.splits)
-    splits["train"] = tr.take(np.flatnonzero(keep))
-    reduced = dataclasses.replace(data, splits=splits)
-    return reduced, tr.take(held)
-
-
-def sample_candidates(data: MultiDomainData, queries: Interactions, width: int, *, seed: int) -> Candidates:
-    """Candidate lists like a ``sampled`` run file: each query's positive plus ``width - 1``
-    items drawn uniformly without replacement from its domain's corpus, excluding every item the
-    user interacted with in training or in ``queries``."""
-    rng = np.random.default_rng(seed)
-    key = data.num_items + 1
-    tr = data.splits["train"]
-    seen = np.unique(np.concatenate([tr.user * key + tr.item, queries.user * key + queries.item]))
-    rows = np.full((len(queries), width), -1, dtype=np.int64)
-    rows[:, 0] = queries.item
-    for d in range(data.num_domains):
-        q = np.flatnonzero(queries.domain == d)
-        if len(q) == 0:
-            continue
-        corpus = data.corpus[d]
-        draw = corpus[rng.integers(0, len(corpus), (len(q), 3 * width))]  # (n, 3W), with repeats
-        ok = ~np.isin(queries.user[q, None] * key + draw, seen)
-        order = np.argsort(draw, axis=1, kind="stable")
-        srt = np.take_along_axis(draw, order, axis=1)
-        repeat = np.zeros_like(ok)
-        np.put_along_axis(repeat, order[:, 1:], srt[:, 1:] == srt[:, :-1], axis=1)
-        ok &= ~repeat  # keep the first draw of each item
-        slot = np.cumsum(ok, axis=1)  # 1-based position among kept draws
-        keep = ok & (slot < width)
-        r, c = np.nonzero(keep)
-        rows[q[r], slot[r, c]] = draw[r, c]
-    return Candidates(queries.user.copy(), queries.domain.copy(), rows)
 
 
 class TwoTowerScorer:

@@ -7,44 +7,7 @@ per epoch up to ``max_p``: early on the model's confidence means little, so few 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
-
-
-@dataclass
-class SelfTrainingConfig:
-    """Attributes:
-        enabled: add pseudo-labelled samples to the loss.
-        start_epoch: first epoch (0-based) that uses pseudo-labels.
-        p0: fraction of candidate samples kept as pseudo-positives at ``start_epoch``.
-        delta_p: growth of that fraction per epoch.
-        max_p: ceiling of the fraction.
-        weight: weight of a pseudo-labelled sample in the loss (real samples weigh 1).
-    """
-
-    enabled: bool = True
-    start_epoch: int = 1
-    p0: float = 0.02
-    delta_p: float = 0.02
-    max_p: float = 0.1
-    weight: float = 0.5
-
-    def __post_init__(self) -> None:
-        for name in ("p0", "delta_p", "max_p"):
-            v = getattr(self, name)
-            if not 0.0 <= v <= 1.0:
-                raise ValueError(f"self-training {name} must be in [0, 1], got {v}")
-        if self.start_epoch < 0:
-            raise ValueError(f"self-training start_epoch must be >= 0, got {self.start_epoch}")
-        if self.weight < 0:
-            raise ValueError(f"self-training weight must be >= 0, got {self.weight}")
-
-    def fraction(self, epoch: int) -> float:
-        """p for ``epoch`` (0 when disabled or before ``start_epoch``)."""
-        if not self.enabled or epoch < self.start_epoch:
-            return 0.0
-        return min(self.max_p, self.p0 + self.delta_p * (epoch - self.start_epoch))
 
 
 def select_top_fraction(confidence: torch.Tensor, p: float) -> torch.Tensor:

@@ -108,5 +108,6 @@ def load_xmrec(directory: str | Path, domains: list[str] | None = None, *,
     return build_dataset(
         f"xmrec:{root}", domains, train, raw(valid_parts), None,
         candidates=candidates, history_len=history_len, corpus="domain",
-        meta={"source": "xmrec", "location": str(root), "train_file": train_file},
+        # user keys are "<market>:<userId>"; serving maps a request's (user, domain) back to them
+        meta={"source": "xmrec", "location": str(root), "train_file": train_file, "user_key_scope": "domain"},
     )
