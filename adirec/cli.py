@@ -27,18 +27,20 @@ def _csv(text: str) -> list[str]:
 
 
 def add_data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", required=True, metavar="SRC",
-                   help="xmrec:DIR | recbole:DIR/PREFIX | synthetic[:PRESET]")
-    p.add_argument("--domains", type=_csv, help="comma-separated domains to load (xmrec markets)")
-    p.add_argument("--domain-by", help="RecBole domain rule, e.g. user.age:25,35 or item.genre")
-    p.add_argument("--positive", help="RecBole positive rule (default rating>=4)")
-    p.add_argument("--history-len", type=int, default=50, help="length of behaviour histories")
+    """The data source and its options: every :func:`~adirec.options.option` field of DataSpec."""
+    from adirec.data.spec import DataSpec
+    from adirec.options import add_options
+    add_options(p.add_argument_group("data"), DataSpec, dest_prefix="data_")
 
 
 def data_spec(args):
-    from adirec.runs import DataSpec
-    return DataSpec(source=args.data, domains=args.domains, domain_by=args.domain_by,
-                    positive=args.positive, seed=args.seed, history_len=args.history_len)
+    """The DataSpec of the parsed ``args``; ``--data`` is required."""
+    from adirec.data.spec import DataSpec
+    from adirec.options import given_options
+    given = given_options(args, DataSpec, dest_prefix="data_")
+    if "source" not in given:
+        raise ValueError("--data SRC is required (xmrec:DIR | recbole:DIR/PREFIX | parquet:DIR | synthetic[:PRESET])")
+    return DataSpec(**given)
 
 
 def add_optimisation_args(p: argparse.ArgumentParser) -> None:
@@ -140,7 +142,8 @@ def format_metrics(reports: dict[str, dict], title: str = "") -> str:
 
 
 def cmd_demo(args) -> int:
-    from adirec.runs import DataSpec, evaluate_run, train_run
+    from adirec.data.spec import DataSpec
+    from adirec.runs import evaluate_run, train_run
     from adirec.train.config import TrainConfig
     out = Path(args.out) / time.strftime("%Y%m%d-%H%M%S")
     spec = DataSpec(source=f"synthetic:{args.preset}", seed=args.seed)

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from adirec.data.batches import FeatureStore
 from adirec.data.dataset import MultiDomainData
-from adirec.data.sources import load_source
+from adirec.data.spec import DataSpec
 from adirec.eval.protocols import SeenItems, evaluate
 from adirec.models.config import TwoTowerConfig
 from adirec.models.per_domain import PerDomainModel
@@ -25,22 +25,6 @@ from adirec.train.distributed import resolve_device
 from adirec.train.config import TrainConfig
 from adirec.train.loop import Trainer, TwoTowerScorer
 from adirec.utils import atomic_write_json, load_weights
-
-
-@dataclass
-class DataSpec:
-    """How to load a data set again: the arguments of :func:`load_source`."""
-
-    source: str = "synthetic"
-    domains: list[str] | None = None
-    domain_by: str | None = None
-    positive: str | None = None
-    seed: int = 0
-    history_len: int = 50
-
-    def load(self) -> MultiDomainData:
-        return load_source(self.source, domains=self.domains, domain_by=self.domain_by,
-                           positive=self.positive, seed=self.seed, history_len=self.history_len)
 
 
 def default_protocol(data: MultiDomainData) -> str:

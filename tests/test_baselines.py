@@ -408,7 +408,8 @@ def test_restrict_keeps_candidate_lists(data):
 
 
 def test_dnn_single_run_directory(tmp_path, data):
-    from adirec.runs import DataSpec, evaluate_run, load_run, train_run
+    from adirec.data.spec import DataSpec
+    from adirec.runs import evaluate_run, load_run, train_run
     torch.set_num_threads(1)
     tcfg = TrainConfig(epochs=1, batch_size=256, num_negatives=32, progress=False, patience=0)
     out = tmp_path / "run"

@@ -7,7 +7,7 @@ import torch
 from adirec.bench.runner import BenchConfig, dense_parameters, dial_weights
 from adirec.bench.suites import SUITES, parse_suites, select, suite_runs
 from adirec.cli import main
-from adirec.runs import DataSpec
+from adirec.data.spec import DataSpec
 
 TINY = ["--set", "embedding_dim=8", "--set", "expert_hidden=16", "--set", "expert_out=8",
         "--set", "forward_hidden=8", "--set", "output_dim=8"]

@@ -22,7 +22,7 @@ from adirec.eval.protocols import SeenItems, evaluate
 from adirec.models.adi import TwoTowerModel
 from adirec.models.layers import DomainSpecificBatchNorm
 from adirec.models.registry import build_config
-from adirec.runs import DataSpec
+from adirec.data.spec import DataSpec
 from adirec.train import distributed as ddp
 from adirec.train.config import SelfTrainingConfig, TrainConfig
 from adirec.train.loop import Trainer, TwoTowerScorer

@@ -30,7 +30,8 @@ TINY_MODEL = dict(embedding_dim=8, expert_hidden=(16,), expert_out=8, forward_hi
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """(run dir, bundle dir, model, data) of a tiny trained run, exported."""
-    from adirec.runs import DataSpec, load_run, train_run
+    from adirec.data.spec import DataSpec
+    from adirec.runs import load_run, train_run
     from adirec.train.config import SelfTrainingConfig, TrainConfig
     import faiss
     threads = faiss.omp_get_max_threads()

@@ -40,14 +40,14 @@ def _ease_lambda(text: str):
 def register(subparsers) -> None:
     """Add the ``bench`` command to the ``adirec`` sub-command parsers."""
     from adirec.bench.suites import SUITES
-    from adirec.cli import _csv, _csv_ints, add_optimisation_args
+    from adirec.cli import _csv, _csv_ints, add_data_args, add_optimisation_args
     p = subparsers.add_parser(
         "bench", help="run the paper's experiments (comparison, fusion, ablation, SE, experts)",
         description="Train and evaluate every run of the chosen suites into OUT (resumable: a rerun "
                     "skips finished runs) and write OUT/results.json, OUT/results.md and PNG figures.")
-    p.add_argument("--data", required=True, metavar="SRC", help="xmrec:DIR | recbole:DIR/PREFIX | synthetic[:PRESET]")
     p.add_argument("--suite", required=True, metavar="NAME",
                    help=f"{', '.join(SUITES)}, a comma-separated list, or all")
+    add_data_args(p)
     p.add_argument("--seeds", type=int, default=1, help="training seeds per neural run (default 1)")
     p.add_argument("--first-seed", type=int, default=0,
                    help="first training seed: runs seeds S..S+N-1 (default 0); bench processes with "
@@ -55,11 +55,6 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--methods", type=_csv, help="only these runs, by key (mmoe-k2), suite/key (paper/adi-se) or model "
                         "name (mmoe: every run of that preset), comma-separated")
-    p.add_argument("--domains", type=_csv, help="comma-separated domains to load (xmrec markets)")
-    p.add_argument("--domain-by", help="RecBole domain rule, e.g. user.age:25,35")
-    p.add_argument("--positive", help="RecBole positive rule (default rating>=4)")
-    p.add_argument("--history-len", type=int, default=50)
-    p.add_argument("--data-seed", type=int, default=0, help="seed of a synthetic data set")
     p.add_argument("--k", type=_csv_ints, help="cut-offs (default 10 with candidate lists, else 20,50,100)")
     p.add_argument("--set", type=_size_item, action="append", default=[], metavar="KEY=VALUE",
                    help="model config field for every neural run, e.g. --set embedding_dim=16 "
@@ -75,9 +70,8 @@ def register(subparsers) -> None:
 def cmd_bench(args) -> int:
     from adirec.bench.runner import Bench, BenchConfig
     from adirec.bench.suites import parse_suites
-    from adirec.runs import DataSpec
-    spec = DataSpec(source=args.data, domains=args.domains, domain_by=args.domain_by, positive=args.positive,
-                    seed=args.data_seed, history_len=args.history_len)
+    from adirec.cli import data_spec
+    spec = data_spec(args)
     train = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "num_negatives", "temperature", "patience",
                                            "device") if getattr(args, k) is not None}
     config = BenchConfig(data=spec, out=args.out, suites=parse_suites(args.suite), seeds=args.seeds,

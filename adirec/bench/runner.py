@@ -33,7 +33,8 @@ from adirec.data.batches import FeatureStore
 from adirec.data.dataset import MultiDomainData
 from adirec.eval.protocols import SeenItems, evaluate
 from adirec.models.references import build_reference, select_ease_lambda
-from adirec.runs import DataSpec, default_protocol, default_split, evaluate_run, load_run, train_run
+from adirec.data.spec import DataSpec
+from adirec.runs import default_protocol, default_split, evaluate_run, load_run, train_run
 from adirec.train.config import SelfTrainingConfig, TrainConfig
 from adirec.utils import atomic_write_json
 
