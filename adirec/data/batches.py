@@ -18,12 +18,14 @@ from adirec.data.schema import Schema
 
 @dataclass
 class Batch:
-    """A batch of interactions (ids only)."""
+    """A batch of interactions (ids only). ``timestamp`` places each row in its user's timeline:
+    on data with time, a row's behaviour history holds only the positives before it."""
 
     user: torch.Tensor  # (B,) long
     item: torch.Tensor  # (B,) long
     domain: torch.Tensor  # (B,) long
     weight: torch.Tensor  # (B,) float
+    timestamp: torch.Tensor  # (B,) long, 0 where the source has no time
 
     def __len__(self) -> int:
         return len(self.user)
@@ -32,14 +34,15 @@ class Batch:
         """The batch on ``device`` (itself when it is already there)."""
         if self.user.device == torch.device(device):
             return self
-        return Batch(*(t.to(device, non_blocking=True) for t in (self.user, self.item, self.domain, self.weight)))
+        return Batch(*(t.to(device, non_blocking=True) for t in
+                       (self.user, self.item, self.domain, self.weight, self.timestamp)))
 
     @classmethod
     def from_interactions(cls, it: Interactions, index: np.ndarray | slice | None = None) -> "Batch":
         if index is not None:
             it = it.take(index)
-        return cls(torch.from_numpy(it.user), torch.from_numpy(it.item),
-                   torch.from_numpy(it.domain), torch.from_numpy(it.weight))
+        return cls(torch.from_numpy(it.user), torch.from_numpy(it.item), torch.from_numpy(it.domain),
+                   torch.from_numpy(it.weight), torch.from_numpy(it.timestamp))
 
 
 def iterate_batches(
@@ -66,18 +69,37 @@ def iterate_batches(
         yield Batch.from_interactions(it, order[start:start + batch_size])
 
 
-class _Histories:
-    """Training positives grouped by key (CSR), most recent last."""
+#: sort key of a timeline entry: the history key (user, or user and domain), time, item id
+_ORDER = np.dtype([("key", "<i8"), ("time", "<i8"), ("item", "<i8")])
 
-    def __init__(self, keys: np.ndarray, items: np.ndarray, order: np.ndarray, num_keys: int):
-        keys, items = keys[order], items[order]
-        self.values = items.astype(np.int64)
+
+def _order_keys(keys: np.ndarray, times: np.ndarray, items: np.ndarray) -> np.ndarray:
+    out = np.empty(len(keys), dtype=_ORDER)
+    out["key"], out["time"], out["item"] = keys, times, items
+    return out
+
+
+class _Histories:
+    """Training positives grouped by key (CSR), in the split order: time, then item id."""
+
+    def __init__(self, keys: np.ndarray, items: np.ndarray, times: np.ndarray, num_keys: int):
+        order = np.lexsort((items, times, keys))
+        self.sorted = _order_keys(keys[order], times[order], items[order])  # (P,) ascending
+        self.values = items[order].astype(np.int64)
         self.indptr = np.zeros(num_keys + 1, dtype=np.int64)
         np.cumsum(np.bincount(keys, minlength=num_keys), out=self.indptr[1:])
 
-    def recent(self, keys: np.ndarray, length: int, exclude: np.ndarray | None) -> np.ndarray:
-        """(B, length) most recent items per key, 0-padded on the left, without ``exclude``."""
+    def recent(self, keys: np.ndarray, length: int, exclude: np.ndarray | None,
+               before: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+        """(B, length) most recent items per key, 0-padded on the left, without ``exclude``.
+
+        ``before = (time, item)``: only the entries that come strictly before that point of the
+        split order (a row's own timeline position), so no history item is at or after the row.
+        """
         end = self.indptr[keys + 1]
+        if before is not None:
+            # the first entry at or after (key, time, item) ends the visible part of the segment
+            end = np.searchsorted(self.sorted, _order_keys(keys, before[0], before[1]), side="left")
         window = length + 1  # one spare slot so dropping the target still leaves `length` items
         start = np.maximum(self.indptr[keys], end - window)
         pos = start[:, None] + np.arange(window)  # (B, L+1)
@@ -95,9 +117,17 @@ class _Histories:
 class FeatureStore:
     """Looks up the feature dicts that towers consume.
 
-    ``user_features(user, domain, exclude_item)`` returns every user-side field of the schema for
-    the given users as seen in the given domains (user-domain fields resolved to that domain);
-    behaviour histories never contain ``exclude_item`` (the training target).
+    ``user_features(user, domain, exclude_item, before=...)`` returns every user-side field of the
+    schema for the given users as seen in the given domains (user-domain fields resolved to that
+    domain). Behaviour histories are the user's training positives in the split order (time, then
+    item id):
+
+    * on data with time (``time_ordered``), a row placed in its user's timeline by
+      ``before = (timestamp, item)`` sees only the positives strictly before it, the order that
+      makes the validation and test rows (which come after every training positive, and are looked
+      up without ``before``); ``exclude_item`` is then not needed and is ignored;
+    * without time there is no "before": a row sees all the user's positives but its own target
+      ``exclude_item``.
     ``item_features(item, domain)`` does the same for the item side.
     Lookups run on the host (NumPy); ``device`` says where the returned tensors go.
     """
@@ -112,26 +142,29 @@ class FeatureStore:
         train = data.splits["train"]
         pos = train.weight > 0
         u, i, d, t = train.user[pos], train.item[pos], train.domain[pos], train.timestamp[pos]
-        order = np.lexsort((i, t, u))  # by user, then time, then item id
-        self._hist_all = _Histories(u, i, order, data.num_users + 1)
-        key = u * self.num_domains + d
-        order_d = np.lexsort((i, t, key))
-        self._hist_domain = _Histories(key, i, order_d, (data.num_users + 1) * self.num_domains)
+        self.time_ordered = bool(np.any(t != t[0])) if len(t) else False
+        self._hist_all = _Histories(u, i, t, data.num_users + 1)
+        self._hist_domain = _Histories(u * self.num_domains + d, i, t, (data.num_users + 1) * self.num_domains)
         self._user_fields = self.schema.side("user")
         self._item_fields = self.schema.side("item")
 
     def user_features(self, user: torch.Tensor | np.ndarray, domain: torch.Tensor | np.ndarray,
                       exclude_item: torch.Tensor | np.ndarray | None = None,
-                      device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
+                      device: torch.device | str | None = None, *,
+                      before: tuple[torch.Tensor | np.ndarray, torch.Tensor | np.ndarray] | None = None,
+                      ) -> dict[str, torch.Tensor]:
         u = _np(user)
         d = _np(domain)
         ex = None if exclude_item is None else _np(exclude_item)
+        cut = None
+        if before is not None and self.time_ordered:
+            cut, ex = (_np(before[0]), _np(before[1])), None
         out: dict[str, torch.Tensor] = {}
         for f in self._user_fields:
             if f.name == HIST_ALL:
-                v = self._hist_all.recent(u, f.dim, ex)
+                v = self._hist_all.recent(u, f.dim, ex, cut)
             elif f.name == HIST_DOMAIN:
-                v = self._hist_domain.recent(u * self.num_domains + d, f.dim, ex)
+                v = self._hist_domain.recent(u * self.num_domains + d, f.dim, ex, cut)
             elif f.per_domain:
                 v = self._user_domain_table[f.name][d, u]
             else:

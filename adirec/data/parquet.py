@@ -123,7 +123,7 @@ class _Windows:
     def __init__(self, windows: np.ndarray):
         self.windows = windows  # (K, W) int, oldest first, left-padded with 0
 
-    def recent(self, keys: np.ndarray, length: int, exclude: np.ndarray | None) -> np.ndarray:
+    def recent(self, keys: np.ndarray, length: int, exclude: np.ndarray | None, before=None) -> np.ndarray:
         if length + 1 > self.windows.shape[1]:
             raise ValueError(f"history length {length} needs windows of {length + 1}, the layout "
                              f"holds {self.windows.shape[1]}")
@@ -149,6 +149,7 @@ class LayoutFeatureStore(FeatureStore):
         self._user_domain_table, self._item_domain_table = tables["user_domain"], tables["item_domain"]
         self._hist_all = _Windows(recent_all)
         self._hist_domain = _Windows(recent_domain)
+        self.time_ordered = False  # the windows hold each user's latest positives only
         self._user_fields = schema.side("user")
         self._item_fields = schema.side("item")
 

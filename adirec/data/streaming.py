@@ -30,8 +30,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from adirec.data.batches import Batch
 
 DEFAULT_SHUFFLE_BUFFER = 262_144
-_COLUMNS = ("user", "item", "domain", "weight")
-_DTYPES = (np.int64, np.int64, np.int64, np.float32)
+_COLUMNS = ("user", "item", "domain", "weight", "timestamp")
+_DTYPES = (np.int64, np.int64, np.int64, np.float32, np.int64)
 
 
 @dataclass(frozen=True)
@@ -143,8 +143,7 @@ def _batched(chunks: Iterator[tuple[np.ndarray, ...]], batch_size: int, drop_las
 
 
 def _batch(cols: tuple[np.ndarray, ...], s: slice) -> Batch:
-    u, i, d, w = (np.ascontiguousarray(c[s]) for c in cols)
-    return Batch(torch.from_numpy(u), torch.from_numpy(i), torch.from_numpy(d), torch.from_numpy(w))
+    return Batch(*(torch.from_numpy(np.ascontiguousarray(c[s])) for c in cols))
 
 
 def iterate_parquet(path: str | Path, batch_size: int, *, shuffle: bool, seed: int = 0,

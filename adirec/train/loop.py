@@ -165,13 +165,15 @@ class Trainer:
         """Loss of one batch plus its pseudo-positives; returns (loss, number of pseudo rows)."""
         model, cfg, D, dev = self.model, self.config, self.data.num_domains, self.device
         batch = batch.to(dev)
-        pu, pi, pd = pseudo_positives(model, self.store, batch.user, batch.item, batch.domain, D, p)
-        user = torch.cat([batch.user, pu])
-        item = torch.cat([batch.item, pi])
+        src, pd = pseudo_positives(model, self.store, batch.user, batch.item, batch.domain, D, p,
+                                   timestamp=batch.timestamp)
+        user = torch.cat([batch.user, batch.user[src]])
+        item = torch.cat([batch.item, batch.item[src]])
         domain = torch.cat([batch.domain, pd])
-        weight = torch.cat([batch.weight, torch.full((len(pu),), cfg.self_training.weight, device=dev)])
-        u = model.user_embedding(self.store.user_features(user, domain, exclude_item=item, device=dev),
-                                 domain)  # (B', O)
+        timestamp = torch.cat([batch.timestamp, batch.timestamp[src]])
+        weight = torch.cat([batch.weight, torch.full((len(src),), cfg.self_training.weight, device=dev)])
+        u = model.user_embedding(self.store.user_features(user, domain, exclude_item=item, device=dev,
+                                                          before=(timestamp, item)), domain)  # (B', O)
         negatives = self.sampler.sample(cfg.num_negatives)
         columns = torch.cat([item, negatives])  # (N,) = in-batch positives + sampled negatives
         # popular items repeat among the columns: run the item tower once per distinct item
@@ -191,7 +193,7 @@ class Trainer:
         log_q = self.sampler.log_q(columns, len(user), cfg.num_negatives)
         loss = sampled_softmax_loss(logits, torch.arange(len(user), device=dev), item, columns, log_q,
                                     temperature=cfg.temperature, weight=weight)
-        return loss, len(pu)
+        return loss, len(src)
 
     # ------------------------------------------------------------------ loop
     def validate(self) -> dict:

@@ -22,29 +22,35 @@ def select_top_fraction(confidence: torch.Tensor, p: float) -> torch.Tensor:
 
 @torch.no_grad()
 def pseudo_positives(model, store, user: torch.Tensor, item: torch.Tensor, domain: torch.Tensor,
-                     num_domains: int, p: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Algorithm 1, lines 4-8: (user, item, target domain) of the selected pseudo-positives.
+                     num_domains: int, p: float, *, timestamp: torch.Tensor | None = None,
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Algorithm 1, lines 4-8: the selected pseudo-positives as (row of the batch it comes from
+    (n,), target domain (n,)); the pseudo row is that row's user and item in the target domain.
 
-    The model is scored in eval mode so that batch statistics of the real batch are not
-    disturbed by samples that may never be used.
+    ``timestamp`` places each row in its user's timeline, so that a pseudo row sees the history
+    its source row sees. The model is scored in eval mode so that batch statistics of the real
+    batch are not disturbed by samples that may never be used.
     """
     empty = torch.zeros(0, dtype=torch.long, device=user.device)
     if p <= 0 or num_domains < 2:
-        return empty, empty, empty
+        return empty, empty
     was_training = model.training
     model.eval()
-    users, items, domains = [], [], []
+    sources, targets = [], []
     for j in range(num_domains):
         rows = torch.nonzero(domain != j).squeeze(1)
         if len(rows) == 0:
             continue
         dj = torch.full((len(rows),), j, dtype=torch.long, device=user.device)
-        u = model.user_embedding(store.user_features(user[rows], dj, exclude_item=item[rows], device=user.device), dj)
+        before = None if timestamp is None else (timestamp[rows], item[rows])
+        u = model.user_embedding(store.user_features(user[rows], dj, exclude_item=item[rows], device=user.device,
+                                                     before=before), dj)
         v = model.item_embedding(store.item_features(item[rows], dj, device=user.device), dj)
         confidence = model.score(u, v)  # (n,) eq. 27's confidence of a label in domain j
         keep = rows[select_top_fraction(confidence, p)]
-        users.append(user[keep]); items.append(item[keep]); domains.append(torch.full((len(keep),), j, device=user.device))
+        sources.append(keep)
+        targets.append(torch.full((len(keep),), j, dtype=torch.long, device=user.device))
     model.train(was_training)
-    if not users:
-        return empty, empty, empty
-    return torch.cat(users), torch.cat(items), torch.cat(domains).long()
+    if not sources:
+        return empty, empty
+    return torch.cat(sources), torch.cat(targets)

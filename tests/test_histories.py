@@ -1,0 +1,126 @@
+"""Behaviour histories are time-consistent: a row sees only the positives before it."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from adirec.data.batches import FeatureStore
+from adirec.data.build import RawInteractions, build_dataset
+from adirec.data.dataset import HIST_ALL, HIST_DOMAIN
+from adirec.train.config import TrainConfig
+from adirec.train.loop import Trainer
+from adirec.models.adi import TwoTowerModel
+from adirec.models.config import TwoTowerConfig
+
+
+def _timeline(with_time: bool = True):
+    # user "u": a@1 (d0), b@2 (d1), c@2 (d0, same time as b: item id decides), d@3 (d0); user "v": a@5
+    users = np.array(["u", "u", "u", "u", "v"], dtype=object)
+    items = np.array(["a", "b", "c", "d", "a"], dtype=object)
+    domains = np.array([0, 1, 0, 0, 0])
+    times = np.array([1, 2, 2, 3, 5]) if with_time else None
+    train = RawInteractions(users, items, domains, np.ones(5, np.float32), times)
+    return build_dataset("timeline", ["d0", "d1"], train, history_len=4)
+
+
+def _ids(data, keys):
+    lookup = {k: i for i, k in enumerate(data.item_keys)}
+    return [lookup[k] for k in keys]
+
+
+def _row(store, data, user_key, domain, time, item_key):
+    u = np.array([list(data.user_keys).index(user_key)])
+    i = np.array(_ids(data, [item_key]))
+    f = store.user_features(u, np.array([domain]), exclude_item=i, before=(np.array([time]), i))
+    keep = lambda t: [data.item_keys[x] for x in t[0].tolist() if x]
+    return keep(f[HIST_ALL]), keep(f[HIST_DOMAIN])
+
+
+def test_history_holds_only_positives_before_the_row_in_split_order():
+    data = _timeline()
+    store = FeatureStore(data)
+    assert store.time_ordered
+    assert _row(store, data, "u", 0, 1, "a") == ([], [])
+    assert _row(store, data, "u", 1, 2, "b") == (["a"], [])
+    assert _row(store, data, "u", 0, 2, "c") == (["a", "b"], ["a"])  # b@2 precedes c@2: item order
+    assert _row(store, data, "u", 0, 3, "d") == (["a", "b", "c"], ["a", "c"])
+    # a pseudo row of d in domain d1 sees the d1 positives before d's time only
+    assert _row(store, data, "u", 1, 3, "d") == (["a", "b", "c"], ["b"])
+    # validation / test rows come after every training positive: looked up without a cut-off
+    u = np.array([list(data.user_keys).index("u")])
+    f = store.user_features(u, np.array([0]))
+    assert [data.item_keys[x] for x in f[HIST_ALL][0].tolist() if x] == ["a", "b", "c", "d"]
+
+
+def test_without_time_a_row_sees_every_other_positive():
+    data = _timeline(with_time=False)
+    store = FeatureStore(data)
+    assert not store.time_ordered
+    all_items, _ = _row(store, data, "u", 0, 0, "b")
+    assert sorted(all_items) == ["a", "c", "d"]
+
+
+def test_random_timelines_never_show_an_item_at_or_after_the_row():
+    rng = np.random.default_rng(0)
+    n = 400
+    users = rng.integers(0, 20, n).astype(str).astype(object)
+    items = rng.integers(0, 50, n).astype(str).astype(object)
+    times = rng.integers(0, 30, n)  # many ties in time
+    train = RawInteractions(users, items, rng.integers(0, 2, n), np.ones(n, np.float32), times)
+    data = build_dataset("random", ["d0", "d1"], train, history_len=8)
+    store = FeatureStore(data)
+    tr = data.splits["train"]
+    f = store.user_features(tr.user, tr.domain, exclude_item=tr.item, before=(tr.timestamp, tr.item))
+    when = {}  # (user, item) -> earliest (time, item) of that positive
+    for u, i, t in zip(tr.user, tr.item, tr.timestamp):
+        when[(u, i)] = min(when.get((u, i), (t, i)), (t, i))
+    for r in range(n):
+        for name in (HIST_ALL, HIST_DOMAIN):
+            for h in f[name][r].tolist():
+                if h:
+                    assert when[(tr.user[r], h)] < (tr.timestamp[r], tr.item[r])
+
+
+class _RecordingStore(FeatureStore):
+    """Records every (row order key, history) the trainer asks for."""
+
+    seen: list
+
+    def user_features(self, user, domain, exclude_item=None, device=None, *, before=None):
+        out = super().user_features(user, domain, exclude_item, device, before=before)
+        if before is not None:
+            self.seen.append((np.asarray(user), np.asarray(before[0]), np.asarray(before[1]),
+                              out[HIST_ALL].numpy()))
+        return out
+
+
+def test_trainer_and_self_training_ask_for_time_consistent_histories():
+    rng = np.random.default_rng(1)
+    n = 600
+    users = rng.integers(0, 30, n).astype(str).astype(object)
+    items = rng.integers(0, 40, n).astype(str).astype(object)
+    train = RawInteractions(users, items, rng.integers(0, 2, n), np.ones(n, np.float32), rng.integers(0, 1000, n))
+    data = build_dataset("random", ["d0", "d1"], train, history_len=8)
+    torch.manual_seed(0)
+    model = TwoTowerModel(data.schema, 2, TwoTowerConfig(embedding_dim=8, expert_hidden=(16,), expert_out=8,
+                                                          forward_hidden=(8,), output_dim=8))
+    cfg = TrainConfig(epochs=2, batch_size=128, num_negatives=16, progress=False, patience=0,
+                      early_stopping_metric="recall@10", eval_ks=(10,),
+                      self_training={"enabled": True, "start_epoch": 0, "p0": 0.5, "max_p": 0.5})
+    trainer = Trainer(model, data, cfg, report_split="test")
+    store = _RecordingStore(trainer.train_data)
+    store.seen = []
+    trainer.store = store
+    trainer.fit()
+    tr = trainer.train_data.splits["train"]
+    order = {}
+    for u, i, t in zip(tr.user, tr.item, tr.timestamp):
+        order[(u, i)] = min(order.get((u, i), (t, i)), (t, i))
+    checked = 0
+    for u, t, i, hist in store.seen:
+        for r in range(len(u)):
+            for h in hist[r]:
+                if h:
+                    assert order[(u[r], h)] < (t[r], i[r])
+                    checked += 1
+    assert checked > 100
