@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
 from adirec.models.registry import MODELS
+from adirec.options import parse_set
 from adirec.serve.cli import register as register_serve
 from adirec.bench.cli import register as register_bench
 
@@ -43,42 +46,41 @@ def data_spec(args):
     return DataSpec(**given)
 
 
-def add_optimisation_args(p: argparse.ArgumentParser) -> None:
-    """Training options shared by ``train`` and ``bench`` (None = the TrainConfig default)."""
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--negatives", type=int, dest="num_negatives")
-    p.add_argument("--temperature", type=float)
-    p.add_argument("--patience", type=int)
-    p.add_argument("--device", help="auto (default: this process's GPU when CUDA is available, "
-                   "else the CPU), cpu, cuda or cuda:N")
+def add_train_args(p: argparse.ArgumentParser, *, skip: tuple[str, ...] = ()) -> None:
+    """Every TrainConfig option (``--epochs``, ``--lr``, ...) and the self-training ones (``--st-*``)."""
+    from adirec.options import add_options
+    from adirec.train.config import SelfTrainingConfig, TrainConfig
+    add_options(p.add_argument_group("training"), TrainConfig, dest_prefix="train_", skip=skip)
+    add_options(p.add_argument_group("self-training (Algorithm 1)"), SelfTrainingConfig, dest_prefix="st_")
 
 
-def add_model_train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="adi-se", help=f"one of {', '.join(sorted(MODELS))}")
-    p.add_argument("--fusion", choices=["concat", "sum", "netmul"])
-    p.add_argument("--dial", choices=["se", "va", "lt", "none"])
-    p.add_argument("--gate", choices=["softmax", "linear"])
-    p.add_argument("--dsbn", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--shared-experts", type=int)
-    p.add_argument("--embedding-dim", type=int)
-    p.add_argument("--hash-buckets", type=int, help="hash the ids of every vocabulary larger than H into "
+def given_train(args) -> dict:
+    """The training options given on the command line, nested like TrainConfig
+    (``{"lr": 0.01, "self_training": {"p0": 0.05}}``)."""
+    from adirec.options import given_options
+    from adirec.train.config import SelfTrainingConfig, TrainConfig
+    out = given_options(args, TrainConfig, dest_prefix="train_")
+    st = given_options(args, SelfTrainingConfig, dest_prefix="st_")
+    if st:
+        out["self_training"] = st
+    return out
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", help=f"preset: one of {', '.join(sorted(MODELS))} (default: adi-se, or the "
+                   f"one in --config)")
+    g.add_argument("--fusion", choices=["concat", "sum", "netmul"], help="fusion of shared and specific outputs")
+    g.add_argument("--dial", choices=["se", "va", "lt", "none"], help="domain interest adaptation layer")
+    g.add_argument("--gate", choices=["softmax", "linear"], help="gate over the shared experts")
+    g.add_argument("--dsbn", action=argparse.BooleanOptionalAction, default=None,
+                   help="domain-specific batch normalisation")
+    g.add_argument("--shared-experts", type=int, help="number of shared experts K")
+    g.add_argument("--embedding-dim", type=int, help="width of every field embedding")
+    g.add_argument("--hash-buckets", type=int, help="hash the ids of every vocabulary larger than H into "
                    "H rows (default 0: one row per id)")
-    p.add_argument("--sparse-embeddings", action=argparse.BooleanOptionalAction, default=None,
+    g.add_argument("--sparse-embeddings", action=argparse.BooleanOptionalAction, default=None,
                    help="sparse gradients for the embedding tables, trained by SparseAdam")
-    p.add_argument("--self-training", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--st-start-epoch", type=int, help="first epoch (0-based) with pseudo-labels")
-    p.add_argument("--st-p0", type=float, help="pseudo-label fraction at the start epoch")
-    p.add_argument("--st-delta-p", type=float, help="growth of the fraction per epoch")
-    p.add_argument("--st-max-p", type=float, help="ceiling of the fraction")
-    p.add_argument("--st-weight", type=float, help="loss weight of a pseudo-labelled sample")
-    add_optimisation_args(p)
-    p.add_argument("--early-stopping-metric", help="validation metric to watch, e.g. recall@50 "
-                   "(default: recall@10 on candidate lists, recall@50 on full rankings)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, dest="num_threads", help="torch threads (default: all cores)")
-    p.add_argument("--no-progress", action="store_true")
 
 
 def model_overrides(args) -> dict:
@@ -89,35 +91,128 @@ def model_overrides(args) -> dict:
     }.items() if v is not None}
 
 
-def train_config(args, **defaults):
+def _nested_update(base: dict, updates: dict) -> dict:
+    out = dict(base)
+    for k, v in updates.items():
+        out[k] = _nested_update(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def apply_sets(pairs: list[tuple[str, object]], *, data: dict, model: dict, train: dict) -> None:
+    """Apply ``--set KEY=VALUE`` pairs in place. KEY is a field of TrainConfig, TwoTowerConfig or
+    DataSpec, dotted for nesting (``self_training.p0``); prefix ``train.``, ``model.`` or ``data.``
+    where a name exists in several (``data.seed``)."""
+    from dataclasses import fields
+    from adirec.data.spec import DataSpec
+    from adirec.models.config import TwoTowerConfig
+    from adirec.options import coerce
     from adirec.train.config import SelfTrainingConfig, TrainConfig
-    kw = dict(defaults)
-    for k in ("epochs", "batch_size", "lr", "num_negatives", "temperature", "patience", "num_threads",
-              "early_stopping_metric", "device"):
-        if getattr(args, k) is not None:
-            kw[k] = getattr(args, k)
-    st = {k: getattr(args, f"st_{k}") for k in ("start_epoch", "p0", "delta_p", "max_p", "weight")
-          if getattr(args, f"st_{k}") is not None}
-    if args.self_training is not None:
-        st["enabled"] = args.self_training
-    if st:
-        kw["self_training"] = SelfTrainingConfig(**st)
-    return TrainConfig(seed=args.seed, progress=not args.no_progress, **kw)
+    classes = {"train": TrainConfig, "model": TwoTowerConfig, "data": DataSpec}
+    names = {"train": {f.name for f in fields(TrainConfig)}, "model": {f.name for f in fields(TwoTowerConfig)},
+             "data": {f.name for f in fields(DataSpec)}}
+    nested = {("train", "self_training"): {f.name for f in fields(SelfTrainingConfig)}}
+    targets = {"train": train, "model": model, "data": data}
+    for key, value in pairs:
+        parts = key.split(".")
+        scope = parts.pop(0) if parts[0] in targets and len(parts) > 1 else None
+        scopes = [scope] if scope else [s for s in ("train", "model", "data") if parts[0] in names[s]]
+        if not scopes or parts[0] not in names[scopes[0]]:
+            raise ValueError(f"--set {key}: no such setting; fields are those of TrainConfig, TwoTowerConfig "
+                             f"and DataSpec (e.g. lr, embedding_dim, self_training.p0, data.seed)")
+        if len(scopes) > 1:
+            raise ValueError(f"--set {key}: the name is a field of {' and '.join(scopes)}; write "
+                             f"{scopes[0]}.{key} or {scopes[1]}.{key}")
+        where = targets[scopes[0]]
+        if len(parts) == 2 and (scopes[0], parts[0]) in nested:
+            if parts[1] not in nested[(scopes[0], parts[0])]:
+                raise ValueError(f"--set {key}: {parts[0]} has no field {parts[1]!r}")
+            where.setdefault(parts[0], {})
+            if not isinstance(where[parts[0]], dict):
+                where[parts[0]] = dict(where[parts[0]].__dict__)
+            where[parts[0]][parts[1]] = coerce(SelfTrainingConfig, parts[1], value)
+        elif len(parts) == 1:
+            where[parts[0]] = coerce(classes[scopes[0]], parts[0], value)
+        else:
+            raise ValueError(f"--set {key}: only self_training.* is nested")
+
+
+def _train_plan(args) -> tuple:
+    """(data spec, model name, model overrides, train config) of ``adirec train``'s arguments:
+    TrainConfig's defaults < the preset's training defaults < --config < flags < --set."""
+    from adirec.data.spec import DataSpec
+    from adirec.models.registry import train_defaults
+    from adirec.options import given_options
+    from adirec.runs import read_run_config
+    from adirec.train.config import TrainConfig
+    from dataclasses import asdict
+    data, model, train, name = {}, {}, {}, None
+    if args.config:
+        path = Path(args.config)
+        cfg = read_run_config(path.parent) if path.name == "config.json" else json.loads(path.read_text())
+        name, data, model, train = cfg["model"], dict(cfg["data"]), dict(cfg["model_config"]), dict(cfg["train_config"])
+    name = args.model or name or "adi-se"
+    data = {**data, **given_options(args, DataSpec, dest_prefix="data_")}
+    model = {**model, **model_overrides(args)}
+    train = _nested_update(train, given_train(args))
+    apply_sets(args.set, data=data, model=model, train=train)
+    if "source" not in data:
+        raise ValueError("--data SRC is required (xmrec:DIR | recbole:DIR/PREFIX | parquet:DIR | synthetic[:PRESET]), "
+                         "unless --config names a run's config")
+    train = _nested_update(_nested_update(asdict(TrainConfig()), train_defaults(name)), train)
+    return DataSpec(**data), name, model, TrainConfig(**train)
 
 
 def cmd_train(args) -> int:
-    from adirec.train.distributed import train_run  # one process, or every rank under torchrun
-    summary = train_run(data_spec(args), args.model, args.out, model_overrides=model_overrides(args),
-                        train_config=train_config(args))
+    from dataclasses import asdict
+    from adirec.runs import read_run_config, train_run  # one process, or every rank under torchrun
+    from adirec.train.config import TrainConfig
+    if args.resume:
+        allowed = {"train_num_threads", "train_device", "train_progress"}
+        given = [k for k, v in vars(args).items() if v not in (None, [], False) and k not in allowed
+                 and k not in ("resume", "func", "command")]
+        if given:
+            raise ValueError(f"--resume continues a run with the settings it recorded; only --threads, --device "
+                             f"and --no-progress may be given with it, not {sorted(given)}")
+        cfg = read_run_config(args.resume)
+        from adirec.data.spec import DataSpec
+        train = dict(cfg["train_config"])
+        for k in ("num_threads", "device", "progress"):
+            if getattr(args, f"train_{k}") is not None:
+                train[k] = getattr(args, f"train_{k}")
+        summary = train_run(DataSpec(**cfg["data"]), cfg["model"], args.resume, train_config=TrainConfig(**train),
+                            resume=True)
+    else:
+        spec, name, overrides, tcfg = _train_plan(args)
+        if args.dry_run:
+            print(json.dumps(dry_run(spec, name, overrides, tcfg), indent=2))
+            return 0
+        if not args.out:
+            raise ValueError("--out RUN_DIR is required")
+        summary = train_run(spec, name, args.out, model_overrides=overrides, train_config=tcfg)
     if summary is not None:  # None on the ranks other than 0 of a torchrun job
-        print(json.dumps({k: v for k, v in summary.items()}, indent=2))
+        print(json.dumps(summary, indent=2))
     return 0
+
+
+def dry_run(spec, name: str, overrides: dict, tcfg) -> dict:
+    """What ``adirec train`` would train: the effective model and training configs (the data is
+    loaded, since some defaults depend on it, e.g. the number of domains), nothing written."""
+    from dataclasses import asdict
+    from adirec.models.registry import build_config, build_model
+    from adirec.runs import resolve_spec
+    spec = resolve_spec(spec)
+    data = spec.load()
+    mcfg = build_config(name, **overrides)
+    model = build_model(name, data.schema, data.num_domains, mcfg)
+    return {"model": name, "data": asdict(spec), "domains": data.domains, "model_config": asdict(mcfg),
+            "train_config": asdict(tcfg), "parameters": model.num_parameters()}
 
 
 def cmd_evaluate(args) -> int:
     from adirec.runs import evaluate_run
     from adirec.utils import atomic_write_json
-    report = evaluate_run(args.run_dir, protocol=args.protocol, split=args.split, ks=args.k, device=args.device)
+    report = evaluate_run(args.run_dir, protocol=args.protocol, split=args.split, ks=args.k, device=args.device,
+                          data_source=args.data, allow_incomplete=args.allow_incomplete)
     print(format_metrics({report["model"]: report["metrics"]}, title=f"{report['data']} "
                          f"({report['protocol']}, split {report['split']})"))
     if args.json:
@@ -203,10 +298,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("train", help="train a model and write a run directory")
+    p = sub.add_parser("train", help="train a model and write a run directory",
+                       description="Train a model preset on a data source into a run directory. Settings "
+                                   "apply in this order: TrainConfig defaults, the preset's, --config, flags, --set.")
+    p.add_argument("--out", metavar="RUN_DIR", help="run directory to create")
+    p.add_argument("--config", metavar="FILE", help="replay a run: its config.json (data, preset, model and "
+                   "training settings); flags and --set still apply")
+    p.add_argument("--set", type=parse_set, action="append", default=[], metavar="KEY=VALUE",
+                   help="any TrainConfig / TwoTowerConfig / DataSpec field, dotted for nesting "
+                        "(--set self_training.p0=0.05 --set expert_hidden=256,128); repeatable")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last completed "
+                   "epoch, with the settings it recorded")
+    p.add_argument("--dry-run", action="store_true", help="print the effective configuration and exit")
     add_data_args(p)
-    add_model_train_args(p)
-    p.add_argument("--out", required=True, metavar="RUN_DIR")
+    add_model_args(p)
+    add_train_args(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="evaluate a run directory")
@@ -216,6 +322,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=_csv_ints, default=[10, 50], help="cut-offs, e.g. 10,50")
     p.add_argument("--json", metavar="FILE", help="write the report as JSON")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    p.add_argument("--data", metavar="SRC", help="the run's data source at another place (default: the one "
+                   "the run recorded); it must hold the same data")
+    p.add_argument("--allow-incomplete", action="store_true", help="evaluate an unfinished run's best "
+                   "checkpoint instead of refusing")
     p.set_defaults(func=cmd_evaluate)
 
     data = sub.add_parser("data", help="data set tools").add_subparsers(dest="data_command", required=True)
@@ -234,14 +344,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminate(signum, frame) -> None:
+    raise KeyboardInterrupt  # SIGTERM stops a command the way Ctrl-C does: cleanly, resumably
+
+
 def main(argv: list[str] | None = None) -> int:
+    from adirec.runs import TrainingInterrupted
     args = build_parser().parse_args(argv)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
     try:
         return args.func(args)
+    except TrainingInterrupted as e:
+        print(f"adirec: {e}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("adirec: interrupted", file=sys.stderr)
+        return 130
+    except FloatingPointError as e:  # training diverged; the run directory records it
+        print(f"adirec: error: {e}", file=sys.stderr)
+        return 1
     except (ValueError, FileNotFoundError, FileExistsError, KeyError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"adirec: error: {msg}", file=sys.stderr)
         return 2
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -102,8 +102,9 @@ def add_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls, 
             parser.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None,
                                 help=help_text.replace("%", "%%"))
             continue
+        metavar = meta["metavar"] or (None if meta["choices"] else f.name.upper())
         parser.add_argument(flag, dest=dest, type=meta["parse"] or _parser_for(tp), default=None,
-                            choices=meta["choices"], metavar=meta["metavar"], help=help_text.replace("%", "%%"))
+                            choices=meta["choices"], metavar=metavar, help=help_text.replace("%", "%%"))
 
 
 def _show(value) -> str:
@@ -128,6 +129,18 @@ def option_flags(cls) -> dict[str, str]:
     """``{field: flag}`` of the :func:`option` fields of ``cls``."""
     return {f.name: f.metadata["option"]["flag"] or "--" + f.name.replace("_", "-")
             for f in dataclasses.fields(cls) if "option" in f.metadata}
+
+
+def coerce(cls, name: str, value: Any) -> Any:
+    """``value`` (from ``--set`` or JSON) in the shape field ``name`` of ``cls`` holds: a single value
+    where a tuple is declared becomes a 1-tuple, a list a tuple, an int a float."""
+    hints = typing.get_type_hints(cls)
+    base, _ = _base_type(hints.get(name, Any))
+    if typing.get_origin(base) is tuple:
+        return tuple(value) if isinstance(value, (list, tuple)) else (value,)
+    if base is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
 
 
 def parse_value(text: str) -> Any:

@@ -1,30 +1,68 @@
-"""Run directories: what ``adirec train`` writes and ``adirec evaluate`` / export read.
+"""Run directories: what ``adirec train`` writes and ``evaluate`` / ``export`` read.
 
-A run directory holds ``config.json`` (data source, model name and config, training config),
-``metrics.jsonl`` (one line per epoch), ``checkpoints/epoch_NNN.safetensors``,
-``model.safetensors`` (the best epoch), and ``summary.json`` (best epoch, wall time, parameters).
+A run directory is self-contained: it records how to load its data again (the source with
+absolute paths), the vocabularies and a fingerprint of the data it was trained on, so that
+evaluation and export work from it alone, from any working directory, and refuse data that no
+longer matches (never a silent re-encoding). It never holds a copy of the data.
+
+    config.json                 format + version, model name and config, training config, data
+                                spec, schema, data fingerprint
+    status.json                 running | finished | interrupted | failed, the last completed epoch
+    vocab/users.parquet         raw key of encoded user r + 1 at row r
+    vocab/items.parquet         the same for items
+    metrics.jsonl               one line per epoch
+    checkpoints/epoch_NNN.safetensors   weights after each epoch
+    checkpoints/last.*          what ``adirec train --resume RUN`` continues from
+    model.safetensors           the best epoch's weights
+    summary.json                best epoch, wall time, parameters (a finished run)
+
+:func:`train_run` is the one training entry point: in memory or streamed from a Parquet layout,
+in one process or in every process of a torchrun job (rank 0 alone writes).
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from adirec.data.batches import FeatureStore
 from adirec.data.dataset import MultiDomainData
+from adirec.data.fingerprint import describe_difference, fingerprint
 from adirec.data.spec import DataSpec
 from adirec.eval.protocols import SeenItems, evaluate
 from adirec.models.config import TwoTowerConfig
 from adirec.models.per_domain import PerDomainModel
-from adirec.train.per_domain import fit_per_domain
 from adirec.models.registry import budget_matched_config, build_config, build_model
-from adirec.train.distributed import resolve_device
+from adirec.train import distributed as ddp
 from adirec.train.config import TrainConfig
-from adirec.train.loop import Trainer, TwoTowerScorer
-from adirec.utils import atomic_write_json, load_weights
+from adirec.train.loop import Trainer, TrainingDiverged, TwoTowerScorer
+from adirec.train.per_domain import fit_per_domain
+from adirec.utils import atomic_write_json, load_weights, read_json, read_keys, write_keys
+
+RUN_FORMAT = "adirec-run"
+RUN_FORMAT_VERSION = 2
+STATUS = "status.json"
+FINISHED, RUNNING, INTERRUPTED, FAILED = "finished", "running", "interrupted", "failed"
+
+
+class RunError(ValueError):
+    """A run directory that cannot be used as asked; the message says why and what to do."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped by Ctrl-C or SIGTERM; the run directory says where, and can be resumed."""
+
+    def __init__(self, run_dir: Path, epoch: int):
+        self.run_dir, self.epoch = run_dir, epoch
+        super().__init__(f"training interrupted after epoch {epoch}; the run is saved at {run_dir}: "
+                         f"continue it with `adirec train --resume {run_dir}`")
 
 
 def default_protocol(data: MultiDomainData) -> str:
@@ -36,58 +74,262 @@ def default_split(data: MultiDomainData) -> str:
     return "test" if len(data.splits["test"]) else "valid"
 
 
-def train_run(spec: DataSpec, model_name: str, out_dir: str | Path, *,
-              model_overrides: dict | None = None, train_config: TrainConfig | None = None,
-              data: MultiDomainData | None = None, report_split: str | None = None,
-              match_budget: bool = False) -> dict:
-    """Train ``model_name`` on ``spec`` and write a run directory. Returns the summary.
+# ----------------------------------------------------------------------------- status
+def write_status(out: Path, state: str, **extra) -> None:
+    atomic_write_json(out / STATUS, {"state": state, "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                     **extra})
 
-    ``match_budget``: scale the model's backbone widths to ADI-SE's dense parameter count at
-    the same size (registry.budget_matched_config); the saved config holds the scaled widths.
-    A per-domain model (``dnn-single``) trains each sub-model on its own domain only.
+
+def run_status(run: Path) -> dict:
+    """The run's status; a run without status.json counts as finished when it has a summary."""
+    if (run / STATUS).is_file():
+        return read_json(run / STATUS)
+    return {"state": FINISHED} if (run / "summary.json").is_file() else {"state": RUNNING}
+
+
+def _last_epoch(out: Path) -> int:
+    path = out / "metrics.jsonl"
+    if not path.is_file():
+        return 0
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    return int(json.loads(lines[-1]).get("epoch", 0)) if lines else 0
+
+
+# ----------------------------------------------------------------------------- train
+def train_run(spec: DataSpec, model_name: str, out_dir: str | Path, *, model_overrides: dict | None = None,
+              train_config: TrainConfig | None = None, data: MultiDomainData | None = None,
+              report_split: str | None = None, match_budget: bool = False, resume: bool = False,
+              valid_users: int = 10_000, stream_workers: int = 0) -> dict | None:
+    """Train ``model_name`` on ``spec`` into the run directory ``out_dir``; returns the summary on
+    rank 0 (None on the other ranks of a torchrun job).
+
+    * ``parquet:DIR`` with valid and test splits (and no ``data`` given): the training split is
+      streamed (:meth:`ParquetLayout.training_view`, validation on at most ``valid_users`` users);
+    * anything else: the data in memory (``data`` when given, else ``spec.load()``).
+    ``match_budget`` scales the backbone widths to ADI-SE's dense parameter count
+    (:func:`~adirec.models.registry.budget_matched_config`). ``resume`` continues the run in
+    ``out_dir`` from its last completed epoch, with the configuration it recorded.
+    Raises :class:`TrainingInterrupted` (Ctrl-C / SIGTERM) and
+    :class:`~adirec.train.loop.TrainingDiverged`, after recording them in ``status.json``.
     """
     out = Path(out_dir)
-    if (out / "config.json").exists():
-        raise FileExistsError(f"{out} already holds a run; choose another --out")
     tcfg = train_config or TrainConfig()
-    mcfg = build_config(model_name, **(model_overrides or {}))
+    started = ddp.init_from_env(device=ddp.resolve_device(tcfg.device))
+    try:
+        exists = (out / "config.json").exists()
+        ddp.barrier()  # every rank looks before rank 0 writes, so they all stop together
+        if exists and not resume:
+            raise FileExistsError(f"{out} already holds a run; choose another --out, or continue it "
+                                  f"with `adirec train --resume {out}`")
+        if resume and not exists:
+            raise RunError(f"{out} holds no run to resume (no config.json)")
+        device = ddp.resolve_device(tcfg.device)
+        if (device.type == "cuda" and ddp.rank_world()[1] > 1 and dist.get_backend() == "nccl"
+                and build_config(model_name, **(model_overrides or {})).sparse_embeddings):
+            raise ValueError("sparse embedding gradients cannot be all-reduced by NCCL across GPU processes; "
+                             "use --no-sparse-embeddings, or --device cpu")
+        spec = resolve_spec(spec)
+        layout = _streamable(spec) if data is None else None
+        summary = _train(spec, model_name, out, model_overrides or {}, tcfg, data, report_split,
+                         match_budget, resume, layout, valid_users, stream_workers)
+        return summary if ddp.is_main() else None
+    finally:
+        if started:
+            ddp.shutdown()
+
+
+def _train(spec, model_name, out: Path, overrides: dict, tcfg: TrainConfig, data, report_split,
+           match_budget: bool, resume: bool, layout, valid_users: int, stream_workers: int) -> dict:
+    """The body of :func:`train_run`; every rank runs it, rank 0 alone writes."""
+    main = ddp.is_main()
     t0 = time.time()
-    data = data if data is not None else spec.load()
+    stream_kw = {}
+    if layout is not None:
+        view = layout.training_view(valid_users=valid_users, seed=tcfg.seed, history_len=spec.history_len,
+                                    num_workers=stream_workers)
+        data, report_split = view.data, "test"
+        stream_kw = dict(batches=view.batches, store=view.store, item_counts=view.item_counts)
+        data_print = layout_fingerprint(layout)
+    else:
+        data = data if data is not None else spec.load()
+        data_print = fingerprint(data)
     load_seconds = time.time() - t0
     report_split = report_split or default_split(data)
-    if match_budget:
-        mcfg = budget_matched_config(model_name, data.schema, data.num_domains, **(model_overrides or {}))
+    if resume:
+        recorded = read_run_config(out)
+        _check_data(out, recorded, data_print, spec)
+        mcfg = TwoTowerConfig(**recorded["model_config"])
+    else:
+        mcfg = (budget_matched_config(model_name, data.schema, data.num_domains, **overrides) if match_budget
+                else build_config(model_name, **overrides))
     torch.manual_seed(tcfg.seed)
     model = build_model(model_name, data.schema, data.num_domains, mcfg)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "config.json", {
-        "model": model_name, "data": asdict(spec), "data_name": data.name, "domains": data.domains,
-        "report_split": report_split, "model_config": asdict(mcfg), "train_config": asdict(tcfg),
-        "schema": data.schema.to_dict(),
-    })
-    if isinstance(model, PerDomainModel):
-        summary = fit_per_domain(model, data, tcfg, report_split=report_split,
-                                 protocol=default_protocol(data), out_dir=out)
-    else:
-        trainer = Trainer(model, data, tcfg, report_split=report_split,
-                          protocol=default_protocol(data), out_dir=out)
-        summary = trainer.fit()
+    if layout is not None and isinstance(model, PerDomainModel):
+        raise ValueError(f"model {model_name!r} trains one model per domain and cannot be trained from a "
+                         f"stream; load the data in memory")
+    if resume and isinstance(model, PerDomainModel):
+        raise RunError(f"{out}: a one-model-per-domain run ({model_name}) cannot be resumed; train it again")
+    if main and not resume:
+        out.mkdir(parents=True, exist_ok=True)
+        write_keys(out / "vocab" / "users.parquet", data.user_keys)
+        write_keys(out / "vocab" / "items.parquet", data.item_keys)
+        config = {"format": RUN_FORMAT, "format_version": RUN_FORMAT_VERSION, "model": model_name,
+                  "data": asdict(spec), "data_name": data.name, "domains": data.domains,
+                  "report_split": report_split, "model_config": asdict(mcfg), "train_config": asdict(tcfg),
+                  "schema": data.schema.to_dict(), "data_fingerprint": data_print}
+        if layout is not None:
+            config["streaming"] = {"train_rows": len(stream_kw["batches"]), "valid_users": valid_users,
+                                   "world_size": ddp.rank_world()[1]}
+        atomic_write_json(out / "config.json", config)
+    if main:
+        write_status(out, RUNNING, epoch=_last_epoch(out))
+    protocol = default_protocol(data)
+    try:
+        if isinstance(model, PerDomainModel):
+            summary = fit_per_domain(model, data, tcfg, report_split=report_split, protocol=protocol,
+                                     out_dir=out if main else None)
+        else:
+            # the Trainer writes checkpoints on rank 0 only; the others read the resume state
+            trainer = Trainer(model, data, tcfg, report_split=report_split, protocol=protocol, out_dir=out,
+                              **stream_kw)
+            summary = trainer.fit(resume=resume)
+    except KeyboardInterrupt:
+        epoch = _last_epoch(out)
+        if main:
+            write_status(out, INTERRUPTED, epoch=epoch, resumable=not isinstance(model, PerDomainModel))
+        raise TrainingInterrupted(out, epoch) from None
+    except TrainingDiverged as e:
+        if main:
+            write_status(out, FAILED, epoch=e.epoch - 1, reason=str(e))
+        raise
+    except Exception as e:
+        if main:
+            write_status(out, FAILED, epoch=_last_epoch(out), reason=f"{type(e).__name__}: {e}")
+        raise
     summary["load_seconds"] = load_seconds
-    atomic_write_json(out / "summary.json", summary)
+    if main:
+        atomic_write_json(out / "summary.json", summary)
+        write_status(out, FINISHED, epoch=summary.get("epochs_run"), best_epoch=summary.get("best_epoch"))
     return summary
 
 
-def load_run(run_dir: str | Path, data: MultiDomainData | None = None):
-    """(model with its best weights, on the CPU; data; config dict) of a finished run."""
-    run = Path(run_dir)
-    cfg_path = run / "config.json"
-    if not cfg_path.is_file():
+
+
+def _streamable(spec: DataSpec):
+    """The layout of a ``parquet:DIR`` spec that can be streamed (it has a validation split and a
+    separate reported test split); None otherwise."""
+    kind, _, location = spec.source.partition(":")
+    if kind != "parquet" or not location:
+        return None
+    from adirec.data.parquet import ParquetLayout
+    layout = ParquetLayout(location)
+    if layout.split_rows("valid") and layout.split_rows("test"):
+        return layout
+    return None
+
+
+def layout_fingerprint(layout) -> dict:
+    """A Parquet layout's fingerprint: its manifest (every file with rows and bytes)."""
+    files = layout.manifest["files"]
+    h = hashlib.sha256(json.dumps(files, sort_keys=True).encode())
+    return {"rows": {s: layout.split_rows(s) for s in ("train", "valid", "test")},
+            "layout": str(layout.path), "sha256": h.hexdigest()}
+
+
+def _layout_print_of(spec: DataSpec) -> dict:
+    from adirec.data.parquet import ParquetLayout
+    return layout_fingerprint(ParquetLayout(spec.source.partition(":")[2]))
+
+
+def resolve_spec(spec: DataSpec) -> DataSpec:
+    """``spec`` with the source's location made absolute, so the run works from any directory."""
+    kind, sep, location = spec.source.partition(":")
+    if not sep or kind == "synthetic" or not location:
+        return spec
+    return dataclasses.replace(spec, source=f"{kind}:{Path(location).expanduser().resolve()}")
+
+
+# ----------------------------------------------------------------------------- load
+def _check_format(run: Path, cfg: dict) -> None:
+    version = cfg.get("format_version", 1)
+    if version == RUN_FORMAT_VERSION and cfg.get("format", RUN_FORMAT) == RUN_FORMAT:
+        return
+    if version == 1:
+        raise RunError(f"{run} was written by an earlier adirec (run format 1), which numbered users and items "
+                       f"in the order of the data files and did not record them; its weights cannot be matched "
+                       f"to this version's vocabularies. Train it again: "
+                       f"`adirec train --config {run / 'config.json'} --out NEW_RUN`")
+    raise RunError(f"{run}: run format {cfg.get('format')!r} version {version!r} is not supported "
+                   f"(this adirec reads version {RUN_FORMAT_VERSION}); use the adirec that wrote it")
+
+
+def _check_data(run: Path, cfg: dict, now: dict, spec: DataSpec) -> None:
+    stored = cfg.get("data_fingerprint")
+    if stored is None or stored.get("sha256") == now.get("sha256"):
+        return
+    raise RunError(f"the data at {spec.source} does not match the data run {run} was trained on "
+                   f"({describe_difference(stored, now)}). Point the run at its own data with --data SRC, "
+                   f"or train again on this data")
+
+
+def read_run_config(run: str | Path) -> dict:
+    """A run's config.json, checked for its format version."""
+    run = Path(run)
+    path = run / "config.json"
+    if not path.is_file():
         raise FileNotFoundError(f"{run} is not a run directory (no config.json)")
-    cfg = json.loads(cfg_path.read_text())
+    cfg = read_json(path)
+    _check_format(run, cfg)
+    return cfg
+
+
+def check_complete(run: Path, allow_incomplete: bool) -> dict:
+    """The run's status; an unfinished run raises unless ``allow_incomplete`` (then its best
+    checkpoint is used, with a warning on stderr)."""
+    status = run_status(run)
+    state = status.get("state")
+    if state == FINISHED:
+        return status
+    has_best = (run / "model.safetensors").is_file()
+    what = {RUNNING: "is still training, or was killed before it could say so",
+            INTERRUPTED: f"was interrupted after epoch {status.get('epoch')}",
+            FAILED: f"failed after epoch {status.get('epoch')}: {status.get('reason', 'unknown reason')}"}.get(
+        state, f"is in state {state!r}")
+    if allow_incomplete and has_best:
+        print(f"adirec: warning: {run} {what}; using its best checkpoint so far", file=sys.stderr)
+        return status
+    hint = f"resume it with `adirec train --resume {run}`" if state != FAILED else "train it again"
+    if has_best:
+        hint += ", or pass --allow-incomplete to use its best checkpoint so far"
+    raise RunError(f"{run} is incomplete: it {what}; {hint}")
+
+
+def load_run(run_dir: str | Path, data: MultiDomainData | None = None, *, data_source: str | None = None,
+             allow_incomplete: bool = False):
+    """(model with its best weights, on the CPU; data; config dict) of a finished run.
+
+    The data is loaded from the recorded spec (``data_source`` replaces its source, for data
+    that moved) unless ``data`` is given; either way it must match the run's fingerprint and
+    vocabularies. An unfinished run is refused unless ``allow_incomplete``.
+    """
+    run = Path(run_dir)
+    cfg = read_run_config(run)
+    check_complete(run, allow_incomplete)
+    spec = DataSpec(**cfg["data"])
+    if data_source is not None:
+        spec = resolve_spec(dataclasses.replace(spec, source=data_source))
     if data is None:
-        data = DataSpec(**cfg["data"]).load()
+        data = spec.load()
+    streamed = "layout" in cfg.get("data_fingerprint", {})  # trained from a stream: the layout's print
+    _check_data(run, cfg, _layout_print_of(spec) if streamed else fingerprint(data), spec)
     if data.domains != cfg["domains"]:
-        raise ValueError(f"{run}: data domains {data.domains} differ from the run's {cfg['domains']}")
+        raise RunError(f"{run}: data domains {data.domains} differ from the run's {cfg['domains']}")
+    for side, keys in (("users", data.user_keys), ("items", data.item_keys)):
+        stored = read_keys(run / "vocab" / f"{side}.parquet")
+        if len(stored) != len(keys) - 1 or any(a != b for a, b in zip(stored, keys[1:])):
+            raise RunError(f"{run}: the {side} of the data at {spec.source} differ from the run's "
+                           f"(vocab/{side}.parquet: {len(stored)}, data: {len(keys) - 1}); point the run at "
+                           f"its own data with --data SRC")
     model = build_model(cfg["model"], data.schema, data.num_domains, TwoTowerConfig(**cfg["model_config"]))
     load_weights(model, run / "model.safetensors")
     model.eval()
@@ -95,18 +337,19 @@ def load_run(run_dir: str | Path, data: MultiDomainData | None = None):
 
 
 def evaluate_run(run_dir: str | Path, *, protocol: str | None = None, split: str | None = None,
-                 ks: list[int] = (10, 50), data: MultiDomainData | None = None, device: str = "auto") -> dict:
+                 ks: list[int] = (10, 50), data: MultiDomainData | None = None, device: str = "auto",
+                 data_source: str | None = None, allow_incomplete: bool = False) -> dict:
     """Evaluate a run on ``device`` (see :func:`adirec.train.distributed.resolve_device`); the
     dict is what ``adirec evaluate --json`` writes."""
-    model, data, cfg = load_run(run_dir, data)
-    model.to(resolve_device(device))
+    model, data, cfg = load_run(run_dir, data, data_source=data_source, allow_incomplete=allow_incomplete)
+    model.to(ddp.resolve_device(device))
     protocol = protocol or default_protocol(data)
     split = split or cfg.get("report_split") or default_split(data)
     scorer = TwoTowerScorer(model, FeatureStore(data), data.num_items)
     t0 = time.time()
     result = evaluate(scorer, data, split=split, protocol=protocol, ks=list(ks), seen=SeenItems(data))
     summary_path = Path(run_dir) / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    summary = read_json(summary_path) if summary_path.is_file() else {}
     return {
         "model": cfg["model"], "data": data.name, "protocol": protocol, "split": split,
         "params": model.num_parameters(), "train_seconds": summary.get("train_seconds"),

@@ -7,8 +7,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -52,12 +53,57 @@ def save_weights(model: torch.nn.Module, path: str | Path) -> None:
         raise
 
 
-def load_weights(model: torch.nn.Module, path: str | Path) -> None:
-    """Load safetensors weights into ``model``; names a missing or mismatched tensor clearly."""
+def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> None:
+    """Named host tensors as one safetensors file, written atomically."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        # clones: safetensors refuses tensors that share memory (tables shared by both towers)
+        save_file({k: v.detach().cpu().clone().contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors, metadata) of a safetensors file; a missing, truncated or corrupted file raises a
+    one-line error naming it."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no weights at {path}")
-    tensors = load_file(str(path))
+    try:
+        from safetensors import safe_open
+        with safe_open(str(path), framework="pt") as fh:
+            meta = dict(fh.metadata() or {})
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    except Exception as e:  # safetensors raises its own error types for damaged headers and bodies
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ValueError(f"{path}: not a readable safetensors file, it is truncated or corrupted ({first})") from None
+    return tensors, meta
+
+
+def read_json(path: str | Path) -> dict:
+    """A JSON file as a dict; a damaged file raises a one-line error naming it."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e}); the file is truncated or corrupted") from None
+
+
+def load_weights(model: torch.nn.Module, path: str | Path) -> None:
+    """Load safetensors weights into ``model``; names a missing or mismatched tensor clearly and
+    refuses weights that hold NaN or infinity."""
+    path = Path(path)
+    tensors, _ = load_tensors(path)
+    bad = [n for n, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise ValueError(f"{path}: weights hold NaN or infinity (tensors {bad[:3]}); the run diverged, "
+                         f"retrain it with a lower learning rate")
     state = model.state_dict()
     # tables shared by both towers were saved once: fill every alias from the stored copy
     by_ptr: dict = {}
@@ -77,6 +123,33 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> None:
         if t.shape != state[n].shape:
             raise ValueError(f"{path}: tensor {n!r} has shape {tuple(t.shape)}, model expects {tuple(state[n].shape)}")
     model.load_state_dict(filled)
+
+
+def write_keys(path: str | Path, keys) -> None:
+    """Raw keys of ids 1..n as a one-column Parquet file (``key``; index 0, the unknown id, is not
+    stored), written atomically. Integer keys stay integers, anything else is text."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    real = list(keys[1:])
+    if all(isinstance(k, (int, np.integer)) and not isinstance(k, bool) for k in real):
+        arr = pa.array(np.asarray(real, dtype=np.int64))
+    else:
+        arr = pa.array([str(k) for k in real], type=pa.string())
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.table({"key": arr}), sink)
+    atomic_write_bytes(path, sink.getvalue().to_pybytes())
+
+
+def read_keys(path: str | Path) -> list:
+    """The keys written by :func:`write_keys` (ids 1..n), as Python values."""
+    import pyarrow.parquet as pq
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"missing vocabulary file {path}")
+    try:
+        return pq.read_table(path).column("key").to_pylist()
+    except Exception as e:  # pyarrow's errors for damaged files
+        raise ValueError(f"{path}: not a readable vocabulary file ({str(e).splitlines()[0]})") from None
 
 
 def publish_directory(tmp: Path, out: Path) -> None:

@@ -23,6 +23,7 @@ from adirec.models.adi import TwoTowerModel
 from adirec.models.layers import DomainSpecificBatchNorm
 from adirec.models.registry import build_config
 from adirec.data.spec import DataSpec
+from adirec import runs
 from adirec.train import distributed as ddp
 from adirec.train.config import SelfTrainingConfig, TrainConfig
 from adirec.train.loop import Trainer, TwoTowerScorer
@@ -75,7 +76,7 @@ def _worker(rank: int, world: int, port: int, tmp: str) -> None:
     data = load_synthetic("tiny")
 
     # 1. `adirec train` under torchrun: every rank trains, rank 0 alone writes the run
-    summary = ddp.train_run(DataSpec("synthetic:tiny"), "adi-se", f"{tmp}/run2", model_overrides=SMALL,
+    summary = runs.train_run(DataSpec("synthetic:tiny"), "adi-se", f"{tmp}/run2", model_overrides=SMALL,
                             train_config=_config())
     res["summary"] = summary
 
@@ -176,7 +177,7 @@ def test_one_and_two_processes_reach_the_same_metrics(two_ranks, tmp_path):
     tmp, (r0, r1) = two_ranks
     assert r1["summary"] is None  # the other ranks report nothing
     two = r0["summary"]["best_valid_recall@50"]
-    one = ddp.train_run(DataSpec("synthetic:tiny"), "adi-se", tmp_path / "run1", model_overrides=SMALL,
+    one = runs.train_run(DataSpec("synthetic:tiny"), "adi-se", tmp_path / "run1", model_overrides=SMALL,
                         train_config=_config())["best_valid_recall@50"]
     # seed-to-seed spread of this set-up (1 process, seeds 0-3) is 0.52-0.59; untrained ~0.3
     assert one > 0.42 and two > 0.42
@@ -188,7 +189,8 @@ def test_only_rank_zero_writes_the_run(two_ranks):
     run = tmp / "run2"
     lines = (run / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == r0["summary"]["epochs_run"] == EPOCHS  # not once per rank
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [f"epoch_00{e}.safetensors" for e in (1, 2, 3)]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+        *(f"epoch_00{e}.safetensors" for e in (1, 2, 3)), "last.json", "last.safetensors"]
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["model"] == "adi-se" and cfg["data"]["source"] == "synthetic:tiny"
 

@@ -2,27 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
-
-
-def _size_value(text: str):
-    """A --set value: JSON (8, true, "sum", [256, 128]) or, failing that, a plain string;
-    comma-separated integers become a tuple (expert_hidden=256,128)."""
-    try:
-        v = json.loads(text)
-    except json.JSONDecodeError:
-        parts = text.split(",")
-        if len(parts) > 1 and all(p.strip().lstrip("-").isdigit() for p in parts):
-            return tuple(int(p) for p in parts)
-        return text
-    return tuple(v) if isinstance(v, list) else v
-
-
-def _size_item(text: str) -> tuple[str, object]:
-    key, sep, value = text.partition("=")
-    if not sep or not key.strip():
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (a model config field), got {text!r}")
-    return key.strip(), _size_value(value.strip())
 
 
 def _ease_lambda(text: str):
@@ -40,7 +19,8 @@ def _ease_lambda(text: str):
 def register(subparsers) -> None:
     """Add the ``bench`` command to the ``adirec`` sub-command parsers."""
     from adirec.bench.suites import SUITES
-    from adirec.cli import _csv, _csv_ints, add_data_args, add_optimisation_args
+    from adirec.cli import _csv, _csv_ints, add_data_args, add_train_args
+    from adirec.options import parse_set
     p = subparsers.add_parser(
         "bench", help="run the paper's experiments (comparison, fusion, ablation, SE, experts)",
         description="Train and evaluate every run of the chosen suites into OUT (resumable: a rerun "
@@ -56,27 +36,25 @@ def register(subparsers) -> None:
     p.add_argument("--methods", type=_csv, help="only these runs, by key (mmoe-k2), suite/key (paper/adi-se) or model "
                         "name (mmoe: every run of that preset), comma-separated")
     p.add_argument("--k", type=_csv_ints, help="cut-offs (default 10 with candidate lists, else 20,50,100)")
-    p.add_argument("--set", type=_size_item, action="append", default=[], metavar="KEY=VALUE",
+    p.add_argument("--set", type=parse_set, action="append", default=[], metavar="KEY=VALUE",
                    help="model config field for every neural run, e.g. --set embedding_dim=16 "
                         "--set expert_hidden=64 (repeatable)")
-    add_optimisation_args(p)
     p.add_argument("--ease-lambda", type=_ease_lambda, default="auto",
                    help="EASE's lambda, or auto: chosen on a hold-out from training (default)")
-    p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
-    p.add_argument("--no-progress", action="store_true", help="no per-epoch progress bars")
+    add_train_args(p, skip=("seed",))
     p.set_defaults(func=cmd_bench)
 
 
 def cmd_bench(args) -> int:
     from adirec.bench.runner import Bench, BenchConfig
     from adirec.bench.suites import parse_suites
-    from adirec.cli import data_spec
+    from adirec.cli import data_spec, given_train
     spec = data_spec(args)
-    train = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "num_negatives", "temperature", "patience",
-                                           "device") if getattr(args, k) is not None}
+    train = given_train(args)
+    threads, progress = train.pop("num_threads", None), train.pop("progress", True)
     config = BenchConfig(data=spec, out=args.out, suites=parse_suites(args.suite), seeds=args.seeds,
                          first_seed=args.first_seed, methods=args.methods, size=dict(args.set), train=train,
-                         ease_lambda=args.ease_lambda, ks=args.k, threads=args.threads, progress=not args.no_progress)
+                         ease_lambda=args.ease_lambda, ks=args.k, threads=threads, progress=progress)
     results = Bench(config).run()
     for f in results["failed"]:
         print(f"failed: {f['suite']}/{f['key']} seed {f['seed']}: {f['error']}")

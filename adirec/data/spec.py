@@ -16,7 +16,7 @@ def _csv(text: str) -> list[str]:
 class DataSpec:
     """The source and the options that shape it (see README, Data sources)."""
 
-    source: str = option("synthetic", "xmrec:DIR | recbole:DIR/PREFIX | parquet:DIR | synthetic[:PRESET]",
+    source: str = option(help="xmrec:DIR | recbole:DIR/PREFIX | parquet:DIR | synthetic[:PRESET]",
                          flag="--data", metavar="SRC")
     domains: list[str] | None = option(None, "comma-separated domains to keep (e.g. xmrec markets)", parse=_csv)
     domain_by: str | None = option(None, "RecBole domain rule, e.g. user.age:25,35 or item.genre")

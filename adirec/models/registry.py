@@ -194,3 +194,10 @@ def budget_matched_config(name: str, schema: Schema, num_domains: int, *, refere
     size = {k: v for k, v in overrides.items() if k in SIZE_FIELDS}
     target = parameter_counts(reference, schema, num_domains, build_config(reference, **size))["dense"]
     return match_parameter_budget(name, schema, num_domains, target, tolerance=tolerance, **overrides)
+
+
+def train_defaults(name: str) -> dict:
+    """TrainConfig field overrides that preset ``name`` trains with (nested like TrainConfig)."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; known: {sorted(MODELS)}")
+    return {}

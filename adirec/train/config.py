@@ -3,36 +3,47 @@
 by every layer that builds or records a run."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field as dc_field
+
+from adirec.options import option
+
+
+def _finite(name: str, value, low: float | None = None, *, strict: bool = True) -> None:
+    """Raise ValueError unless ``value`` is a finite number (above ``low``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if low is not None and (value <= low if strict else value < low):
+        raise ValueError(f"{name} must be {'>' if strict else '>='} {low}, got {value!r}")
+
+
+def _int(name: str, value, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
 
 
 @dataclass
 class SelfTrainingConfig:
-    """Attributes:
-        enabled: add pseudo-labelled samples to the loss.
-        start_epoch: first epoch (0-based) that uses pseudo-labels.
-        p0: fraction of candidate samples kept as pseudo-positives at ``start_epoch``.
-        delta_p: growth of that fraction per epoch.
-        max_p: ceiling of the fraction.
-        weight: weight of a pseudo-labelled sample in the loss (real samples weigh 1).
-    """
+    """Cross-domain self-training (Algorithm 1); the flags are ``--st-*``."""
 
-    enabled: bool = True
-    start_epoch: int = 1
-    p0: float = 0.02
-    delta_p: float = 0.02
-    max_p: float = 0.1
-    weight: float = 0.5
+    enabled: bool = option(True, "train with cross-domain pseudo-labels (Algorithm 1)", flag="--self-training")
+    start_epoch: int = option(1, "first epoch (0-based) that uses pseudo-labels", flag="--st-start-epoch")
+    p0: float = option(0.02, "fraction of candidates kept as pseudo-positives at the start epoch",
+                       flag="--st-p0")
+    delta_p: float = option(0.02, "growth of that fraction per epoch", flag="--st-delta-p")
+    max_p: float = option(0.1, "ceiling of the fraction", flag="--st-max-p")
+    weight: float = option(0.5, "loss weight of a pseudo-labelled sample (real samples weigh 1)",
+                           flag="--st-weight")
 
     def __post_init__(self) -> None:
+        if not isinstance(self.enabled, bool):
+            raise ValueError(f"self-training enabled must be true or false, got {self.enabled!r}")
         for name in ("p0", "delta_p", "max_p"):
-            v = getattr(self, name)
-            if not 0.0 <= v <= 1.0:
-                raise ValueError(f"self-training {name} must be in [0, 1], got {v}")
-        if self.start_epoch < 0:
-            raise ValueError(f"self-training start_epoch must be >= 0, got {self.start_epoch}")
-        if self.weight < 0:
-            raise ValueError(f"self-training weight must be >= 0, got {self.weight}")
+            _finite(f"self-training {name}", getattr(self, name))
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"self-training {name} must be in [0, 1], got {getattr(self, name)}")
+        _int("self-training start_epoch", self.start_epoch, 0)
+        _finite("self-training weight", self.weight, 0.0, strict=False)
 
     def fraction(self, epoch: int) -> float:
         """p for ``epoch`` (0 when disabled or before ``start_epoch``)."""
@@ -41,81 +52,75 @@ class SelfTrainingConfig:
         return min(self.max_p, self.p0 + self.delta_p * (epoch - self.start_epoch))
 
 
+PROPOSALS = ("unigram", "uniform")
+
+
 @dataclass
 class TrainConfig:
-    """Attributes:
-        epochs: maximum number of passes over the training split.
-        batch_size: interactions per step (all domains mixed).
-        lr: Adam learning rate.
-        weight_decay: L2 penalty of Adam (applied to every parameter).
-        num_negatives: extra negatives drawn from the proposal per step, shared by the batch.
-        proposal: ``"unigram"`` (counts^alpha) or ``"uniform"`` over training items.
-        proposal_alpha: exponent of the unigram proposal.
-        temperature: softmax temperature applied to the scores (cosine scores need < 1).
-        corpus_negatives_only: for a row of domain d, mask the negative columns whose item is not
-            in d's corpus, so that each domain's softmax runs over what that domain serves (the
-            logQ correction is unchanged: it describes how the columns were drawn).
-        self_training: pseudo-label settings (Algorithm 1).
-        early_stopping_metric: metric (averaged over domains) watched on the validation split;
-            None = ``recall@10`` when validating on candidate lists (``sampled``, where deeper
-            cut-offs saturate), ``recall@50`` on full rankings.
-        patience: epochs without improvement before stopping; 0 disables early stopping.
-        holdout_fraction: when no separate validation split exists, the fraction of users whose
-            last training positive is held out to validate on.
-        eval_ks: cut-offs computed during validation.
-        seed: seeds data order, negatives, initialisation and the hold-out.
-        num_threads: torch intra-op threads (None leaves torch's default).
-        device: where the model trains: ``"auto"`` (this process's GPU when CUDA is available,
-            ``cuda:LOCAL_RANK`` under torchrun, else the CPU), ``"cpu"``, ``"cuda"`` or
-            ``"cuda:N"`` (see :func:`adirec.train.distributed.resolve_device`). Feature lookups
-            stay on the host; each batch's tensors are copied to the device.
-        progress: show progress bars.
-    """
+    """How a model is trained. Every field has a flag of ``adirec train`` / ``bench``."""
 
-    epochs: int = 20
-    batch_size: int = 1024
-    lr: float = 3e-3
-    weight_decay: float = 0.0
-    num_negatives: int = 1024
-    proposal: str = "unigram"
-    proposal_alpha: float = 0.75
-    temperature: float = 0.1
-    corpus_negatives_only: bool = True
+    epochs: int = option(20, "maximum passes over the training split")
+    batch_size: int = option(1024, "interactions per step (all domains mixed)")
+    lr: float = option(3e-3, "Adam learning rate")
+    weight_decay: float = option(0.0, "L2 penalty of Adam, on every parameter (SparseAdam tables: none)")
+    num_negatives: int = option(1024, "extra negatives drawn from the proposal per step, shared by the batch",
+                                flag="--negatives")
+    proposal: str = option("unigram", "proposal Q of the sampled negatives: unigram (counts^alpha) or "
+                           "uniform over training items", choices=PROPOSALS)
+    proposal_alpha: float = option(0.75, "exponent alpha of the unigram proposal")
+    temperature: float = option(0.1, "softmax temperature on the scores (cosine scores need < 1)")
+    corpus_negatives_only: bool = option(
+        True, "a row of domain d has as negatives only items of d's corpus (its domain's softmax); "
+        "the logQ correction is unchanged: it describes how the columns were drawn")
     self_training: SelfTrainingConfig = dc_field(default_factory=SelfTrainingConfig)
-    early_stopping_metric: str | None = None
-    patience: int = 3
-    holdout_fraction: float = 0.1
-    eval_ks: tuple[int, ...] = (10, 50)
-    seed: int = 0
-    num_threads: int | None = None
-    device: str = "auto"
-    progress: bool = True
+    early_stopping_metric: str | None = option(
+        None, "validation metric (mean over domains) to stop on; default recall@10 on candidate lists "
+        "(sampled), recall@50 on full rankings")
+    patience: int = option(3, "epochs without improvement before stopping; 0 = never stop early")
+    holdout_fraction: float = option(0.1, "when the reported split is the only validation data, the "
+                                     "fraction of users whose last training positive is held out to validate on")
+    eval_ks: tuple[int, ...] = option((10, 50), "cut-offs computed during validation")
+    seed: int = option(0, "seeds data order, negatives, initialisation and the hold-out")
+    num_threads: int | None = option(None, "torch intra-op threads (default: torch's)", flag="--threads")
+    device: str = option("auto", "auto (this process's GPU when CUDA is available, cuda:LOCAL_RANK "
+                         "under torchrun, else the CPU), cpu, cuda or cuda:N")
+    progress: bool = option(True, "progress bars and one line per epoch")
 
     def __post_init__(self) -> None:
         if isinstance(self.self_training, dict):
             self.self_training = SelfTrainingConfig(**self.self_training)
-        self.eval_ks = tuple(int(k) for k in self.eval_ks)
+        self.eval_ks = tuple(self.eval_ks)
+        if not self.eval_ks:
+            raise ValueError("eval_ks must hold at least one cut-off")
+        for k in self.eval_ks:
+            _int("eval_ks", k, 1)
         for name in ("epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.num_negatives < 0:
-            raise ValueError(f"num_negatives must be >= 0, got {self.num_negatives}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+            _int(name, getattr(self, name), 1)
+        _int("num_negatives", self.num_negatives, 0)
+        _int("patience", self.patience, 0)
+        _int("seed", self.seed, 0)
+        if self.num_threads is not None:
+            _int("num_threads", self.num_threads, 1)
+        _finite("lr", self.lr, 0.0)
+        _finite("temperature", self.temperature, 0.0)
+        _finite("weight_decay", self.weight_decay, 0.0, strict=False)
+        _finite("proposal_alpha", self.proposal_alpha)
+        if not 0.0 <= self.proposal_alpha <= 1.0:
+            raise ValueError(f"proposal_alpha must be in [0, 1], got {self.proposal_alpha}")
+        if self.proposal not in PROPOSALS:
+            raise ValueError(f"proposal must be one of {PROPOSALS}, got {self.proposal!r}")
+        _finite("holdout_fraction", self.holdout_fraction)
         if not 0.0 < self.holdout_fraction < 1.0:
             raise ValueError(f"holdout_fraction must be in (0, 1), got {self.holdout_fraction}")
         if not isinstance(self.device, str) or not (
                 self.device in ("auto", "cpu", "cuda") or
                 (self.device.startswith("cuda:") and self.device[5:].isdigit())):
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
-        if self.patience < 0:
-            raise ValueError(f"patience must be >= 0, got {self.patience}")
+        for name in ("corpus_negatives_only", "progress"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.early_stopping_metric is not None:
-            name, _, k = self.early_stopping_metric.partition("@")
+            name, _, k = str(self.early_stopping_metric).partition("@")
             if name not in ("recall", "ndcg") or not k.isdigit() or int(k) < 1:
                 raise ValueError(f"early_stopping_metric must look like recall@50 or ndcg@10, "
                                  f"got {self.early_stopping_metric!r}")
-
-

@@ -24,7 +24,7 @@ from adirec.train.loss import sampled_softmax_loss
 from adirec.train.sampler import NegativeSampler
 from adirec.train.self_training import pseudo_positives
 from adirec.train import distributed as ddp
-from adirec.utils import atomic_write_json, save_weights
+from adirec.utils import atomic_write_json, load_tensors, load_weights, read_json, save_tensors, save_weights
 
 
 class TwoTowerScorer:
@@ -85,6 +85,10 @@ class SparseDenseAdam:
 
     def state_dict(self) -> list[dict]:
         return [o.state_dict() for o in self.optimizers]
+
+    def load_state_dict(self, states: list[dict]) -> None:
+        for o, s in zip(self.optimizers, states, strict=True):
+            o.load_state_dict(s)
 
 
 def make_optimizer(model: nn.Module, lr: float, weight_decay: float):
@@ -159,6 +163,7 @@ class Trainer:
         # DDP reduces gradients of what runs inside its forward(): wrap the loss, not the model
         self._ddp = ddp.wrap(model, self.loss, self.device) if self.world_size > 1 else None
         self.history: list[dict] = []
+        self._resumed_seconds = 0.0
 
     # ------------------------------------------------------------------ step
     def loss(self, batch: Batch, p: float) -> tuple[torch.Tensor, int]:
@@ -203,71 +208,97 @@ class Trainer:
                                            seen=SeenItems(self.train_data))
         return result.metrics(self.data.domains)
 
-    def fit(self) -> dict:
+    def fit(self, *, resume: bool = False) -> dict:
+        """Train until ``epochs`` or early stopping; leaves the model at its best epoch.
+
+        With ``resume`` the state saved after the last completed epoch in ``out_dir`` (weights,
+        optimizer, random generators, early-stopping counters, history) is restored first, so a
+        resumed run on the CPU ends with the same weights as one that was never interrupted.
+        Raises :class:`TrainingDiverged` on a non-finite loss.
+        """
         cfg = self.config
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
+        self._start = time.time()
+        self._best, self._best_epoch, self._bad_epochs, self._best_state = -math.inf, -1, 0, None
         torch.manual_seed(cfg.seed + self.rank)
-        tr = self.train_data.splits["train"]
-        n_train = len(self.batches) if self.batches is not None else len(tr)
-        main = self.rank == 0
-        best, best_epoch, bad_epochs = -math.inf, -1, 0
-        start = time.time()
-        for epoch in range(cfg.epochs):
-            self.model.train()
-            p = cfg.self_training.fraction(epoch)
-            t0, total, n_rows, n_pseudo = time.time(), 0.0, 0, 0
-            bar = tqdm(total=n_train // self.world_size, unit="samples", unit_scale=True,
-                       disable=not (cfg.progress and main), desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                       leave=False, dynamic_ncols=True)
-            with ddp.join(self._ddp):  # ranks whose share runs out first wait for the others
-                for batch in self._epoch_batches(epoch):
-                    loss, k = (self._ddp if self._ddp is not None else self.loss)(batch, p)
-                    if not torch.isfinite(loss):
-                        raise FloatingPointError(f"non-finite loss at epoch {epoch + 1}; lower the lr or raise the temperature")
-                    self.optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    self.optimizer.step()
-                    total += loss.item() * len(batch)
-                    n_rows += len(batch)
-                    n_pseudo += k
-                    bar.update(len(batch))
-                    bar.set_postfix(loss=f"{total / n_rows:.4f}")
-            bar.close()
-            if self.world_size > 1:  # one model everywhere before validating and saving
-                ddp.average_buffers(self.model)
-                total, n_rows, n_pseudo = ddp.all_reduce_sums([total, n_rows, n_pseudo])
-                n_rows, n_pseudo = int(n_rows), int(n_pseudo)
-            train_seconds = time.time() - t0
-            metrics = self.validate()
-            value = metrics[self.metric]["mean"]
-            row = {"epoch": epoch + 1, "loss": total / max(n_rows, 1), "pseudo_fraction": p,
-                   "pseudo_rows": n_pseudo, "epoch_seconds": train_seconds,
-                   "samples_per_second": n_rows / max(train_seconds, 1e-9),
-                   f"valid_{self.metric}": value,
-                   "valid": metrics}
-            self.history.append(row)
-            improved = value > best
-            if improved:
-                best, best_epoch, bad_epochs = value, epoch + 1, 0
-                best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-            else:
-                bad_epochs += 1
-            if cfg.progress and main:
-                tqdm.write(f"epoch {epoch + 1}: loss {row['loss']:.4f}  valid {self.metric} "
-                           f"{value:.4f}{' *' if improved else ''}  {row['samples_per_second']:.0f} samples/s")
-            if self.out_dir is not None and main:
+        first = self._restore() if resume else 0
+        for epoch in range(first, cfg.epochs):
+            row = self._train_epoch(epoch)
+            row.update(self._validate_epoch(row))
+            improved = self._track(epoch, row)
+            self._report(row, improved)
+            if self.out_dir is not None and self.rank == 0:
                 self._checkpoint(epoch + 1, improved, row)
-            if cfg.patience and bad_epochs >= cfg.patience:
+            if cfg.patience and self._bad_epochs >= cfg.patience:
                 break
-        summary = {"best_epoch": best_epoch, "valid_metric": self.metric, f"best_valid_{self.metric}": best,
-                   "epochs_run": len(self.history), "train_seconds": time.time() - start,
+        return self._finish()
+
+    # ------------------------------------------------------------------ epoch steps
+    def _train_epoch(self, epoch: int) -> dict:
+        """One pass over this rank's training batches; the epoch's row of ``metrics.jsonl``."""
+        cfg, main = self.config, self.rank == 0
+        self.model.train()
+        p = cfg.self_training.fraction(epoch)
+        n_train = len(self.batches) if self.batches is not None else len(self.train_data.splits["train"])
+        t0, total, n_rows, n_pseudo = time.time(), 0.0, 0, 0
+        bar = tqdm(total=n_train // self.world_size, unit="samples", unit_scale=True,
+                   disable=not (cfg.progress and main), desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                   leave=False, dynamic_ncols=True)
+        with ddp.join(self._ddp):  # ranks whose share runs out first wait for the others
+            for batch in self._epoch_batches(epoch):
+                loss, k = (self._ddp if self._ddp is not None else self.loss)(batch, p)
+                if not torch.isfinite(loss):
+                    raise TrainingDiverged(epoch + 1, float(loss.detach()), cfg)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+                total += loss.item() * len(batch)
+                n_rows += len(batch)
+                n_pseudo += k
+                bar.update(len(batch))
+                bar.set_postfix(loss=f"{total / n_rows:.4f}")
+        bar.close()
+        if self.world_size > 1:  # one model everywhere before validating and saving
+            ddp.average_buffers(self.model)
+            total, n_rows, n_pseudo = ddp.all_reduce_sums([total, n_rows, n_pseudo])
+            n_rows, n_pseudo = int(n_rows), int(n_pseudo)
+        seconds = time.time() - t0
+        return {"epoch": epoch + 1, "loss": total / max(n_rows, 1), "pseudo_fraction": p,
+                "pseudo_rows": n_pseudo, "epoch_seconds": seconds,
+                "samples_per_second": n_rows / max(seconds, 1e-9)}
+
+    def _validate_epoch(self, row: dict) -> dict:
+        metrics = self.validate()
+        return {f"valid_{self.metric}": metrics[self.metric]["mean"], "valid": metrics}
+
+    def _track(self, epoch: int, row: dict) -> bool:
+        """Early-stopping bookkeeping; keeps a copy of the best weights. True when improved."""
+        self.history.append(row)
+        value = row[f"valid_{self.metric}"]
+        if value > self._best:
+            self._best, self._best_epoch, self._bad_epochs = value, epoch + 1, 0
+            self._best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            return True
+        self._bad_epochs += 1
+        return False
+
+    def _report(self, row: dict, improved: bool) -> None:
+        if self.config.progress and self.rank == 0:
+            tqdm.write(f"epoch {row['epoch']}: loss {row['loss']:.4f}  valid {self.metric} "
+                       f"{row[f'valid_{self.metric}']:.4f}{' *' if improved else ''}  "
+                       f"{row['samples_per_second']:.0f} samples/s")
+
+    def _finish(self) -> dict:
+        summary = {"best_epoch": self._best_epoch, "valid_metric": self.metric,
+                   f"best_valid_{self.metric}": self._best, "epochs_run": len(self.history),
+                   "train_seconds": time.time() - self._start + self._resumed_seconds,
                    "params": self.model.num_parameters(), "device": str(self.device),
                    "validation": {"split": "valid" if self.train_data is self.data else "holdout-from-train",
                                   "protocol": self.val_protocol}}
-        if best_epoch > 0:  # leave the model at its best epoch, as saved on disk
-            self.model.load_state_dict(best_state)
-        if self.out_dir is not None and main:
+        if self._best_state is not None:  # leave the model at its best epoch, as saved on disk
+            self.model.load_state_dict(self._best_state)
+        if self.out_dir is not None and self.rank == 0:
             atomic_write_json(self.out_dir / "summary.json", summary)
         return summary
 
@@ -281,7 +312,10 @@ class Trainer:
         return iterate_batches(self.train_data.splits["train"], size, shuffle=True, seed=seed,
                                rank=rank, world_size=world)
 
+    # ------------------------------------------------------------------ checkpoints
     def _checkpoint(self, epoch: int, improved: bool, row: dict) -> None:
+        """Weights of the epoch, the best weights, the metrics row, and the state to resume from
+        (written last: a run interrupted while checkpointing resumes from the epoch before)."""
         ckpt = self.out_dir / "checkpoints"
         ckpt.mkdir(parents=True, exist_ok=True)
         save_weights(self.model, ckpt / f"epoch_{epoch:03d}.safetensors")
@@ -291,3 +325,86 @@ class Trainer:
             fh.write(json.dumps(row) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
+        tensors = {f"model/{k}": v for k, v in self.model.state_dict().items()}
+        optim, optim_tensors = _split_state(self.optimizer.state_dict())
+        tensors |= {f"optimizer/{k}": v for k, v in optim_tensors.items()}
+        tensors["rng/torch"] = torch.get_rng_state()
+        tensors["rng/sampler"] = self.sampler.generator.get_state()
+        if self.device.type == "cuda":
+            tensors["rng/cuda"] = torch.cuda.get_rng_state(self.device)
+        save_tensors(tensors, ckpt / RESUME_TENSORS, metadata={"epoch": str(epoch)})
+        atomic_write_json(ckpt / RESUME_STATE, {
+            "epoch": epoch, "best": self._best, "best_epoch": self._best_epoch, "bad_epochs": self._bad_epochs,
+            "history": self.history, "optimizer": optim,
+            "train_seconds": time.time() - self._start + self._resumed_seconds})
+
+    def _restore(self) -> int:
+        """Load the state saved after the last completed epoch; returns the next epoch (0-based)."""
+        ckpt = self.out_dir / "checkpoints" if self.out_dir is not None else None
+        if ckpt is None or not (ckpt / RESUME_STATE).is_file():
+            raise FileNotFoundError(f"{self.out_dir}: no completed epoch to resume from "
+                                    f"({RESUME_STATE} missing); start the run again")
+        state = read_json(ckpt / RESUME_STATE)
+        tensors, meta = load_tensors(ckpt / RESUME_TENSORS)
+        if meta.get("epoch") != str(state["epoch"]):
+            raise ValueError(f"{ckpt / RESUME_TENSORS}: holds epoch {meta.get('epoch')}, "
+                             f"{RESUME_STATE} says {state['epoch']}; the checkpoint is inconsistent")
+        self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")})
+        self.optimizer.load_state_dict(_join_state(state["optimizer"], {
+            k[10:]: v for k, v in tensors.items() if k.startswith("optimizer/")}))
+        torch.set_rng_state(tensors["rng/torch"])
+        self.sampler.generator.set_state(tensors["rng/sampler"])
+        if self.device.type == "cuda" and "rng/cuda" in tensors:
+            torch.cuda.set_rng_state(tensors["rng/cuda"], self.device)
+        self.history = list(state["history"])
+        self._best, self._best_epoch, self._bad_epochs = state["best"], state["best_epoch"], state["bad_epochs"]
+        self._resumed_seconds = float(state.get("train_seconds", 0.0))
+        if self._best_epoch > 0:  # the best weights are the run's model.safetensors
+            latest = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            load_weights(self.model, self.out_dir / "model.safetensors")
+            self._best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            self.model.load_state_dict(latest)
+        return int(state["epoch"])
+
+
+class TrainingDiverged(FloatingPointError):
+    """The loss became NaN or infinite."""
+
+    def __init__(self, epoch: int, loss: float, config: TrainConfig):
+        self.epoch, self.loss = epoch, loss
+        super().__init__(f"training diverged in epoch {epoch}: the loss is {loss} (lr {config.lr:g}, "
+                         f"temperature {config.temperature:g}); lower --lr or raise --temperature")
+
+
+RESUME_TENSORS = "last.safetensors"
+RESUME_STATE = "last.json"
+
+
+def _split_state(state, prefix: str = "") -> tuple[object, dict[str, torch.Tensor]]:
+    """A nested state dict as (JSON-able structure with tensor references, {name: tensor})."""
+    tensors: dict[str, torch.Tensor] = {}
+
+    def walk(x, path):
+        if isinstance(x, torch.Tensor):
+            tensors[path] = x.detach().cpu().contiguous()
+            return {"__tensor__": path}
+        if isinstance(x, dict):
+            return {"__dict__": [[walk(k, f"{path}.k{i}"), walk(v, f"{path}.{i}")] for i, (k, v) in enumerate(x.items())]}
+        if isinstance(x, (list, tuple)):
+            return {"__list__": [walk(v, f"{path}.{i}") for i, v in enumerate(x)], "tuple": isinstance(x, tuple)}
+        return x
+
+    return walk(state, prefix or "s"), tensors
+
+
+def _join_state(structure, tensors: dict[str, torch.Tensor]):
+    def walk(x):
+        if isinstance(x, dict) and "__tensor__" in x:
+            return tensors[x["__tensor__"]]
+        if isinstance(x, dict) and "__dict__" in x:
+            return {walk(k): walk(v) for k, v in x["__dict__"]}
+        if isinstance(x, dict) and "__list__" in x:
+            items = [walk(v) for v in x["__list__"]]
+            return tuple(items) if x.get("tuple") else items
+        return x
+    return walk(structure)
