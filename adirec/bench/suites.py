@@ -93,9 +93,8 @@ def suite_runs(suite: str) -> list[RunSpec]:
         ]
     if suite == "se":
         from adirec.models import registry
-        layouts = getattr(registry, "SE_LAYOUTS", None) or {"1-SE": ()}
-        return [RunSpec(suite, label.lower(), label, "adi-se", overrides=(("se_placements", tuple(p)),))
-                for label, p in layouts.items()]
+        return [RunSpec(suite, label.lower(), label, "adi-se", overrides=tuple(sorted(changes.items())))
+                for label, changes in registry.SE_LAYOUTS.items()]
     if suite == "experts":
         return [RunSpec(suite, f"{name}-k{k}", f"{label} (K={k})", name, overrides=(("shared_experts", k),),
                         match_budget=True, group=label, x=k)
