@@ -67,28 +67,20 @@ def given_train(args) -> dict:
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("model")
+    """``--model`` and every TwoTowerConfig option; a flag not given keeps the preset's value."""
+    from adirec.models.config import TwoTowerConfig
+    from adirec.options import add_options
+    g = p.add_argument_group("model", "the preset's settings, changed by these flags (defaults shown are "
+                                      "ADI-SE's; see --dry-run for a preset's)")
     g.add_argument("--model", help=f"preset: one of {', '.join(sorted(MODELS))} (default: adi-se, or the "
                    f"one in --config)")
-    g.add_argument("--fusion", choices=["concat", "sum", "netmul"], help="fusion of shared and specific outputs")
-    g.add_argument("--dial", choices=["se", "va", "lt", "none"], help="domain interest adaptation layer")
-    g.add_argument("--gate", choices=["softmax", "linear"], help="gate over the shared experts")
-    g.add_argument("--dsbn", action=argparse.BooleanOptionalAction, default=None,
-                   help="domain-specific batch normalisation")
-    g.add_argument("--shared-experts", type=int, help="number of shared experts K")
-    g.add_argument("--embedding-dim", type=int, help="width of every field embedding")
-    g.add_argument("--hash-buckets", type=int, help="hash the ids of every vocabulary larger than H into "
-                   "H rows (default 0: one row per id)")
-    g.add_argument("--sparse-embeddings", action=argparse.BooleanOptionalAction, default=None,
-                   help="sparse gradients for the embedding tables, trained by SparseAdam")
+    add_options(g, TwoTowerConfig, dest_prefix="model_")
 
 
 def model_overrides(args) -> dict:
-    return {k: v for k, v in {
-        "fusion": args.fusion, "dial": args.dial, "gate": args.gate, "dsbn": args.dsbn,
-        "shared_experts": args.shared_experts, "embedding_dim": args.embedding_dim,
-        "hash_buckets": args.hash_buckets, "sparse_embeddings": args.sparse_embeddings,
-    }.items() if v is not None}
+    from adirec.models.config import TwoTowerConfig
+    from adirec.options import given_options
+    return given_options(args, TwoTowerConfig, dest_prefix="model_")
 
 
 def _nested_update(base: dict, updates: dict) -> dict:
@@ -202,7 +194,7 @@ def dry_run(spec, name: str, overrides: dict, tcfg) -> dict:
     from adirec.runs import resolve_spec
     spec = resolve_spec(spec)
     data = spec.load()
-    mcfg = build_config(name, **overrides)
+    mcfg = build_config(name, data.num_domains, **overrides)
     model = build_model(name, data.schema, data.num_domains, mcfg)
     return {"model": name, "data": asdict(spec), "domains": data.domains, "model_config": asdict(mcfg),
             "train_config": asdict(tcfg), "parameters": model.num_parameters()}

@@ -125,7 +125,7 @@ def train_run(spec: DataSpec, model_name: str, out_dir: str | Path, *, model_ove
             raise RunError(f"{out} holds no run to resume (no config.json)")
         device = ddp.resolve_device(tcfg.device)
         if (device.type == "cuda" and ddp.rank_world()[1] > 1 and dist.get_backend() == "nccl"
-                and build_config(model_name, **(model_overrides or {})).sparse_embeddings):
+                and (model_overrides or {}).get("sparse_embeddings", build_config(model_name).sparse_embeddings)):
             raise ValueError("sparse embedding gradients cannot be all-reduced by NCCL across GPU processes; "
                              "use --no-sparse-embeddings, or --device cpu")
         spec = resolve_spec(spec)
@@ -158,10 +158,10 @@ def _train(spec, model_name, out: Path, overrides: dict, tcfg: TrainConfig, data
     if resume:
         recorded = read_run_config(out)
         _check_data(out, recorded, data_print, spec)
-        mcfg = TwoTowerConfig(**recorded["model_config"])
+        mcfg = TwoTowerConfig.from_dict(recorded["model_config"], source=str(out / "config.json"))
     else:
         mcfg = (budget_matched_config(model_name, data.schema, data.num_domains, **overrides) if match_budget
-                else build_config(model_name, **overrides))
+                else build_config(model_name, data.num_domains, **overrides))
     torch.manual_seed(tcfg.seed)
     model = build_model(model_name, data.schema, data.num_domains, mcfg)
     if layout is not None and isinstance(model, PerDomainModel):
@@ -330,7 +330,8 @@ def load_run(run_dir: str | Path, data: MultiDomainData | None = None, *, data_s
             raise RunError(f"{run}: the {side} of the data at {spec.source} differ from the run's "
                            f"(vocab/{side}.parquet: {len(stored)}, data: {len(keys) - 1}); point the run at "
                            f"its own data with --data SRC")
-    model = build_model(cfg["model"], data.schema, data.num_domains, TwoTowerConfig(**cfg["model_config"]))
+    mcfg = TwoTowerConfig.from_dict(cfg["model_config"], source=str(run / "config.json"))
+    model = build_model(cfg["model"], data.schema, data.num_domains, mcfg)
     load_weights(model, run / "model.safetensors")
     model.eval()
     return model, data, cfg

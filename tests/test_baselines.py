@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 import torch
 
-from adirec.data.batches import FeatureStore
+from adirec.data.batches import FeatureStore, iterate_batches
 from adirec.data.sources import load_source
 from adirec.eval.protocols import SeenItems, evaluate
 from adirec.models.config import TwoTowerConfig
@@ -20,8 +21,8 @@ from adirec.models.baselines import (
     SharedBottomBackbone,
     StarBackbone,
 )
-from adirec.models.experts import BACKBONES, ADIBackbone, Backbone
-from adirec.models.layers import MLP, HiddenSE
+from adirec.models.experts import BACKBONES, ADIBackbone, Backbone, DomainGate, MLPBackbone
+from adirec.models.layers import MLP, HiddenSE, SEAdaptation
 from adirec.models.per_domain import PerDomainModel
 from adirec.train.per_domain import fit_per_domain
 from adirec.data.split import restrict_to_domain
@@ -33,13 +34,14 @@ from adirec.models.registry import (
     build_model,
     match_parameter_budget,
     parameter_counts,
+    train_defaults,
 )
 from adirec.train.config import TrainConfig
 from adirec.train.loop import Trainer, TwoTowerScorer
 
 D, B = 3, 24
 TINY = dict(embedding_dim=8, expert_hidden=(16,), expert_out=8, forward_hidden=(8,), output_dim=8)
-NEURAL = ["dnn", "dnn-single", "shared-bottom", "cross-stitch", "mmoe", "ple", "star",
+NEURAL = ["dnn", "dnn-blind", "dnn-single", "shared-bottom", "cross-stitch", "mmoe", "ple", "star",
           "adi-lt", "adi-va", "adi-se", "adi-se-max"]
 
 
@@ -67,6 +69,107 @@ def batch(data, n: int = B):
 def test_every_method_is_a_preset():
     assert set(NEURAL) <= set(MODELS)
     assert {"shared-bottom", "cross-stitch", "mmoe", "ple", "star"} <= set(BACKBONES)
+
+
+# -----------------------------------------------------------------------------
+# presets with their default options
+
+# name: (gate kind, gate input, shared experts, specific experts per domain, self-training)
+PRESETS = {
+    "adi-se": ("linear", "domain", 1, 1, True),
+    "adi-va": ("linear", "domain", 1, 1, True),
+    "adi-lt": ("linear", "domain", 1, 1, True),
+    "adi-se-max": ("linear", "domain", 3, 1, True),
+    "dnn": (None, None, 0, 0, False),
+    "dnn-blind": (None, None, 0, 0, False),
+    "dnn-single": (None, None, 0, 0, False),
+    "shared-bottom": (None, None, 0, 0, False),
+    "cross-stitch": (None, None, 0, 0, False),
+    "mmoe": ("softmax", "features", D + 1, 0, False),  # D + 1 experts (ADI paper, section 5.1.4)
+    "ple": ("softmax", "features", 1, 1, False),
+    "star": (None, None, 0, 0, False),
+}
+
+
+def expert_counts(backbone) -> tuple[int, int]:
+    """(shared experts, domain-specific experts per domain) of a backbone."""
+    if isinstance(backbone, ADIBackbone):
+        return len(backbone.shared.experts), 0 if backbone.specific is None else 1
+    if isinstance(backbone, MMoEBackbone):
+        return len(backbone.experts), 0
+    if isinstance(backbone, PLEBackbone):
+        return len(backbone.levels[0].shared), len(backbone.levels[0].specific)
+    return 0, 0
+
+
+def test_every_preset_is_listed_here():
+    assert set(PRESETS) == set(MODELS)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_preset_defaults_and_one_training_step(data, name):
+    torch.set_num_threads(1)
+    kind, source, n_shared, n_specific, self_training = PRESETS[name]
+    config = build_config(name, num_domains=D)
+    model = build_model(name, data.schema, D)
+    towers = [model.user_tower] if isinstance(model, TwoTowerModel) else [model.models[0].user_tower]
+    tower = towers[0]
+    gates = {(m.kind, m.source) for m in tower.modules() if isinstance(m, DomainGate)}
+    assert gates == (set() if kind is None else {(kind, source)})
+    assert expert_counts(tower.backbone) == (n_shared, n_specific)
+    if name.startswith("adi"):
+        assert isinstance(tower.adaptation, SEAdaptation) == (config.dial == "se")
+        assert tower.adaptation.per_domain and config.dsbn and config.fusion == "concat"
+        assert model.embeddings.domain is not None  # f_domain, read by the gates
+    else:
+        assert config.dial == "none"
+    defaults = train_defaults(name)
+    assert defaults["self_training"] == {"enabled": self_training}
+    assert defaults.get("corpus_negatives_only", True) == (name != "dnn-blind")
+    # one training step on one batch, with the preset's training defaults, lowers that batch's loss
+    tcfg = TrainConfig(**{**defaults, "batch_size": 256, "num_negatives": 0, "lr": 0.01,
+                          "progress": False, "seed": 0})
+    trainer = Trainer(model, data, tcfg, report_split="test", protocol="full")
+    first = next(iterate_batches(trainer.train_data.splits["train"], 256, shuffle=True, seed=0))
+    model.train()
+    before, _ = trainer.loss(first, 0.0)
+    trainer.optimizer.zero_grad(set_to_none=True)
+    before.backward()
+    trainer.optimizer.step()
+    after, _ = trainer.loss(first, 0.0)
+    assert after.item() < before.item(), (name, before.item(), after.item())
+
+
+def test_dnn_blind_knows_nothing_of_domains(data):
+    model = build_model("dnn-blind", data.schema, D)
+    read = [f.name for f in model.user_tower.embeddings.fields + model.item_tower.embeddings.fields]
+    assert read and not any(data.schema[n].per_domain for n in read)
+    assert model.embeddings.domain is None
+    assert isinstance(model.user_tower.backbone, MLPBackbone) and not model.config.dsbn
+    assert not model.config.domain_forward and model.config.dial == "none"
+    features, domain = batch(data)
+    # the per-domain fields of another domain (rows shifted): dnn-blind does not move, dnn does
+    per_domain = [f.name for f in data.schema.fields if f.per_domain]
+    assert per_domain
+    moved = {k: (v.roll(1, dims=0) if k in per_domain else v) for k, v in features.items()}
+    dnn = build_model("dnn", data.schema, D)
+    for train in (True, False):
+        model.train(train)
+        dnn.train(train)
+        for d in range(D):  # any domain indicator: the same vectors
+            same = torch.full_like(domain, d)
+            torch.testing.assert_close(model.user_embedding(moved, same), model.user_embedding(features, domain))
+            torch.testing.assert_close(model.item_embedding(moved, same), model.item_embedding(features, domain))
+        assert not torch.allclose(dnn.user_embedding(moved, domain), dnn.user_embedding(features, domain))
+
+
+def test_domain_dependent_defaults_resolve_with_the_number_of_domains(data):
+    assert build_config("mmoe").shared_experts == "domains+1"  # not known yet
+    assert build_config("mmoe", num_domains=5).shared_experts == 6
+    assert build_config("mmoe", num_domains=5, shared_experts=2).shared_experts == 2  # the user's
+    model = build_model("mmoe", data.schema, D, build_config("mmoe"))
+    assert model.config.shared_experts == D + 1 and len(model.user_tower.backbone.experts) == D + 1
+    assert build_config("adi-se", num_domains=5) == build_config("adi-se")
 
 
 # -----------------------------------------------------------------------------
@@ -247,22 +350,20 @@ def test_cross_stitch_mixes_columns():
 
 
 # -----------------------------------------------------------------------------
-# SE placements
+# SE layouts (their block counts and placement: test_equations.py)
 
 
 @pytest.mark.parametrize("layout", list(SE_LAYOUTS))
-def test_se_placements(data, layout):
-    cfg = build_config("adi-se", se_placements=SE_LAYOUTS[layout], **TINY)
+def test_se_layouts_build_and_train(data, layout):
+    cfg = build_config("adi-se", **SE_LAYOUTS[layout], **TINY)
     model = TwoTowerModel(data.schema, D, cfg)
-    bb = model.user_tower.backbone
-    assert isinstance(bb, ADIBackbone) and set(bb.se) == set(SE_LAYOUTS[layout])
-    n_se = sum(isinstance(m, HiddenSE) for m in model.modules())
-    assert n_se == 2 * len(SE_LAYOUTS[layout])  # both towers
     features, domain = batch(data)
     u, i = model(features, domain)
     model.score(u, i).sum().backward()
-    for se in bb.se.values():
-        assert se.w1.grad is not None and se.last_weights.shape[0] == len(domain)
+    for m in model.user_tower.modules():
+        if isinstance(m, SEAdaptation):  # every SE block takes part
+            assert m.w1.grad is not None and m.w1.grad.abs().sum() > 0
+            assert m.last_weights.shape[0] > 0
 
 
 def test_hidden_se_reweights_each_unit():
@@ -275,10 +376,14 @@ def test_hidden_se_reweights_each_unit():
 
 
 @pytest.mark.parametrize("bad,match", [
-    (dict(se_placements=("embedding",)), "se_placements"),
-    (dict(se_placements=("shared", "shared")), "se_placements"),
-    (dict(se_placements=("shared",), fusion="netmul"), "netmul"),
-    (dict(se_placements=("fusion",), backbone="mlp"), "adi"),
+    (dict(se_in_experts=True, backbone="mlp"), "se_in_experts"),
+    (dict(se_in_experts=1), "se_in_experts must be a bool"),
+    (dict(dial_per_domain="no"), "dial_per_domain must be a bool"),
+    (dict(per_domain_features=None), "per_domain_features must be a bool"),
+    (dict(gate_input="items"), "gate_input"),
+    (dict(backbone="ple", gate_input="domain"), "PLE"),
+    (dict(shared_experts="domains+2"), "shared_experts"),
+    (dict(shared_experts=0), "shared_experts"),
     (dict(specific_experts=0), "specific_experts"),
     (dict(ple_levels=0), "ple_levels"),
 ])
@@ -287,9 +392,18 @@ def test_new_config_fields_are_validated(bad, match):
         TwoTowerConfig(**bad)
 
 
-def test_netmul_with_fusion_se():
-    bb = ADIBackbone(10, D, hidden=(12,), out=6, fusion="netmul", se_placements=("fusion",))
+def test_config_from_an_older_run_names_the_unknown_fields():
+    saved = {**dataclasses.asdict(build_config("adi-se")), "se_placements": []}
+    with pytest.raises(ValueError, match=r"run/config.json: unknown model config fields \['se_placements'\]"):
+        TwoTowerConfig.from_dict(saved, source="run/config.json")
+    assert TwoTowerConfig.from_dict(dataclasses.asdict(build_config("mmoe"))) == build_config("mmoe")
+
+
+def test_netmul_with_se_in_experts():
+    bb = ADIBackbone(10, D, hidden=(12,), out=6, fusion="netmul", se_in_experts=True,
+                     domain_embedding=torch.nn.Embedding(D, 4))
     assert bb(torch.randn(B, 10), torch.arange(B) % D).shape == (B, 6)
+    assert all(e.inner_se is not None for e in bb.shared.experts)
 
 
 # -----------------------------------------------------------------------------
@@ -306,9 +420,10 @@ def test_every_method_within_ten_percent_of_adi_se(data):
         # the count without the meta trick is the same
         if name in ("mmoe", "dnn-single"):
             assert build_model(name, data.schema, D, cfg).num_parameters() == counts["total"]
-    # the same inputs: one set of tables per model (per sub-model for dnn-single)
-    assert parameter_counts("star", data.schema, D)["embedding"] == ref["embedding"]
-    assert parameter_counts("dnn-single", data.schema, D)["embedding"] == D * ref["embedding"]
+    # the same inputs: one set of tables per model (per sub-model for dnn-single); ADI has one
+    # more, the domain indicator's embedding f_domain (D x E) that its gates read
+    assert parameter_counts("star", data.schema, D)["embedding"] == ref["embedding"] - D * 64
+    assert parameter_counts("dnn-single", data.schema, D)["embedding"] == D * (ref["embedding"] - D * 64)
 
 
 def test_budget_matching_scales_the_backbone_widths(data):

@@ -35,7 +35,7 @@ def test_suites_hold_the_papers_runs():
     assert all(r.match_budget for r in suite_runs("paper") if r.kind == "neural")
     assert [r.override_dict()["fusion"] for r in suite_runs("fusion")] == ["sum", "netmul", "concat"]
     abl = {r.key: r for r in suite_runs("ablation")}
-    assert abl["adi-se"].self_training and not abl["no-st"].self_training
+    assert abl["adi-se"].self_training is None and abl["no-st"].self_training is False  # None: the preset's
     assert abl["no-st-dial-dsbn"].override_dict() == {"dial": "none", "dsbn": False}
     assert [r.label for r in suite_runs("se")] == ["1-SE", "3-SE", "4-SE"]
     experts = suite_runs("experts")

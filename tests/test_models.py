@@ -189,8 +189,9 @@ def test_adaptation_shapes_and_weights(kind):
     assert isinstance(layer, ADAPTERS[kind])
     assert layer.last_weights.shape == (B, n_fields)
     torch.testing.assert_close(layer.field_weights(e, domain), layer.last_weights)
-    if kind == "va":
-        torch.testing.assert_close(layer.last_weights.sum(-1), torch.ones(B))
+    if kind in ("va", "se"):  # a sigmoid per field: in (0, 1), not a distribution over fields
+        assert ((layer.last_weights > 0) & (layer.last_weights < 1)).all()
+        assert not torch.allclose(layer.last_weights.sum(-1), torch.ones(B))
     with pytest.raises(ValueError, match="unknown adaptation"):
         make_adaptation("xx", n_fields, E, D)
 
@@ -214,25 +215,40 @@ def test_se_one_weight_per_field_and_domain():
 # experts
 
 
-@pytest.mark.parametrize("kind", ["linear", "softmax"])
-def test_gate_weights_sum_to_one(kind):
-    gate = DomainGate(10, 4, D, kind)
+@pytest.mark.parametrize("kind,source", list(itertools.product(["linear", "softmax"], ["domain", "features"])))
+def test_gate_weights_sum_to_one(kind, source):
+    gate = DomainGate(4, D, kind, source=source, in_dim=10, domain_embedding=nn.Embedding(D, E))
     x = torch.randn(B, 10)
-    w = gate(x, torch.arange(B) % D)
+    domain = torch.arange(B) % D
+    w = gate(x, domain)
     assert w.shape == (B, 4)
     assert (w >= 0).all()
     torch.testing.assert_close(w.sum(-1), torch.ones(B))
+    # on the domain, the mixture is one per domain; on the features, it moves with the row
+    same_domain = w[domain == 0]
+    assert torch.allclose(same_domain, same_domain[:1].expand_as(same_domain)) == (source == "domain")
     # linear gate with all-zero outputs falls back to the uniform mix, no 0/0
     if kind == "linear":
         with torch.no_grad():
             gate.weight.zero_()
-            gate.bias.zero_()
         torch.testing.assert_close(gate(x, torch.zeros(B, dtype=torch.long)), torch.full((B, 4), 0.25))
+
+
+def test_domain_gate_needs_its_input():
+    with pytest.raises(ValueError, match="domain_embedding"):
+        DomainGate(3, D, source="domain")
+    with pytest.raises(ValueError, match="3 rows for 2 domains"):
+        DomainGate(3, 2, source="domain", domain_embedding=nn.Embedding(3, E))
+    with pytest.raises(ValueError, match="in_dim"):
+        DomainGate(3, D, source="features")
+    with pytest.raises(ValueError, match="unknown gate input"):
+        DomainGate(3, D, source="items", in_dim=4)
 
 
 @pytest.mark.parametrize("gate", ["linear", "softmax"])
 def test_shared_experts_mix(gate):
-    shared = SharedExperts(10, (12, 6), num_experts=3, num_domains=D, gate=gate).eval()
+    shared = SharedExperts(10, (12, 6), num_experts=3, num_domains=D, gate=gate,
+                           domain_embedding=nn.Embedding(D, E)).eval()
     x, domain = torch.randn(B, 10), torch.arange(B) % D
     out = shared(x, domain)
     assert out.shape == (B, 6) and shared.last_weights.shape == (B, 3)
@@ -261,7 +277,7 @@ def test_domain_experts_single_row_domain_trains():
 
 
 def test_netmul_starts_as_shared_and_uses_domain_factors():
-    nm = NetMulExperts(10, (12, 6), num_experts=2, num_domains=D).eval()
+    nm = NetMulExperts(10, (12, 6), num_experts=2, num_domains=D, domain_embedding=nn.Embedding(D, E)).eval()
     x, domain = torch.randn(B, 10), torch.arange(B) % D
     plain = torch.stack([e(x, domain) for e in nm.experts], dim=1)
     torch.testing.assert_close(nm.expert_outputs(x, domain), plain)  # factors start at 1 / 0
@@ -276,14 +292,17 @@ def test_netmul_starts_as_shared_and_uses_domain_factors():
     "fusion,gate,k", list(itertools.product(["concat", "sum", "netmul"], ["linear", "softmax"], [1, 3]))
 )
 def test_adi_backbone_shapes(fusion, gate, k):
-    bb = ADIBackbone(10, D, num_experts=k, hidden=(12,), out=6, gate=gate, fusion=fusion)
+    bb = ADIBackbone(10, D, num_experts=k, hidden=(12,), out=6, gate=gate, fusion=fusion,
+                     domain_embedding=nn.Embedding(D, E))
     assert isinstance(bb, Backbone)
     out = bb(torch.randn(B, 10), torch.arange(B) % D)
-    assert bb.out_dim == (12 if fusion == "concat" else 6)
+    assert bb.out_dim == (18 if fusion == "concat" else 6)  # eq. 13: three parts of width H
     assert out.shape == (B, bb.out_dim)
     assert bb.last_gate_weights.shape == (B, k)
     with pytest.raises(ValueError, match="unknown fusion"):
         ADIBackbone(10, D, fusion="product")
+    with pytest.raises(ValueError, match="f_domain"):  # the fusion gates or eq. 8's gate read it
+        ADIBackbone(10, D, fusion=fusion, gate_input="features" if fusion != "netmul" else "domain")
 
 
 def test_mlp_backbone_is_a_backbone():
@@ -463,3 +482,20 @@ def test_excluded_fields_have_no_table():
     model = TwoTowerModel(make_schema(), D, TwoTowerConfig(**TINY))
     assert "user_id" not in model.embeddings.tables  # excluded by default
     assert "user_id" in TwoTowerModel(make_schema(), D, TwoTowerConfig(**TINY, exclude_fields=())).embeddings.tables
+
+
+def test_config_fields_declare_their_flags():
+    import argparse
+    from adirec.options import add_options, given_options
+    parser = argparse.ArgumentParser()
+    add_options(parser, TwoTowerConfig)
+    args = parser.parse_args(["--shared-experts", "domains+1", "--no-dial-per-domain", "--se-in-experts",
+                              "--gate-input", "features", "--expert-hidden", "8,4", "--fusion", "sum"])
+    given = given_options(args, TwoTowerConfig)
+    assert given == {"shared_experts": "domains+1", "dial_per_domain": False, "se_in_experts": True,
+                     "gate_input": "features", "expert_hidden": (8, 4), "fusion": "sum"}
+    cfg = TwoTowerConfig(**given)
+    assert cfg.resolved(D).shared_experts == D + 1
+    assert given_options(parser.parse_args(["--shared-experts", "3"]), TwoTowerConfig) == {"shared_experts": 3}
+    with pytest.raises(SystemExit):  # argparse refuses a value outside the choices
+        parser.parse_args(["--gate-input", "items"])

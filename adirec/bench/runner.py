@@ -261,22 +261,24 @@ class Bench:
             return self._configs[cache_key]
         overrides = {**self.cfg.size, **spec.override_dict()}
         schema, D = self.data.schema, self.data.num_domains
-        counts = getattr(registry, "parameter_counts", None)
-        match = getattr(registry, "match_parameter_budget", None)
-        if not spec.match_budget or counts is None or match is None:
-            found = registry.build_config(spec.model, **overrides), None
+        if not spec.match_budget:
+            found = registry.build_config(spec.model, D, **overrides), None
         else:
             if self._size_target is None:
-                ref = registry.build_config(BUDGET_REFERENCE, **self.cfg.size)
-                self._size_target = int(counts(BUDGET_REFERENCE, schema, D, ref)["dense"])
-            found = (match(spec.model, schema, D, self._size_target, **overrides),
+                ref = registry.build_config(BUDGET_REFERENCE, D, **self.cfg.size)
+                self._size_target = int(registry.parameter_counts(BUDGET_REFERENCE, schema, D, ref)["dense"])
+            found = (registry.match_parameter_budget(spec.model, schema, D, self._size_target, **overrides),
                      {"reference": BUDGET_REFERENCE, "target_dense": self._size_target})
         self._configs[cache_key] = found
         return found
 
     def _train_config(self, spec: RunSpec, seed: int) -> TrainConfig:
-        kw = dict(self.cfg.train)
-        kw["self_training"] = SelfTrainingConfig(enabled=spec.self_training)
+        """The preset's training defaults, the bench's options, and the run's self-training switch
+        (None: the preset's; self-training is part of ADI, not of the baselines)."""
+        from adirec.models.registry import train_defaults
+        kw = {**train_defaults(spec.model), **self.cfg.train}
+        if spec.self_training is not None:
+            kw["self_training"] = {**kw.get("self_training", {}), "enabled": spec.self_training}
         return TrainConfig(seed=seed, progress=self.cfg.progress, num_threads=self.cfg.threads, **kw)
 
     def _reference_kwargs(self, name: str) -> dict:
@@ -322,7 +324,7 @@ class Bench:
                 shutil.rmtree(run_dir)
             run_dir.mkdir(parents=True)
             atomic_write_json(marker, {"hash": h})
-            mcfg = TwoTowerConfig(**request["model_config"])
+            mcfg = TwoTowerConfig.from_dict(request["model_config"])
             train_run(self.cfg.data, task.spec.model, run_dir, model_overrides=asdict(mcfg),
                       train_config=self._train_config(task.spec, task.seed), data=self.data,
                       report_split=self.split)

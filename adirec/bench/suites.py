@@ -37,7 +37,8 @@ class RunSpec:
         model: registry preset (``kind="neural"``) or reference name (``kind="reference"``).
         kind: ``"neural"`` or ``"reference"``.
         overrides: TwoTowerConfig fields changed from the preset (on top of the bench's size).
-        self_training: train with cross-domain self-training (Algorithm 1).
+        self_training: train with cross-domain self-training (Algorithm 1); None = the preset's
+            default (on for ADI, off for the comparison methods).
         match_budget: scale the backbone widths to ADI-SE's dense parameter count.
         group, x: a series and its x value in a figure (the experts sweep: method, K).
     """
@@ -48,7 +49,7 @@ class RunSpec:
     model: str
     kind: str = "neural"
     overrides: tuple[tuple[str, object], ...] = ()
-    self_training: bool = True
+    self_training: bool | None = None
     match_budget: bool = False
     group: str | None = None
     x: int | None = None
@@ -93,9 +94,8 @@ def suite_runs(suite: str) -> list[RunSpec]:
         ]
     if suite == "se":
         from adirec.models import registry
-        layouts = getattr(registry, "SE_LAYOUTS", None) or {"1-SE": ()}
-        return [RunSpec(suite, label.lower(), label, "adi-se", overrides=(("se_placements", tuple(p)),))
-                for label, p in layouts.items()]
+        return [RunSpec(suite, label.lower(), label, "adi-se", overrides=tuple(sorted(changes.items())))
+                for label, changes in registry.SE_LAYOUTS.items()]
     if suite == "experts":
         return [RunSpec(suite, f"{name}-k{k}", f"{label} (K={k})", name, overrides=(("shared_experts", k),),
                         match_budget=True, group=label, x=k)

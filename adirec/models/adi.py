@@ -1,8 +1,9 @@
 """The two-tower retrieval model of ADI (paper Figure 1); its configuration is
 :class:`adirec.models.config.TwoTowerConfig`.
 
-A user tower and an item tower share the id embedding tables; each turns its side's features
-and the domain indicator into a vector, and the score of a (user, item) pair is their inner
+A user tower and an item tower share the id embedding tables (and the domain indicator's
+embedding f_domain, where a gate reads it); each turns its side's features and the domain
+indicator into a vector, and the score of a (user, item) pair is their inner
 product (section 4.3). Training (sampled softmax, self training) lives in adirec.train.
 """
 from __future__ import annotations
@@ -22,12 +23,15 @@ class TwoTowerModel(nn.Module):
         super().__init__()
         if num_domains < 1:
             raise ValueError(f"num_domains must be >= 1, got {num_domains}")
-        self.config = (config or TwoTowerConfig()).validate()
+        # values that depend on the number of domains become numbers here, so model.config
+        # says exactly what was built
+        self.config = (config or TwoTowerConfig()).validate().resolved(num_domains)
         self.schema = schema
         self.num_domains = num_domains
-        used = Schema([f for f in schema.fields if f.name not in self.config.exclude_fields], schema.vocab_sizes)
-        self.embeddings = SharedEmbeddings(used, self.config.embedding_dim, self.config.hash_buckets,
-                                           self.config.sparse_embeddings)
+        used = Schema([f for f in schema.fields if self.config.reads_field(f)], schema.vocab_sizes)
+        self.embeddings = SharedEmbeddings(
+            used, self.config.embedding_dim, self.config.hash_buckets, self.config.sparse_embeddings,
+            num_domains=num_domains if self.config.uses_domain_embedding() else 0)
         self.user_tower = Tower(self.config, schema, "user", num_domains, self.embeddings)
         self.item_tower = Tower(self.config, schema, "item", num_domains, self.embeddings)
 

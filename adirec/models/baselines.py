@@ -10,9 +10,11 @@ models' per-task towers, with domains as tasks) and the same output head.
 * ``cross-stitch``: one MLP column per domain; after every layer a cross-stitch unit replaces
   each column's activations by a learned linear mix of all columns'; row b reads its domain's
   column (Misra et al., 2016).
-* ``mmoe``: K shared experts mixed by a per-domain softmax gate (Ma et al., 2018).
-* ``ple``: per level, shared experts plus domain-specific experts, mixed by per-domain gates;
-  one level is CGC (Tang et al., 2020).
+* ``mmoe``: K shared experts mixed by one softmax gate per domain on the input features,
+  ``softmax(W_d x)`` (Ma et al., 2018); the preset has D + 1 experts (ADI paper, section 5.1.4).
+* ``ple``: per level, shared experts plus domain-specific experts, mixed by one softmax gate per
+  domain on the level's input; one level is CGC (Tang et al., 2020). The preset has one
+  specific expert per domain and one shared expert.
 * ``star``: STAR's topology (Sheng et al., 2021): one fully connected network whose layer
   weights are the shared weights times (element-wise) the domain's weights and whose biases are
   the sum of both (the ADI paper's eq. 16-17, Network-Mul), with STAR's partitioned
@@ -50,7 +52,8 @@ class SharedBottomBackbone(MLPBackbone):
     """
 
 
-def build_shared_bottom(config, in_dim: int, num_domains: int) -> SharedBottomBackbone:
+def build_shared_bottom(config, in_dim: int, num_domains: int,
+                        domain_embedding: nn.Embedding | None = None) -> SharedBottomBackbone:
     return SharedBottomBackbone(in_dim, num_domains, _layers(config), config.dsbn, config.dropout)
 
 
@@ -102,7 +105,8 @@ class CrossStitchBackbone(nn.Module):
         return out[torch.arange(x.shape[0], device=x.device), domain]  # (B, H): own column
 
 
-def build_cross_stitch(config, in_dim: int, num_domains: int) -> CrossStitchBackbone:
+def build_cross_stitch(config, in_dim: int, num_domains: int,
+                       domain_embedding: nn.Embedding | None = None) -> CrossStitchBackbone:
     return CrossStitchBackbone(in_dim, num_domains, _layers(config), config.dsbn, config.dropout)
 
 
@@ -111,18 +115,27 @@ def build_cross_stitch(config, in_dim: int, num_domains: int) -> CrossStitchBack
 
 
 class MMoEBackbone(SharedExperts):
-    """MMoE with domains as tasks: K shared experts, one softmax gate per domain on the input,
-    ``h = sum_k g_{d,k}(x) E_k(x)``. This is ADI's shared part (eq. 8-9) without the
-    domain-specific experts; the gate weights of the last call are in ``last_weights`` (B, K)."""
+    """MMoE with domains as tasks: K shared experts, one gate per domain on the input features,
+    ``h = sum_k g_{d,k}(x) E_k(x)`` with ``g_d(x) = softmax(W_d x)`` (MMoE's gate; the gate kind
+    and input stay options). This is ADI's shared part (eq. 9) without the domain-specific
+    experts; the gate weights of the last call are in ``last_weights`` (B, K)."""
+
+    def __init__(self, in_dim: int, hidden: Sequence[int], num_experts: int, num_domains: int,
+                 gate: str = "softmax", dsbn: bool = False, dropout: float = 0.0, *,
+                 gate_input: str = "features", domain_embedding: nn.Embedding | None = None):
+        super().__init__(in_dim, hidden, num_experts, num_domains, gate, dsbn, dropout,
+                         gate_input=gate_input, domain_embedding=domain_embedding)
 
     @property
     def last_gate_weights(self) -> torch.Tensor | None:
         return self.last_weights
 
 
-def build_mmoe(config, in_dim: int, num_domains: int) -> MMoEBackbone:
+def build_mmoe(config, in_dim: int, num_domains: int,
+               domain_embedding: nn.Embedding | None = None) -> MMoEBackbone:
     return MMoEBackbone(in_dim, _layers(config), config.shared_experts, num_domains, config.gate,
-                        config.dsbn, config.dropout)
+                        config.dsbn, config.dropout, gate_input=config.gate_input,
+                        domain_embedding=domain_embedding)
 
 
 # -----------------------------------------------------------------------------
@@ -133,8 +146,8 @@ class CGCLayer(nn.Module):
     """One extraction level of PLE (CGC): ``Ks`` shared experts, ``Kd`` experts per domain.
 
     A row of domain d mixes the Ks shared experts (run on the shared input) and domain d's Kd
-    experts (run on the row's domain input) with domain d's gate, computed from its domain
-    input. Levels before the last also give a shared output for the next level: a gate shared by
+    experts (run on the row's domain input) with domain d's gate, ``softmax(W_d x)`` on its
+    domain input (PLE's gate; ``gate="linear"`` normalises as eq. 8 of ADI instead). Levels before the last also give a shared output for the next level: a gate shared by
     all domains mixes the same Ks + Kd experts on the shared input. (In multi-task PLE every
     sample runs every task's experts and the shared gate mixes them all; a row here belongs to one
     domain, so it runs only that domain's experts.) Gate weights of the last call:
@@ -161,8 +174,8 @@ class CGCLayer(nn.Module):
         self.specific = nn.ModuleList(DomainExperts(in_dim, layers, num_domains, dropout)
                                       for _ in range(num_specific))
         n = num_shared + num_specific
-        self.gate = DomainGate(in_dim, n, num_domains, gate)
-        self.shared_gate = DomainGate(in_dim, n, 1, gate) if shared_output else None
+        self.gate = DomainGate(n, num_domains, gate, source="features", in_dim=in_dim)
+        self.shared_gate = DomainGate(n, 1, gate, source="features", in_dim=in_dim) if shared_output else None
         self.out_dim = self.shared[0].out_dim
         self.last_weights: torch.Tensor | None = None
 
@@ -219,7 +232,8 @@ class PLEBackbone(nn.Module):
         return x_domain  # (B, H)
 
 
-def build_ple(config, in_dim: int, num_domains: int) -> PLEBackbone:
+def build_ple(config, in_dim: int, num_domains: int,
+              domain_embedding: nn.Embedding | None = None) -> PLEBackbone:
     return PLEBackbone(in_dim, num_domains, _layers(config), config.shared_experts,
                        config.specific_experts, config.ple_levels, config.gate, config.dsbn,
                        config.dropout)
@@ -268,7 +282,8 @@ class StarBackbone(nn.Module):
         return h  # (B, H)
 
 
-def build_star(config, in_dim: int, num_domains: int) -> StarBackbone:
+def build_star(config, in_dim: int, num_domains: int,
+               domain_embedding: nn.Embedding | None = None) -> StarBackbone:
     return StarBackbone(in_dim, num_domains, _layers(config), config.dsbn, config.dropout)
 
 

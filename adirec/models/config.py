@@ -2,33 +2,64 @@
 
 It validates names against the registered layers and backbones, so it imports the model
 building blocks (importing :mod:`adirec.models.baselines` registers the comparison backbones).
+Every field is declared with :func:`adirec.options.option`, so its command-line flag and help
+live here.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, fields
 
 import adirec.models.baselines  # noqa: F401  (registers the comparison backbones in BACKBONES)
-from adirec.models.experts import BACKBONES, FUSIONS, GATES, SE_PLACEMENTS
+from adirec.models.experts import BACKBONES, FUSIONS, GATE_INPUTS, GATES
 from adirec.models.layers import ADAPTATIONS
+from adirec.options import option
+
+#: ``shared_experts`` value meaning "one more than the number of domains" (MMoE's preset, ADI
+#: paper section 5.1.4); replaced by the number when the number of domains is known
+#: (:meth:`TwoTowerConfig.resolved`)
+DOMAINS_PLUS_ONE = "domains+1"
+
+#: backbones whose expert gate may read the domain indicator's embedding
+_DOMAIN_GATED = ("adi", "mmoe")
+
+
+def _parse_experts(text: str) -> int | str:
+    text = text.strip()
+    return int(text) if text.isdigit() else text
 
 
 @dataclass
 class TwoTowerConfig:
-    """Hyper-parameters of both towers (they are built alike). Defaults suit small data.
+    """Hyper-parameters of both towers (they are built alike). Defaults are ADI-SE's.
 
     Attributes:
-        embedding_dim: E, width of every field embedding.
-        dial: domain interest adaptation layer, "se" | "va" | "lt" | "none" (eq. 21-26).
-        se_reduction: reduction ratio r of the SE excitation (F -> F // r -> F).
-        shared_experts: K, number of shared expert MLPs (eq. 8-9).
-        gate: mixing of the shared experts, "linear" (eq. 8 as written, on |outputs| + eps so
-            the division is safe) or "softmax". Linear is the default: with 3 shared experts on
-            XMRec it validated at 0.637 Recall@10 against 0.624 for softmax (held-out slice of
-            train, one seed).
+        embedding_dim: E, width of every field embedding and of ``f_domain``, the domain
+            indicator's embedding (one table of D rows, shared by both towers like the other id
+            tables, eq. 6); it is created only when a gate reads it (:meth:`uses_domain_embedding`).
+        dial: domain interest adaptation layer at the tower input, "se" | "va" | "lt" | "none":
+            SE block (eq. 25-26), vanilla attention (eq. 23-24), linear transformation
+            (eq. 21-22) or none.
+        dial_per_domain: one adaptation layer per domain (the paper's DIAL; with "se" this is
+            Table 8's 3-SE, ADI-SE). False: one layer shared by all domains (Table 8's 1-SE).
+        se_reduction: reduction ratio r of every SE excitation (n -> n // r -> n).
+        se_in_experts: an SE block inside every shared and every domain-specific expert, on its
+            first layer's activations, besides the one at the input (Table 8's 4-SE). A shared
+            expert's block is shared by all domains, a domain-specific expert's is its domain's.
+        shared_experts: K, number of shared experts (eq. 8-9; MMoE's experts), or
+            ``"domains+1"`` (one more than the number of domains, resolved when the model is
+            built or by ``registry.build_config(name, num_domains=D)``).
+        gate: normalisation of the shared-expert gate, "linear" (eq. 8 as written: each output
+            over their sum, on |outputs| + eps so the division is safe) or "softmax" (the gates
+            of MMoE and PLE).
+        gate_input: what the shared-expert gate reads, "domain" (eq. 8: f_domain, so the
+            mixture is one per domain) or "features" (the row's flattened field embeddings, as
+            in MMoE and PLE; for ADI a named departure from eq. 8). PLE gates on features only.
         expert_hidden: hidden widths of every expert MLP (shared and domain-specific).
         expert_out: H, output width of every expert MLP.
-        fusion: how shared and domain-specific outputs combine, "concat" | "sum" | "netmul"
-            (eq. 11-17).
+        fusion: how shared and domain-specific outputs combine: "concat" (eq. 11-13, gated
+            concatenation with a Hadamard term, width 3H), "sum" (eq. 14-15, gated sum, width H)
+            or "netmul" (eq. 16-17, network multiplication, width H).
         domain_forward: one forward network per domain after the backbone (eq. 18); False
             means one forward network shared by all domains.
         forward_hidden: hidden widths of the forward network(s); empty = none.
@@ -44,39 +75,44 @@ class TwoTowerConfig:
             described by profile and behaviour history, which generalise to users with few
             interactions, where a per-user vector overfits them (measured on the held-out
             validation slice of XMRec).
+        per_domain_features: read the per-domain fields (user-domain and item-domain features,
+            e.g. the history within the domain). False: the towers ignore every field with
+            ``per_domain=True`` (a model that knows nothing of domains, ``dnn-blind``).
         hash_buckets: 0 = one embedding row per id; H >= 2 = ids of every vocabulary larger than
             H are hashed into a table of H rows (high-cardinality ids, fixed memory).
         sparse_embeddings: embedding tables produce sparse gradients, trained by SparseAdam
             (only the rows a batch touches are read and written).
-        se_placements: extra SE blocks inside the "adi" backbone, on top of the DIAL SE at the
-            embeddings: any of "shared", "specific", "fusion" (Table 8: 1-SE = none, 3-SE =
-            shared + specific, 4-SE = all three).
         specific_experts: domain-specific experts per domain and level of the "ple" backbone.
         ple_levels: extraction levels of the "ple" backbone (1 = CGC).
     """
 
-    embedding_dim: int = 64
-    dial: str = "se"
-    se_reduction: int = 4
-    shared_experts: int = 1
-    gate: str = "linear"
-    expert_hidden: tuple[int, ...] = (256,)
-    expert_out: int = 128
-    fusion: str = "concat"
-    domain_forward: bool = True
-    forward_hidden: tuple[int, ...] = (128,)
-    output_dim: int = 64
-    dsbn: bool = True
-    dropout: float = 0.0
-    l2_normalize: bool = True
-    backbone: str = "adi"
-    exclude_fields: tuple[str, ...] = ("user_id",)
-    item_tower_norm: bool = False
-    hash_buckets: int = 0
-    sparse_embeddings: bool = False
-    se_placements: tuple[str, ...] = ()
-    specific_experts: int = 1
-    ple_levels: int = 1
+    embedding_dim: int = option(64, "width of every field embedding and of the domain embedding")
+    dial: str = option("se", "domain interest adaptation layer (eq. 21-26)", choices=ADAPTATIONS)
+    dial_per_domain: bool = option(True, "one adaptation layer per domain (off: one for all "
+                                         "domains, Table 8's 1-SE)")
+    se_reduction: int = option(4, "reduction ratio of every SE block")
+    se_in_experts: bool = option(False, "an SE block inside every expert (Table 8's 4-SE)")
+    shared_experts: int | str = option(1, f"number of shared experts, or {DOMAINS_PLUS_ONE}",
+                                       parse=_parse_experts, metavar="K")
+    gate: str = option("linear", "shared-expert gate normalisation (linear: eq. 8)", choices=GATES)
+    gate_input: str = option("domain", "what the shared-expert gate reads (domain: eq. 8)", choices=GATE_INPUTS)
+    expert_hidden: tuple[int, ...] = option((256,), "hidden widths of every expert")
+    expert_out: int = option(128, "output width of every expert")
+    fusion: str = option("concat", "fusion of shared and domain-specific outputs (eq. 11-17)", choices=FUSIONS)
+    domain_forward: bool = option(True, "one forward network per domain (eq. 18)")
+    forward_hidden: tuple[int, ...] = option((128,), "hidden widths of the forward network")
+    output_dim: int = option(64, "width of the user and item vectors")
+    dsbn: bool = option(True, "domain-specific batch norm (eq. 20)")
+    dropout: float = option(0.0, "dropout after every hidden layer")
+    l2_normalize: bool = option(True, "L2-normalise the tower outputs")
+    backbone: str = option("adi", "backbone network", choices=tuple(BACKBONES))
+    exclude_fields: tuple[str, ...] = option(("user_id",), "schema fields the towers ignore")
+    per_domain_features: bool = option(True, "read the per-domain (user-domain, item-domain) fields")
+    item_tower_norm: bool = option(False, "batch normalisation in the item tower too")
+    hash_buckets: int = option(0, "hash the ids of every vocabulary larger than H into H rows (0: off)")
+    sparse_embeddings: bool = option(False, "sparse gradients for the embedding tables (SparseAdam)")
+    specific_experts: int = option(1, "PLE: domain-specific experts per domain and level")
+    ple_levels: int = option(1, "PLE: extraction levels (1 = CGC)")
 
     def __post_init__(self) -> None:
         self.validate()
@@ -86,38 +122,70 @@ class TwoTowerConfig:
         self.expert_hidden = tuple(self.expert_hidden)
         self.forward_hidden = tuple(self.forward_hidden)
         self.exclude_fields = tuple(self.exclude_fields)
-        self.se_placements = tuple(self.se_placements)
-        for name in ("embedding_dim", "se_reduction", "shared_experts", "expert_out", "output_dim",
-                     "specific_experts", "ple_levels"):
+        for name in ("embedding_dim", "se_reduction", "expert_out", "output_dim", "specific_experts",
+                     "ple_levels"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+        k = self.shared_experts
+        if k != DOMAINS_PLUS_ONE and (not isinstance(k, int) or isinstance(k, bool) or k < 1):
+            raise ValueError(f"shared_experts must be an int >= 1 or {DOMAINS_PLUS_ONE!r}, got {k!r}")
         for name in ("expert_hidden", "forward_hidden"):
             v = getattr(self, name)
             if any(not isinstance(h, int) or isinstance(h, bool) or h < 1 for h in v):
                 raise ValueError(f"{name} must hold ints >= 1, got {v!r}")
-        choices = {"dial": ADAPTATIONS, "gate": GATES, "fusion": FUSIONS, "backbone": tuple(BACKBONES)}
+        choices = {"dial": ADAPTATIONS, "gate": GATES, "gate_input": GATE_INPUTS, "fusion": FUSIONS,
+                   "backbone": tuple(BACKBONES)}
         for name, known in choices.items():
             if getattr(self, name) not in known:
                 raise ValueError(f"{name} must be one of {known}, got {getattr(self, name)!r}")
+        for name in ("dial_per_domain", "se_in_experts", "per_domain_features", "sparse_embeddings"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
         if (not isinstance(self.hash_buckets, int) or isinstance(self.hash_buckets, bool)
                 or self.hash_buckets < 0 or self.hash_buckets == 1):
             raise ValueError(f"hash_buckets must be 0 (off) or an int >= 2, got {self.hash_buckets!r}")
-        if not isinstance(self.sparse_embeddings, bool):
-            raise ValueError(f"sparse_embeddings must be a bool, got {self.sparse_embeddings!r}")
-        bad = [p for p in self.se_placements if p not in SE_PLACEMENTS]
-        if bad or len(set(self.se_placements)) != len(self.se_placements):
-            raise ValueError(f"se_placements must be distinct values of {SE_PLACEMENTS}, "
-                             f"got {self.se_placements!r}")
-        if self.se_placements and self.backbone != "adi":
-            raise ValueError(f"se_placements apply to the 'adi' backbone only, not {self.backbone!r}")
-        if self.fusion == "netmul" and set(self.se_placements) - {"fusion"}:
-            raise ValueError(f"with fusion 'netmul' only the 'fusion' SE placement applies, "
-                             f"got {self.se_placements!r}")
+        if self.se_in_experts and self.backbone != "adi":
+            raise ValueError(f"se_in_experts puts SE blocks inside ADI's experts; backbone "
+                             f"{self.backbone!r} has none (use backbone 'adi' or drop se_in_experts)")
+        if self.gate_input == "domain" and self.backbone == "ple":
+            raise ValueError("PLE's gates read the features of their level (gate_input 'features'); "
+                             "gate_input 'domain' applies to the 'adi' and 'mmoe' backbones")
+        return self
+
+    def reads_field(self, field) -> bool:
+        """Whether the towers read schema field ``field`` (a :class:`~adirec.data.schema.Field`)."""
+        return field.name not in self.exclude_fields and (self.per_domain_features or not field.per_domain)
+
+    def uses_domain_embedding(self) -> bool:
+        """Whether a gate reads f_domain, the domain indicator's embedding: ADI's fusion gates
+        (eq. 11-15) and a shared-expert gate on the domain (eq. 8)."""
+        if self.backbone == "adi" and self.fusion in ("concat", "sum"):
+            return True
+        return self.backbone in _DOMAIN_GATED and self.gate_input == "domain"
+
+    def resolved(self, num_domains: int) -> "TwoTowerConfig":
+        """This config with the values that depend on the number of domains made numbers
+        (``shared_experts="domains+1"`` -> ``num_domains + 1``); self when there are none."""
+        if not isinstance(num_domains, int) or num_domains < 1:
+            raise ValueError(f"num_domains must be an int >= 1, got {num_domains!r}")
+        if self.shared_experts == DOMAINS_PLUS_ONE:
+            return dataclasses.replace(self, shared_experts=num_domains + 1)
         return self
 
     @classmethod
     def field_names(cls) -> list[str]:
         return [f.name for f in fields(cls)]
+
+    @classmethod
+    def from_dict(cls, values: dict, *, source: str = "model config") -> "TwoTowerConfig":
+        """The config saved as ``values`` (``dataclasses.asdict``); unknown fields (e.g. from a run
+        written by another version of adirec) are an error that names them and ``source``."""
+        unknown = sorted(set(values) - set(cls.field_names()))
+        if unknown:
+            raise ValueError(f"{source}: unknown model config fields {unknown}; this version knows "
+                             f"{cls.field_names()}. The run was written by another version of adirec: "
+                             f"retrain it with this one")
+        return cls(**values)

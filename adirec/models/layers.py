@@ -1,5 +1,5 @@
-"""Building blocks shared by every tower: domain routing, domain-specific batch norm, the MLP,
-and the domain interest adaptation layer.
+"""Building blocks shared by every tower: domain routing, domain-specific batch norm, the
+domain interest adaptation layer and the MLP.
 
 Paper: Jiang et al., "Adaptive Domain Interest Network for Multi-domain Recommendation",
 CIKM 2022 (arXiv 2206.09672). Equation numbers below refer to that paper.
@@ -87,76 +87,31 @@ class DomainSpecificBatchNorm(nn.Module):
 
 
 # -----------------------------------------------------------------------------
-# MLP: Linear -> norm -> ReLU -> dropout per layer
-
-
-class MLP(nn.Module):
-    """A stack of ``Linear -> norm -> ReLU -> dropout`` layers.
-
-    The norm is :class:`DomainSpecificBatchNorm` when ``dsbn`` (every norm of the network is
-    domain-specific, as in the paper) and a plain ``nn.BatchNorm1d`` otherwise. An empty
-    ``hidden`` gives the identity (``out_dim == in_dim``).
-    """
-
-    def __init__(
-        self,
-        in_dim: int,
-        hidden: Sequence[int],
-        num_domains: int = 1,
-        dsbn: bool = False,
-        dropout: float = 0.0,
-    ):
-        super().__init__()
-        hidden = tuple(hidden)
-        if in_dim < 1:
-            raise ValueError(f"MLP in_dim must be >= 1, got {in_dim}")
-        if any(h < 1 for h in hidden):
-            raise ValueError(f"MLP hidden sizes must be >= 1, got {hidden}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        self.dsbn = dsbn
-        self.out_dim = hidden[-1] if hidden else in_dim
-        dims = (in_dim, *hidden)
-        self.linears = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
-        self.norms = nn.ModuleList(
-            DomainSpecificBatchNorm(h, num_domains) if dsbn else nn.BatchNorm1d(h) for h in hidden
-        )
-        self.dropout = nn.Dropout(dropout)
-
-    def remove_norms(self) -> None:
-        """Drop the normalisation layers (``Linear -> ReLU -> dropout``)."""
-        self.norms = None
-
-    def after_linear(self, i: int, z: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
-        """norm -> ReLU -> dropout of layer ``i``; split out so that network multiplication
-        (experts.py, eq. 16-17) can run this MLP with its Linear weights swapped."""
-        if self.norms is not None:
-            z = self.norms[i](z, domain) if self.dsbn else self.norms[i](z)
-        return self.dropout(F.relu(z))
-
-    def forward(self, x: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
-        # x: (B, in_dim), domain: (B,)
-        for i, linear in enumerate(self.linears):
-            x = self.after_linear(i, linear(x), domain)
-        return x  # (B, out_dim)
-
-
-# -----------------------------------------------------------------------------
 # domain interest adaptation layer (section 4.2.2, eq. 21-26)
 #
-# Every variant keeps one set of parameters per domain, picks a row's set by its domain
-# indicator and maps field embeddings (B, F, E) -> (B, F, E). Each stores the per-field weights
-# it used on its last forward in ``last_weights`` (B, F) (None where the method has none), and
-# ``field_weights(e, domain)`` recomputes them without changing anything, for heat maps of
-# attention per domain and field.
+# Every variant maps field embeddings (B, F, E) -> (B, F, E). With ``per_domain`` (the paper's
+# layer) it keeps one set of parameters per domain and picks a row's set by its domain indicator;
+# without, one set serves every domain (Table 8's 1-SE: a single SE block shared by all domains).
+# ``num_sets`` is the number of sets held (D or 1), for an SE layer the number of SE blocks.
+# Each variant stores the per-field weights of its last forward in ``last_weights`` (B, F) (None
+# where the method has none), and ``field_weights(e, domain)`` recomputes them without changing
+# anything, for heat maps of attention per domain and field.
 
 
 class Adaptation(nn.Module):
     """Base of the adaptation layers; the identity (``dial="none"``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, num_domains: int = 1, per_domain: bool = True) -> None:
         super().__init__()
+        if num_domains < 1:
+            raise ValueError(f"num_domains must be >= 1, got {num_domains}")
+        self.per_domain = per_domain
+        self.num_sets = num_domains if per_domain else 1
         self.last_weights: torch.Tensor | None = None
+
+    def parameter_set(self, domain: torch.Tensor) -> torch.Tensor:
+        """Index of each row's parameter set (B,): its domain, or 0 when one set serves all."""
+        return domain if self.per_domain else torch.zeros_like(domain)
 
     def field_weights(self, e: torch.Tensor, domain: torch.Tensor) -> torch.Tensor | None:
         return None
@@ -167,43 +122,47 @@ class Adaptation(nn.Module):
 
 class LinearAdaptation(Adaptation):
     """Linear transformation (eq. 21-22): per domain and field an element-wise gain and shift,
-    ``e'_f = w_{d,f} * e_f + b_{d,f}``.
+    ``F'_i = w_i^(d) * F_i + b_i^(d)``.
 
     Starts as the identity (gain 1, shift 0) so that every domain begins from the shared
     embedding and only moves away where its data asks for it. Its per-field weight is the mean
     gain of the field, the closest thing this method has to an attention weight.
     """
 
-    def __init__(self, num_fields: int, dim: int, num_domains: int):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(num_domains, num_fields, dim))  # (D, F, E)
-        self.bias = nn.Parameter(torch.zeros(num_domains, num_fields, dim))  # (D, F, E)
+    def __init__(self, num_fields: int, dim: int, num_domains: int, per_domain: bool = True):
+        super().__init__(num_domains, per_domain)
+        self.weight = nn.Parameter(torch.ones(self.num_sets, num_fields, dim))  # (D, F, E)
+        self.bias = nn.Parameter(torch.zeros(self.num_sets, num_fields, dim))  # (D, F, E)
 
     def field_weights(self, e: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
-        return self.weight[domain].mean(-1)  # (B, F)
+        return self.weight[self.parameter_set(domain)].mean(-1)  # (B, F)
 
     def forward(self, e: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
         # e: (B, F, E)
-        w, b = self.weight[domain], self.bias[domain]  # (B, F, E) each
+        s = self.parameter_set(domain)
+        w, b = self.weight[s], self.bias[s]  # (B, F, E) each
         self.last_weights = w.mean(-1).detach()  # (B, F)
-        return e * w + b  # (B, F, E)
+        return e * w + b  # (B, F, E), eq. 21-22
 
 
 class VanillaAttentionAdaptation(Adaptation):
-    """Vanilla attention (eq. 23-24): a learned query per domain scores each field embedding,
-    a softmax over fields turns the scores into weights, and each field is scaled by its weight:
-    ``a_{d,f} = softmax_f(q_d . e_f / sqrt(E))``, ``e'_f = a_{d,f} e_f``.
+    """Vanilla attention (eq. 23-24): one learned query per field and domain, ``Q_i^(d)`` (E,),
+    scores its field's embedding and a sigmoid turns the score into that field's weight:
+    ``alpha_i = sigmoid(Q_i^(d) . F_i)`` (eq. 23), ``F'_i = alpha_i F_i`` (eq. 24).
+
+    Each field is weighed on its own (a sigmoid per field, not a softmax over fields), so the
+    weights need not sum to one: a domain may keep every field, or damp several at once.
     """
 
-    def __init__(self, num_fields: int, dim: int, num_domains: int):
-        super().__init__()
-        # random, not zero: a zero query would give every domain the same uniform weights
-        self.query = nn.Parameter(torch.randn(num_domains, dim) / math.sqrt(dim))  # (D, E)
-        self.scale = 1.0 / math.sqrt(dim)
+    def __init__(self, num_fields: int, dim: int, num_domains: int, per_domain: bool = True):
+        super().__init__(num_domains, per_domain)
+        # nn.Linear's initialisation, independently per domain and field
+        bound = 1.0 / math.sqrt(dim)
+        self.query = nn.Parameter(torch.empty(self.num_sets, num_fields, dim).uniform_(-bound, bound))  # (D, F, E)
 
     def field_weights(self, e: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
-        scores = torch.einsum("bfe,be->bf", e, self.query[domain]) * self.scale  # (B, F), eq. 23
-        return scores.softmax(dim=-1)  # (B, F), eq. 23
+        q = self.query[self.parameter_set(domain)]  # (B, F, E)
+        return torch.sigmoid((q * e).sum(dim=-1))  # (B, F), eq. 23
 
     def forward(self, e: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
         a = self.field_weights(e, domain)  # (B, F)
@@ -212,33 +171,33 @@ class VanillaAttentionAdaptation(Adaptation):
 
 
 class SEAdaptation(Adaptation):
-    """Squeeze-and-excitation per domain (eq. 25-26).
+    """Squeeze-and-excitation (eq. 25-26), one SE block per domain (or one for all domains).
 
-    Squeeze: each field embedding is mean-pooled to a scalar, z (B, F). Excitation: two FC
-    layers of domain d with reduction ``r`` (F -> max(1, F // r) -> F), ReLU between and a
-    sigmoid after, give one weight per field for that domain (eq. 25). Re-weight: each field
-    embedding is multiplied by its weight (eq. 26).
+    Squeeze: each field embedding is mean-pooled to a scalar, ``z = [mean(F_1), ..., mean(F_F)]``
+    (B, F). Excitation: two fully connected layers with reduction ``r`` (F -> max(1, F // r) -> F),
+    ReLU between and a sigmoid after, ``alpha = sigmoid(W_2 ReLU(W_1 z))`` (eq. 25), one weight per
+    field. Re-weight: ``F'_i = alpha_i F_i`` (eq. 26). The FC layers have no bias, as eq. 25 writes
+    them.
     """
 
-    def __init__(self, num_fields: int, dim: int, num_domains: int, reduction: int = 4):
-        super().__init__()
+    def __init__(self, num_fields: int, dim: int, num_domains: int, reduction: int = 4,
+                 per_domain: bool = True):
+        super().__init__(num_domains, per_domain)
         if reduction < 1:
             raise ValueError(f"SE reduction must be >= 1, got {reduction}")
         hidden = max(1, num_fields // reduction)
         self.hidden = hidden
-        # one pair of FC layers per domain, stored stacked so a row's set is one gather;
-        # initialised like nn.Linear (uniform in +-1/sqrt(fan_in)), independently per domain
+        # each block's pair of FC layers, stored stacked so a row's block is one gather;
+        # initialised like nn.Linear (uniform in +-1/sqrt(fan_in)), independently per block
         b1, b2 = 1.0 / math.sqrt(num_fields), 1.0 / math.sqrt(hidden)
-        self.w1 = nn.Parameter(torch.empty(num_domains, num_fields, hidden).uniform_(-b1, b1))  # (D, F, h)
-        self.b1 = nn.Parameter(torch.empty(num_domains, hidden).uniform_(-b1, b1))  # (D, h)
-        self.w2 = nn.Parameter(torch.empty(num_domains, hidden, num_fields).uniform_(-b2, b2))  # (D, h, F)
-        self.b2 = nn.Parameter(torch.empty(num_domains, num_fields).uniform_(-b2, b2))  # (D, F)
+        self.w1 = nn.Parameter(torch.empty(self.num_sets, num_fields, hidden).uniform_(-b1, b1))  # (D, F, h)
+        self.w2 = nn.Parameter(torch.empty(self.num_sets, hidden, num_fields).uniform_(-b2, b2))  # (D, h, F)
 
     def field_weights(self, e: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
-        z = e.mean(dim=-1)  # (B, F) squeeze
-        s = F.relu(torch.einsum("bf,bfh->bh", z, self.w1[domain]) + self.b1[domain])  # (B, h)
-        logits = torch.einsum("bh,bhf->bf", s, self.w2[domain]) + self.b2[domain]  # (B, F)
-        return torch.sigmoid(logits)  # (B, F), eq. 25
+        s = self.parameter_set(domain)
+        z = e.mean(dim=-1)  # (B, F), squeeze
+        hidden = F.relu(torch.einsum("bf,bfh->bh", z, self.w1[s]))  # (B, h)
+        return torch.sigmoid(torch.einsum("bh,bhf->bf", hidden, self.w2[s]))  # (B, F), eq. 25
 
     def forward(self, e: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
         a = self.field_weights(e, domain)  # (B, F)
@@ -250,12 +209,12 @@ class HiddenSE(SEAdaptation):
     """The SE block of eq. 25-26 on a hidden vector (B, H) instead of field embeddings.
 
     Each of the H units is its own "field" of width 1, so the squeeze is the identity and the
-    per-domain excitation maps H -> max(1, H // r) -> H. Used for the extra SE placements inside
-    the backbone (the paper's 3-SE / 4-SE variants, Table 8).
+    excitation maps H -> max(1, H // r) -> H. Used inside the experts for Table 8's 4-SE layout
+    (see :class:`MLP`).
     """
 
-    def __init__(self, width: int, num_domains: int, reduction: int = 4):
-        super().__init__(width, 1, num_domains, reduction)
+    def __init__(self, width: int, num_domains: int = 1, reduction: int = 4, per_domain: bool = True):
+        super().__init__(width, 1, num_domains, reduction, per_domain)
 
     def forward(self, h: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
         return super().forward(h.unsqueeze(-1), domain).squeeze(-1)  # (B, H)
@@ -264,16 +223,85 @@ class HiddenSE(SEAdaptation):
 ADAPTATIONS = ("se", "va", "lt", "none")
 
 
-def make_adaptation(
-    kind: str, num_fields: int, dim: int, num_domains: int, se_reduction: int = 4
-) -> Adaptation:
-    """Domain interest adaptation layer by name: "se" | "va" | "lt" | "none" (identity)."""
+def make_adaptation(kind: str, num_fields: int, dim: int, num_domains: int, se_reduction: int = 4,
+                    per_domain: bool = True) -> Adaptation:
+    """Domain interest adaptation layer by name: "se" | "va" | "lt" | "none" (identity).
+    ``per_domain=False``: one layer shared by every domain instead of one per domain."""
     if kind == "se":
-        return SEAdaptation(num_fields, dim, num_domains, se_reduction)
+        return SEAdaptation(num_fields, dim, num_domains, se_reduction, per_domain)
     if kind == "va":
-        return VanillaAttentionAdaptation(num_fields, dim, num_domains)
+        return VanillaAttentionAdaptation(num_fields, dim, num_domains, per_domain)
     if kind == "lt":
-        return LinearAdaptation(num_fields, dim, num_domains)
+        return LinearAdaptation(num_fields, dim, num_domains, per_domain)
     if kind == "none":
-        return Adaptation()
+        return Adaptation(num_domains, per_domain)
     raise ValueError(f"unknown adaptation {kind!r}; known: {ADAPTATIONS}")
+
+
+# -----------------------------------------------------------------------------
+# MLP: Linear -> norm -> ReLU -> dropout per layer
+
+
+class MLP(nn.Module):
+    """A stack of ``Linear -> norm -> ReLU -> dropout`` layers.
+
+    The norm is :class:`DomainSpecificBatchNorm` when ``dsbn`` (every norm of the network is
+    domain-specific, as in the paper) and a plain ``nn.BatchNorm1d`` otherwise. An empty
+    ``hidden`` gives the identity (``out_dim == in_dim``).
+
+    ``se_reduction`` (an int) puts an SE block inside the network, on the first layer's
+    activations (eq. 25-26 with each unit a field; after the first layer's dropout, before the
+    second layer, or at the output of a one-layer network). The block belongs to the network:
+    one set of weights whatever the row's domain, so inside a shared expert it is shared by all
+    domains and inside a domain-specific expert it is that domain's (Table 8's 4-SE layout).
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        hidden: Sequence[int],
+        num_domains: int = 1,
+        dsbn: bool = False,
+        dropout: float = 0.0,
+        se_reduction: int | None = None,
+    ):
+        super().__init__()
+        hidden = tuple(hidden)
+        if in_dim < 1:
+            raise ValueError(f"MLP in_dim must be >= 1, got {in_dim}")
+        if any(h < 1 for h in hidden):
+            raise ValueError(f"MLP hidden sizes must be >= 1, got {hidden}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if se_reduction is not None and not hidden:
+            raise ValueError("an SE block inside an MLP needs at least one layer")
+        self.dsbn = dsbn
+        self.out_dim = hidden[-1] if hidden else in_dim
+        dims = (in_dim, *hidden)
+        self.linears = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+        self.norms = nn.ModuleList(
+            DomainSpecificBatchNorm(h, num_domains) if dsbn else nn.BatchNorm1d(h) for h in hidden
+        )
+        self.dropout = nn.Dropout(dropout)
+        self.inner_se = HiddenSE(hidden[0], 1, se_reduction) if se_reduction is not None else None
+
+    def remove_norms(self) -> None:
+        """Drop the normalisation layers (``Linear -> ReLU -> dropout``)."""
+        self.norms = None
+
+    def after_linear(self, i: int, z: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
+        """norm -> ReLU -> dropout (-> inner SE after the first layer) of layer ``i``; split out
+        so that network multiplication (eq. 16-17) can run this MLP with its Linear weights
+        swapped."""
+        if self.norms is not None:
+            z = self.norms[i](z, domain) if self.dsbn else self.norms[i](z)
+        z = self.dropout(F.relu(z))
+        if i == 0 and self.inner_se is not None:
+            z = self.inner_se(z, torch.zeros_like(domain))  # (B, H_0), eq. 25-26, the network's own block
+        return z
+
+    def forward(self, x: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
+        # x: (B, in_dim), domain: (B,)
+        for i, linear in enumerate(self.linears):
+            x = self.after_linear(i, linear(x), domain)
+        return x  # (B, out_dim)

@@ -1,9 +1,31 @@
 """Named model presets and the parameter budget of a fair comparison.
 
-``build_config("adi-se", fusion="sum")`` -> a validated TwoTowerConfig;
-``build_model(name, schema, num_domains, config)`` -> the model (a :class:`TwoTowerModel`, or a
-:class:`PerDomainModel` for ``dnn-single``); ``match_parameter_budget(...)`` -> the preset with
-its widths scaled to a parameter budget.
+A preset (:class:`Preset`) is what a model name means: its TwoTowerConfig values, its training
+defaults (TrainConfig fields) and whether it is one model per domain.
+
+``build_config("adi-se", num_domains=3, fusion="sum")`` -> a validated TwoTowerConfig;
+``train_defaults("mmoe")`` -> the TrainConfig fields the preset sets (apply them under the user's
+options); ``build_model(name, schema, num_domains, config)`` -> the model (a
+:class:`TwoTowerModel`, or a :class:`PerDomainModel` for ``dnn-single``);
+``match_parameter_budget(...)`` -> the preset with its widths scaled to a parameter budget.
+
+Every preset is the model its paper describes, with the paper's own defaults; a departure is a
+named TwoTowerConfig option, never a preset default:
+
+* ``adi-se``, ``adi-va``, ``adi-lt``: ADI (Jiang et al., CIKM 2022) with the SE block, vanilla
+  attention or linear transformation as the per-domain adaptation layer (eq. 21-26); one shared
+  expert mixed by the linear domain gate of eq. 8, domain-specific experts, CONCAT fusion
+  (eq. 11-13), domain-specific forward networks (eq. 18), DSBN (eq. 20), self-training
+  (Algorithm 1).
+* ``adi-se-max``: ADI-SE with several shared networks (section 5.1.3), the larger model.
+* ``dnn``: one network on the mixed data; it reads the per-domain features and ranks each
+  domain's corpus, but has no domain-specific part.
+* ``dnn-blind``: a network that knows nothing of domains: no per-domain feature, no domain
+  indicator, one softmax over the whole corpus in training.
+* ``dnn-single``: one ``dnn`` per domain, each trained on its own domain.
+* ``shared-bottom``, ``cross-stitch``, ``mmoe`` (D + 1 experts, section 5.1.4; softmax gates on
+  the features), ``ple`` (one specific expert per domain + one shared; softmax gates on the
+  features), ``star``: the comparison methods (see :mod:`adirec.models.baselines`).
 
 Fair comparison (ADI paper, section 5.1.4): every neural method reads the same inputs and uses
 batch norm (ADI and STAR: per domain), and its parameter count is within +-10% of ADI-SE's at the
@@ -12,54 +34,101 @@ as ADI and differ only in the backbone (see :mod:`adirec.models.baselines`).
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
-from functools import partial
-from typing import Callable
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Mapping
 
 import torch
 import torch.nn as nn
 
 from adirec.data.schema import Schema
-from adirec.models.config import TwoTowerConfig
+from adirec.models.config import DOMAINS_PLUS_ONE, TwoTowerConfig
 from adirec.models.adi import TwoTowerModel
 from adirec.models.per_domain import PerDomainModel
 from adirec.models.towers import SharedEmbeddings
 
+
+@dataclass(frozen=True)
+class Preset:
+    """What a model name means.
+
+    Attributes:
+        description: one line for listings.
+        model: TwoTowerConfig fields the preset sets (the rest keep the TwoTowerConfig default);
+            ``shared_experts="domains+1"`` is resolved when the number of domains is known.
+        train: TrainConfig fields the preset sets, as plain values (``self_training`` as a dict
+            of SelfTrainingConfig fields); the user's options apply on top.
+        per_domain: one model per domain, each trained on its own domain (PerDomainModel).
+    """
+
+    description: str
+    model: Mapping[str, Any] = field(default_factory=dict)
+    train: Mapping[str, Any] = field(default_factory=dict)
+    per_domain: bool = False
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.model) - set(TwoTowerConfig.field_names()))
+        if unknown:
+            raise ValueError(f"preset {self.description!r}: unknown TwoTowerConfig fields {unknown}")
+        object.__setattr__(self, "model", MappingProxyType(dict(self.model)))
+        object.__setattr__(self, "train", MappingProxyType(dict(self.train)))
+
+
+# self-training is part of ADI (Algorithm 1), not of the comparison methods
+_ADI_TRAIN = {"self_training": {"enabled": True}}
+_BASELINE_TRAIN = {"self_training": {"enabled": False}}
 # the comparison methods: no domain interest adaptation (that is ADI's), plain batch norm in the
 # shared networks, one forward network (task tower) per domain as in ADI
 _MULTI_TASK = dict(dial="none", dsbn=False, domain_forward=True)
-# no domain awareness anywhere: no adaptation, one MLP, plain BN, one forward network
+# one network for every domain: no adaptation, one MLP, plain BN, one forward network
 _DNN = dict(backbone="mlp", dial="none", dsbn=False, domain_forward=False)
 
-# preset name -> factory; keyword arguments to the factory override the preset's own values
-MODELS: dict[str, Callable[..., TwoTowerConfig]] = {
-    "adi-se": partial(TwoTowerConfig, dial="se"),
-    "adi-va": partial(TwoTowerConfig, dial="va"),
-    "adi-lt": partial(TwoTowerConfig, dial="lt"),
-    "adi-se-max": partial(TwoTowerConfig, dial="se", shared_experts=3),
-    "dnn": partial(TwoTowerConfig, **_DNN),
-    # one dnn per domain, each trained on its domain only (PerDomainModel); the config is a
-    # sub-model's, which is a one-domain dnn
-    "dnn-single": partial(TwoTowerConfig, **_DNN),
-    "shared-bottom": partial(TwoTowerConfig, backbone="shared-bottom", **_MULTI_TASK),
-    "cross-stitch": partial(TwoTowerConfig, backbone="cross-stitch", **_MULTI_TASK),
-    "mmoe": partial(TwoTowerConfig, backbone="mmoe", shared_experts=3, **_MULTI_TASK),
-    "ple": partial(TwoTowerConfig, backbone="ple", shared_experts=1, specific_experts=1, ple_levels=1,
-                   **_MULTI_TASK),
+MODELS: dict[str, Preset] = {
+    "adi-se": Preset("ADI with a per-domain SE block as adaptation layer (ADI-SE, Table 8's 3-SE)",
+                     dict(dial="se"), _ADI_TRAIN),
+    "adi-va": Preset("ADI with per-domain vanilla attention as adaptation layer (ADI-VA)",
+                     dict(dial="va"), _ADI_TRAIN),
+    "adi-lt": Preset("ADI with a per-domain linear transformation as adaptation layer (ADI-LT)",
+                     dict(dial="lt"), _ADI_TRAIN),
+    "adi-se-max": Preset("ADI-SE with three shared networks (ADI-SE (MAX), the larger model)",
+                         dict(dial="se", shared_experts=3), _ADI_TRAIN),
+    "dnn": Preset("one DNN on the mixed data, with the per-domain features and each domain's corpus",
+                  _DNN, _BASELINE_TRAIN),
+    "dnn-blind": Preset("one DNN that knows nothing of domains: no per-domain features, one softmax "
+                        "over the whole corpus", dict(_DNN, per_domain_features=False),
+                        {**_BASELINE_TRAIN, "corpus_negatives_only": False}),
+    # the config is a sub-model's, which is a one-domain dnn
+    "dnn-single": Preset("one DNN per domain, each trained on its own domain", _DNN, _BASELINE_TRAIN,
+                         per_domain=True),
+    "shared-bottom": Preset("shared-bottom: one shared MLP, one tower per domain",
+                            dict(backbone="shared-bottom", **_MULTI_TASK), _BASELINE_TRAIN),
+    "cross-stitch": Preset("cross-stitch networks: one column per domain, linked by cross-stitch units",
+                           dict(backbone="cross-stitch", **_MULTI_TASK), _BASELINE_TRAIN),
+    "mmoe": Preset("MMoE: D + 1 shared experts, one softmax gate per domain on the features",
+                   dict(backbone="mmoe", shared_experts=DOMAINS_PLUS_ONE, gate="softmax",
+                        gate_input="features", **_MULTI_TASK), _BASELINE_TRAIN),
+    "ple": Preset("PLE (one level, CGC): one specific expert per domain and one shared, softmax gates "
+                  "on the features", dict(backbone="ple", shared_experts=1, specific_experts=1, ple_levels=1,
+                                          gate="softmax", gate_input="features", **_MULTI_TASK),
+                  _BASELINE_TRAIN),
     # STAR's partitioned normalisation is domain-specific batch norm
-    "star": partial(TwoTowerConfig, backbone="star", dial="none", dsbn=True, domain_forward=True),
+    "star": Preset("STAR: a star topology of shared and per-domain weights, partitioned normalisation",
+                   dict(backbone="star", dial="none", dsbn=True, domain_forward=True), _BASELINE_TRAIN),
 }
 
 #: presets served by :class:`PerDomainModel` (one model per domain, trained per domain)
-PER_DOMAIN_MODELS = frozenset({"dnn-single"})
+PER_DOMAIN_MODELS = frozenset(name for name, preset in MODELS.items() if preset.per_domain)
 
-#: SE placements of the paper's Table 8 / Figure 4 (``se_placements`` of an ``adi-se`` config;
-#: the first SE block is always the DIAL at the input embeddings)
-SE_LAYOUTS: dict[str, tuple[str, ...]] = {
-    "1-SE": (),
-    "3-SE": ("shared", "specific"),
-    "4-SE": ("shared", "specific", "fusion"),
+#: SE layouts of the paper's Table 8 / Figure 4, as TwoTowerConfig changes to ``adi-se``:
+#: 1-SE, one SE block shared by all domains at the input; 3-SE, one SE block per domain at the
+#: input (ADI-SE itself); 4-SE, 3-SE plus an SE block inside every shared and domain-specific expert
+SE_LAYOUTS: dict[str, dict[str, Any]] = {
+    "1-SE": {"dial_per_domain": False},
+    "3-SE": {},
+    "4-SE": {"se_in_experts": True},
 }
 
 #: config fields that set the inputs and the size every method shares at "the chosen size"
@@ -67,23 +136,39 @@ SIZE_FIELDS = ("embedding_dim", "expert_hidden", "expert_out", "forward_hidden",
                "exclude_fields")
 
 
-def build_config(name: str, **overrides) -> TwoTowerConfig:
-    """The preset ``name`` with ``overrides`` (any TwoTowerConfig field) applied, validated."""
+def _preset(name: str) -> Preset:
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; known: {sorted(MODELS)}")
+    return MODELS[name]
+
+
+def build_config(name: str, num_domains: int | None = None, **overrides) -> TwoTowerConfig:
+    """The preset ``name`` with ``overrides`` (any TwoTowerConfig field) applied, validated.
+
+    With ``num_domains`` the values that depend on it are resolved (MMoE's ``shared_experts``
+    becomes D + 1 unless overridden), so the config records what the model is; without, they
+    stay symbolic (``"domains+1"``) and the model resolves them when it is built.
+    """
+    preset = _preset(name)
     unknown = sorted(set(overrides) - set(TwoTowerConfig.field_names()))
     if unknown:
         raise ValueError(f"unknown config fields {unknown}; known: {TwoTowerConfig.field_names()}")
-    return MODELS[name](**overrides)  # __post_init__ validates
+    config = TwoTowerConfig(**{**preset.model, **overrides})  # __post_init__ validates
+    return config if num_domains is None else config.resolved(num_domains)
+
+
+def train_defaults(name: str) -> dict:
+    """The TrainConfig fields preset ``name`` sets (a fresh dict; nested dicts for nested configs),
+    e.g. ``{"self_training": {"enabled": False}}`` for the comparison methods."""
+    return copy.deepcopy(dict(_preset(name).train))
 
 
 def build_model(name: str, schema: Schema, num_domains: int, config: TwoTowerConfig | None = None) -> nn.Module:
     """The model of preset ``name`` (``config`` defaults to the preset's own)."""
-    config = config if config is not None else build_config(name)
-    if name in PER_DOMAIN_MODELS:
+    preset = _preset(name)
+    config = config if config is not None else build_config(name, num_domains)
+    if preset.per_domain:
         return PerDomainModel(schema, num_domains, config)
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; known: {sorted(MODELS)}")
     return TwoTowerModel(schema, num_domains, config)
 
 
@@ -140,7 +225,7 @@ def match_parameter_budget(name: str, schema: Schema, num_domains: int, target_p
         raise ValueError(f"target_params must be >= 1, got {target_params}")
     if not 0 < tolerance < 1:
         raise ValueError(f"tolerance must be in (0, 1), got {tolerance}")
-    base = build_config(name, **overrides)
+    base = build_config(name, num_domains, **overrides)
 
     def dense(m: float) -> int:
         return parameter_counts(name, schema, num_domains, scale_widths(base, m))["dense"]
@@ -190,14 +275,7 @@ def budget_matched_config(name: str, schema: Schema, num_domains: int, *, refere
     ``name == reference`` returns the reference itself.
     """
     if name == reference:
-        return build_config(name, **overrides)
+        return build_config(name, num_domains, **overrides)
     size = {k: v for k, v in overrides.items() if k in SIZE_FIELDS}
-    target = parameter_counts(reference, schema, num_domains, build_config(reference, **size))["dense"]
+    target = parameter_counts(reference, schema, num_domains, build_config(reference, num_domains, **size))["dense"]
     return match_parameter_budget(name, schema, num_domains, target, tolerance=tolerance, **overrides)
-
-
-def train_defaults(name: str) -> dict:
-    """TrainConfig field overrides that preset ``name`` trains with (nested like TrainConfig)."""
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; known: {sorted(MODELS)}")
-    return {}

@@ -4,12 +4,14 @@ A tower maps one side's features to a vector:
 
     features -> field embeddings (B, F, E)          eq. 6-7
              -> domain interest adaptation (B, F, E) eq. 21-26
-             -> flatten (B, F*E) -> backbone (B, H)  eq. 8-17
+             -> flatten (B, F*E) -> backbone (B, H)  eq. 8-17 (gates read f_domain (D, E))
              -> domain-specific forward net (B, H')  eq. 18
              -> Linear (B, O) -> optional L2 norm
 
 Both towers take their id embeddings from one :class:`SharedEmbeddings` owned by the model, so a
-vocabulary used on both sides (the user's item history and the target item) is one table.
+vocabulary used on both sides (the user's item history and the target item) is one table; the
+domain indicator's embedding ``f_domain`` is one more table there, read by the gates of both
+towers (each tower has its own gate weights).
 """
 from __future__ import annotations
 
@@ -30,6 +32,10 @@ class SharedEmbeddings(nn.Module):
     up the same table (eq. 6). Row ``OOV`` (0) is the padding row: all zeros and never trained,
     so padding and unseen ids contribute nothing.
 
+    ``num_domains > 0`` adds ``domain`` (an ``nn.Embedding(num_domains, dim)``): ``f_domain``, the
+    embedding of the domain indicator that ADI's gates read (eq. 8, 11-15); None otherwise. It
+    is an ordinary dense table (never hashed, never sparse: it has D rows).
+
     High-cardinality ids: with ``hash_buckets = H > 0`` every vocabulary larger than ``H`` gets a
     table of ``H`` rows and its ids are hashed into rows ``1..H-1`` (row 0 stays padding), so
     the table no longer grows with the catalogue; colliding ids share a vector. With ``sparse``
@@ -41,7 +47,8 @@ class SharedEmbeddings(nn.Module):
     # for any id below 2^31
     _HASH_P, _HASH_A, _HASH_B = 2_147_483_647, 1_103_515_245, 12_345
 
-    def __init__(self, schema: Schema, dim: int, hash_buckets: int = 0, sparse: bool = False):
+    def __init__(self, schema: Schema, dim: int, hash_buckets: int = 0, sparse: bool = False,
+                 num_domains: int = 0):
         super().__init__()
         if dim < 1:
             raise ValueError(f"embedding dim must be >= 1, got {dim}")
@@ -58,6 +65,9 @@ class SharedEmbeddings(nn.Module):
         self.dense = nn.ModuleDict(
             {f.name: nn.Linear(f.dim, dim) for f in schema.fields if f.kind == "dense"}
         )
+        if num_domains < 0:
+            raise ValueError(f"num_domains must be >= 0 (0: no domain embedding), got {num_domains}")
+        self.domain = nn.Embedding(num_domains, dim) if num_domains else None  # (D, E): f_domain
 
     def rows(self, vocab: str, x: torch.Tensor) -> torch.Tensor:
         """Table rows of ids ``x`` of ``vocab``: the ids themselves, or their hashes (0 stays 0)."""
@@ -90,7 +100,10 @@ class FieldEmbeddings(nn.Module):
         self.side = side
         self.fields = [f for f in schema.side(side) if f.name not in exclude]
         if not self.fields:
-            raise ValueError(f"schema has no {side!r}-side fields; a tower needs at least one")
+            left_out = [f.name for f in schema.side(side) if f.name in exclude]
+            raise ValueError(f"no {side!r}-side fields to read (schema has {[f.name for f in schema.side(side)]}, "
+                             f"left out: {left_out}); a tower needs at least one: change exclude_fields "
+                             f"or per_domain_features")
         self.shared = shared  # registered in both towers: the same tables, not copies
         self.num_fields = len(self.fields)
         self.dim = shared.dim
@@ -119,13 +132,20 @@ class Tower(nn.Module):
         super().__init__()
         if num_domains < 1:
             raise ValueError(f"num_domains must be >= 1, got {num_domains}")
+        config = config.resolved(num_domains)
         self.side = side
         self.num_domains = num_domains
         self.l2_normalize = config.l2_normalize
-        self.embeddings = FieldEmbeddings(schema, side, embeddings, config.exclude_fields)
+        ignored = tuple(f.name for f in schema.fields if not config.reads_field(f))
+        self.embeddings = FieldEmbeddings(schema, side, embeddings, ignored)
         n_fields, dim = self.embeddings.num_fields, self.embeddings.dim
-        self.adaptation = make_adaptation(config.dial, n_fields, dim, num_domains, config.se_reduction)
-        self.backbone = BACKBONES[config.backbone](config, n_fields * dim, num_domains)
+        self.adaptation = make_adaptation(config.dial, n_fields, dim, num_domains, config.se_reduction,
+                                          per_domain=config.dial_per_domain)
+        if config.uses_domain_embedding() and embeddings.domain is None:
+            raise ValueError(f"the {config.backbone!r} backbone's gates read the domain embedding "
+                             f"f_domain, but the shared embeddings have none (build them with num_domains)")
+        self.backbone = BACKBONES[config.backbone](config, n_fields * dim, num_domains,
+                                                   domain_embedding=embeddings.domain)
         h = self.backbone.out_dim
         if config.domain_forward:
             # one forward network per domain, rows routed by domain like the domain experts

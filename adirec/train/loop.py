@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -164,14 +165,17 @@ class Trainer:
         self._ddp = ddp.wrap(model, self.loss, self.device) if self.world_size > 1 else None
         self.history: list[dict] = []
         self._resumed_seconds = 0.0
+        self._pseudo_candidates, self._said_nothing_to_label = 0, False
 
     # ------------------------------------------------------------------ step
     def loss(self, batch: Batch, p: float) -> tuple[torch.Tensor, int]:
         """Loss of one batch plus its pseudo-positives; returns (loss, number of pseudo rows)."""
         model, cfg, D, dev = self.model, self.config, self.data.num_domains, self.device
         batch = batch.to(dev)
-        src, pd = pseudo_positives(model, self.store, batch.user, batch.item, batch.domain, D, p,
-                                   timestamp=batch.timestamp)
+        pseudo = pseudo_positives(model, self.store, batch.user, batch.item, batch.domain, D, p,
+                                  in_corpus=self.in_corpus, timestamp=batch.timestamp)
+        src, pd = pseudo.source, pseudo.domain
+        self._pseudo_candidates += pseudo.candidates
         user = torch.cat([batch.user, batch.user[src]])
         item = torch.cat([batch.item, batch.item[src]])
         domain = torch.cat([batch.domain, pd])
@@ -242,6 +246,7 @@ class Trainer:
         p = cfg.self_training.fraction(epoch)
         n_train = len(self.batches) if self.batches is not None else len(self.train_data.splits["train"])
         t0, total, n_rows, n_pseudo = time.time(), 0.0, 0, 0
+        self._pseudo_candidates = 0
         bar = tqdm(total=n_train // self.world_size, unit="samples", unit_scale=True,
                    disable=not (cfg.progress and main), desc=f"epoch {epoch + 1}/{cfg.epochs}",
                    leave=False, dynamic_ncols=True)
@@ -261,11 +266,16 @@ class Trainer:
         bar.close()
         if self.world_size > 1:  # one model everywhere before validating and saving
             ddp.average_buffers(self.model)
-            total, n_rows, n_pseudo = ddp.all_reduce_sums([total, n_rows, n_pseudo])
+            total, n_rows, n_pseudo, self._pseudo_candidates = ddp.all_reduce_sums(
+                [total, n_rows, n_pseudo, self._pseudo_candidates])
             n_rows, n_pseudo = int(n_rows), int(n_pseudo)
         seconds = time.time() - t0
+        if p > 0 and self._pseudo_candidates == 0 and main and not self._said_nothing_to_label:
+            tqdm.write("self-training has nothing to label: no training item of one domain is in another "
+                       "domain's corpus (the domains' catalogues are disjoint)", file=sys.stderr)
+            self._said_nothing_to_label = True
         return {"epoch": epoch + 1, "loss": total / max(n_rows, 1), "pseudo_fraction": p,
-                "pseudo_rows": n_pseudo, "epoch_seconds": seconds,
+                "pseudo_rows": n_pseudo, "pseudo_candidates": int(self._pseudo_candidates), "epoch_seconds": seconds,
                 "samples_per_second": n_rows / max(seconds, 1e-9)}
 
     def _validate_epoch(self, row: dict) -> dict:
