@@ -8,8 +8,9 @@ One ``adirec serve`` process (one torch/FAISS thread per request) on 127.0.0.1.
    domains, k=100) for ``--duration`` seconds;
 2. mixed: 28 connections of the same normal requests and, at the same time, 4 connections of
    hostile requests, each connection waiting between requests so that the hostile requests are
-   about ``--hostile-share`` of all requests (the wait is set from the clean run's throughput;
-   the shares reached are measured and reported). Hostile requests cycle over: a 300 kB user id,
+   about ``--hostile-share`` of all requests (the wait is set from the clean run's throughput
+   and the hostile requests' own p50 in a 3 s run of them alone; the share reached is measured
+   and reported). Hostile requests cycle over: a 300 kB user id,
    a 1.5 MB body, JSON nested 100,000 levels deep, wrong types, a dense feature of 1e308, a
    history of 1,000 keys of 900 characters.
 
@@ -202,10 +203,15 @@ def main(argv=None) -> int:
                   f"{clean['requests_per_s']:.0f} req/s, statuses {clean['statuses']}, peak RSS "
                   f"{sampler.peak:.0f} MiB", flush=True)
 
+            # each hostile connection waits so that hostile requests are `share` of all: the wait is
+            # the interval at the target rate less a hostile request's own time (a 3 s run alone)
+            hostile = work / "hostile.lua"
+            hostile.write_text(hostile_script(users[0], 0))
+            alone = finish(run_wrk(hostile, server.url, args.hostile_connections, 3), 3)
             share = args.hostile_share
             hostile_rate = share / (1 - share) * clean["requests_per_s"]  # per second, all hostile connections
-            delay_ms = 1000 * args.hostile_connections / max(hostile_rate, 1e-3)
-            hostile = work / "hostile.lua"
+            delay_ms = max(0.0, 1000 * args.hostile_connections / max(hostile_rate, 1e-3) - alone["p50_ms"])
+            results["hostile_alone"] = alone
             hostile.write_text(hostile_script(users[0], delay_ms))
             with RssSampler(server.pid) as sampler:
                 a = run_wrk(normal, server.url, args.connections - args.hostile_connections, args.duration)
