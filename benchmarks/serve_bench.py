@@ -35,7 +35,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -51,7 +50,9 @@ from adirec.models.config import TwoTowerConfig
 from adirec.models.adi import TwoTowerModel
 from adirec.serve.bundle import load_bundle, write_bundle
 from adirec.serve.service import Recommender
-from adirec.serve.process import start_server, stop_server
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from server_process import start_server, stop_server  # noqa: E402  (shared with the serving tests)
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -86,12 +87,6 @@ def recall_at(approx: np.ndarray, exact: np.ndarray) -> float:
 
 def percentile_ms(seconds: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(seconds) * 1e3, q))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 _UNIT = {"us": 1e-3, "ms": 1.0, "s": 1e3}
@@ -215,9 +210,8 @@ def main(argv=None) -> int:
     bodies = [json.dumps({"user_id": u, "domain": dn, "k": args.k}) for u, dn in zip(users, doms)]
     script = work / "recommend.lua"
     script.write_text(wrk_script(bodies))
-    port = free_port()
-    server = start_server(bundle_dir, port, timeout=600)
-    base = f"http://127.0.0.1:{port}"
+    server = start_server(bundle_dir, timeout=600)
+    base = server.url
     http = {}
     try:
         import httpx

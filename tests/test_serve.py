@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import threading
 import time
 
@@ -21,9 +20,11 @@ from adirec.serve.bundle import (
     FORMAT_VERSION, BundleError, IndexConfig, export_bundle, load_bundle, write_bundle,
 )
 from adirec.serve.service import FROM_MODEL, FROM_POPULAR, FROM_REQUEST, Recommender, RequestError, UnknownDomainError
-from adirec.serve.process import start_server, stop_server
+from server_process import start_server, stop_server
 from adirec.train.loop import TwoTowerScorer
 
+TOKEN = "test-token-0123456789"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 TINY_MODEL = dict(embedding_dim=8, expert_hidden=(16,), expert_out=8, forward_hidden=(8,), output_dim=8)
 
 
@@ -369,7 +370,8 @@ def second_bundle(served, tmp_path_factory):
 def client(rec):
     from fastapi.testclient import TestClient
     from adirec.serve.app import ServeConfig, create_app
-    app = create_app(rec, ServeConfig(max_k=50, max_batch=8, max_body_bytes=4096, enable_reload=True))
+    app = create_app(rec, ServeConfig(max_k=50, max_batch=8, max_body_bytes=4096, enable_reload=True,
+                                      api_token=TOKEN, reload_root=rec.bundle.path.parents[1]))
     with TestClient(app, raise_server_exceptions=False) as c:
         yield c
 
@@ -380,7 +382,7 @@ def test_http_healthz_and_metadata(client, rec, served):
     assert r.status_code == 200 and r.json() == {"status": "ok", "model_version": rec.model_version,
                                                   "domains": data.domains}
     m = client.get("/v1/metadata").json()
-    assert m["model"] == "adi-se" and m["model_version"] == rec.model_version and m["format_version"] == 1
+    assert m["model"] == "adi-se" and m["model_version"] == rec.model_version and m["format_version"] == FORMAT_VERSION
     assert {d: v["items"] for d, v in m["domains"].items()} == {n: len(data.corpus[i]) for i, n in enumerate(data.domains)}
     assert m["max_k"] == 1000 and "history" in m["request_features"] and "gender" in m["request_features"]
 
@@ -462,18 +464,18 @@ def test_http_malformed_wrong_type_and_oversized_bodies(client):
 
 def test_http_reload_swaps_bundles_and_keeps_serving_on_failure(client, rec, second_bundle, served, tmp_path):
     v1 = rec.model_version
-    r = client.post("/v1/admin/reload", json={"bundle": str(second_bundle)})
+    r = client.post("/v1/admin/reload", json={"bundle": str(second_bundle)}, headers=AUTH)
     assert r.status_code == 200 and r.json()["previous_model_version"] == v1
     v2 = r.json()["model_version"]
     assert v2 != v1 and client.get("/healthz").json()["model_version"] == v2
     broken = tmp_path / "broken"
     shutil.copytree(served[1], broken)
     (broken / "model.safetensors").write_bytes(b"x")
-    r = client.post("/v1/admin/reload", json={"bundle": str(broken)})
+    r = client.post("/v1/admin/reload", json={"bundle": str(broken)}, headers=AUTH)
     assert r.status_code == 422 and "truncated" in r.text and v2 in r.text
     assert client.get("/healthz").json()["model_version"] == v2
-    assert client.post("/v1/admin/reload", json={"bundle": str(served[1])}).json()["model_version"] == v1
-    assert client.post("/v1/admin/reload").status_code == 200  # no body: reload the same path
+    assert client.post("/v1/admin/reload", json={"bundle": str(served[1])}, headers=AUTH).json()["model_version"] == v1
+    assert client.post("/v1/admin/reload", headers=AUTH).status_code == 200  # no body: reload the same path
 
 
 def test_http_defaults_reload_off_and_k_bounded_by_the_corpus(rec, served):
@@ -508,6 +510,7 @@ def _focused_openapi(app, rec, data, bundle) -> dict:
         user_id=users, domain=domain, k=k, features={"anyOf": [features, {"type": "null"}]})
     comp["BatchRequest"]["properties"].update(
         user_ids={"type": "array", "items": users, "minItems": 1, "maxItems": 10}, domain=domain, k=k)
+    comp["HistoryRequest"]["properties"].update(user_id=users, domain=domain)
     comp["ReloadRequest"]["properties"]["bundle"] = {"anyOf": [{"enum": [str(bundle), "/nonexistent"]}, {"type": "null"}]}
     return schema
 
@@ -518,13 +521,14 @@ def test_openapi_fuzz_finds_no_server_error(rec, served):
     schemathesis = pytest.importorskip("schemathesis")
     from hypothesis import HealthCheck, given, settings
     from adirec.serve.app import ServeConfig, create_app
-    app = create_app(rec, ServeConfig(max_k=50, max_batch=8, enable_reload=True))
+    app = create_app(rec, ServeConfig(max_k=50, max_batch=8, enable_reload=True, api_token=TOKEN))
     app.openapi_schema = _focused_openapi(app, rec, served[3], served[1])  # what /openapi.json serves
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     seen_status: dict[str, set[int]] = {}
     operations = [op.ok() for op in schema.get_all_operations()]
     assert {f"{o.method.upper()} {o.path}" for o in operations} == {
-        "POST /v1/recommend", "POST /v1/recommend/batch", "GET /healthz", "GET /v1/metadata", "POST /v1/admin/reload"}
+        "POST /v1/recommend", "POST /v1/recommend/batch", "POST /v1/history", "GET /healthz", "GET /v1/metadata",
+        "GET /metrics", "POST /v1/admin/reload"}
     for op in operations:
         modes = [schemathesis.GenerationMode.POSITIVE]
         if op.method.upper() == "POST":  # a GET without parameters has no invalid form
@@ -534,7 +538,7 @@ def test_openapi_fuzz_finds_no_server_error(rec, served):
                       suppress_health_check=list(HealthCheck))
             @given(case=op.as_strategy(generation_mode=mode))
             def check(case):
-                response = case.call()
+                response = case.call(headers=AUTH)
                 seen_status.setdefault(op.path, set()).add(response.status_code)
                 assert response.status_code < 500, (case.body, response.text)
             check()
@@ -543,17 +547,11 @@ def test_openapi_fuzz_finds_no_server_error(rec, served):
     assert {200, 422} <= seen_status["/v1/recommend/batch"] and 200 in seen_status["/v1/admin/reload"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_real_uvicorn_process_serves_and_reloads_without_failed_requests(served, second_bundle):
     import httpx
-    port = _free_port()
-    proc = start_server(served[1], port, "--enable-reload")
-    base = f"http://127.0.0.1:{port}"
+    proc = start_server(served[1], "--enable-reload", "--reload-root", str(served[1].parents[1]),
+                        env={"ADIREC_API_TOKEN": TOKEN})
+    base = proc.url
     try:
         data = served[3]
         r = httpx.post(f"{base}/v1/recommend", json={"user_id": data.user_keys[2], "domain": "d1", "k": 5})
@@ -576,7 +574,8 @@ def test_real_uvicorn_process_serves_and_reloads_without_failed_requests(served,
             w.start()
         swaps = []
         for target in (second_bundle, served[1], second_bundle):
-            swaps.append(httpx.post(f"{base}/v1/admin/reload", json={"bundle": str(target)}, timeout=60).status_code)
+            swaps.append(httpx.post(f"{base}/v1/admin/reload", json={"bundle": str(target)}, headers=AUTH,
+                                    timeout=60).status_code)
         time.sleep(0.3)
         stop.set()
         for w in workers:

@@ -5,7 +5,10 @@ data or the source code's data loaders:
 
     BUNDLE/
       manifest.json                 format + version, model, domains, item counts, index kinds,
-                                    creation time and the sha256 + size of every other file
+                                    creation time, the user key scope, the number of items the
+                                    model knows (``model_items``; ids above it were added later by
+                                    :func:`adirec.serve.items.add_items`), the revision, and the
+                                    sha256 + size of every other file
       config.json                   run config (model name and config, schema, data spec)
       model.safetensors             weights of both towers
       vocab/users.parquet           column ``key``: row r is the raw key of encoded user r + 1
@@ -18,6 +21,10 @@ data or the source code's data loaders:
       domains/<d>/items.safetensors ``item_ids`` (n,) the domain's corpus, ``embeddings`` (n, O)
                                     its item vectors, ``popular_ids`` / ``popular_counts``
       domains/<d>/index.faiss       inner-product index over ``embeddings`` (labels = rows)
+
+Format version 2 added ``user_key_scope``, ``model_items`` and ``revision`` to the manifest (and
+allows item ids above ``model_items``); a version 1 bundle is migrated on load (see
+:func:`migrate_manifest`).
 
 Nothing is pickled: tensors are safetensors, tables Parquet, metadata JSON, so loading an
 untrusted bundle cannot execute code. The bundle is written to a hidden temporary directory
@@ -50,8 +57,12 @@ from adirec.models.adi import TwoTowerModel
 from adirec.utils import atomic_write_json, load_weights, publish_directory, save_weights
 
 FORMAT = "adirec-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # 1 is migrated on load
 MANIFEST = "manifest.json"
+#: user keys are the data's own ids ("global") or "<domain>:<id>" ("domain", e.g. XMRec markets)
+KEY_SCOPES = ("global", "domain")
+DOMAIN_KEY_SEPARATOR = ":"
 INDEX_KINDS = ("flat", "hnsw", "ivf")
 
 
@@ -159,8 +170,13 @@ def write_bundle(out: str | Path, model: TwoTowerModel, data: MultiDomainData, *
     from adirec.train.loop import TwoTowerScorer
     out = Path(out)
     index_config = index_config or IndexConfig()
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} already exists; choose another --out or pass --overwrite")
+    if out.exists() or out.is_symlink():
+        if not overwrite:
+            raise FileExistsError(f"{out} already exists; choose another --out or pass --overwrite")
+        check_replaceable(out)
+    scope = data.meta.get("user_key_scope", "global")
+    if scope not in KEY_SCOPES:
+        raise ValueError(f"data.meta['user_key_scope'] must be one of {KEY_SCOPES}, got {scope!r}")
     if item_vectors is not None and len(item_vectors) != data.num_domains:
         raise ValueError(f"item_vectors has {len(item_vectors)} domains, data has {data.num_domains}")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -220,7 +236,8 @@ def write_bundle(out: str | Path, model: TwoTowerModel, data: MultiDomainData, *
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "model": model_name, "model_version": f"{model_name}-{weights_sha[:12]}",
             "data": data.name, "domains": list(data.domains), "domain_info": domains_info,
-            "num_users": data.num_users, "num_items": data.num_items,
+            "num_users": data.num_users, "num_items": data.num_items, "model_items": data.num_items,
+            "user_key_scope": scope, "revision": 0,
             "embedding_dim": int(model.config.output_dim),
             "item_vectors": "model" if item_vectors is None else "supplied",
             **(extra or {}),
@@ -235,6 +252,31 @@ def write_bundle(out: str | Path, model: TwoTowerModel, data: MultiDomainData, *
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def check_replaceable(out: Path) -> None:
+    """Raise FileExistsError unless ``out`` is a directory recognised as a bundle by its manifest:
+    ``--overwrite`` must never delete a run, a data set or anything else that happens to be there."""
+    if out.is_symlink() or not out.is_dir():
+        what = "a symbolic link" if out.is_symlink() else "a file"
+        raise FileExistsError(f"{out} is {what}, not a bundle; --overwrite replaces bundles only: "
+                              f"choose another --out or remove it yourself")
+    try:
+        manifest = json.loads((out / MANIFEST).read_text())
+        is_bundle = isinstance(manifest, dict) and manifest.get("format") == FORMAT
+    except (OSError, ValueError):
+        is_bundle = False
+    if not is_bundle:
+        entries = sorted(p.name for p in out.iterdir())
+        shown = ", ".join(entries[:6]) + (f", ... ({len(entries)} entries)" if len(entries) > 6 else "")
+        hint = ""
+        if (out / "summary.json").is_file() or (out / "model.safetensors").is_file():
+            hint = " (it looks like a training run)"
+        elif any(p.suffix in (".parquet", ".tsv", ".csv") for p in out.iterdir()):
+            hint = " (it looks like a data set)"
+        raise FileExistsError(
+            f"{out} is not a bundle (no {FORMAT} {MANIFEST}){hint}; it holds: {shown or 'nothing'}. "
+            f"--overwrite replaces bundles only: choose another --out or remove it yourself")
 
 
 def _write_keys(path: Path, keys: np.ndarray) -> None:
@@ -280,29 +322,25 @@ def _fsync_dir(root: Path) -> None:
 # ----------------------------------------------------------------------------- load
 class KeyIndex:
     """Raw keys <-> encoded ids (0 = unknown). Keys are compared by their string form, so the
-    JSON number 7 and the string "7" name the same user; lookups are vectorised binary searches."""
+    JSON number 7 and the string "7" name the same user. Lookups go through a dict from key text
+    to id: a lookup costs O(length of the key), whatever the vocabulary's size or its longest key."""
 
     def __init__(self, keys: pa.Array):
         self.is_int = pa.types.is_integer(keys.type)
-        native = keys.to_numpy(zero_copy_only=False)
-        self._native = native  # (n,) raw keys of ids 1..n
-        text = native.astype(str) if len(native) else np.zeros(0, dtype="<U1")
-        self._order = np.argsort(text, kind="stable")
-        self._sorted = text[self._order]
+        self._native = keys.to_numpy(zero_copy_only=False)  # (n,) raw keys of ids 1..n
+        self._ids = {str(k): i for i, k in enumerate(self._native.tolist(), start=1)}
+        self.longest = max(map(len, self._ids), default=0)  # characters of the longest key
 
     def __len__(self) -> int:  # real ids, 0 excluded
         return len(self._native)
 
+    def get(self, key) -> int:
+        """The id of one key (str or int), 0 when unknown."""
+        return self._ids.get(key if isinstance(key, str) else str(key), 0)
+
     def encode(self, keys) -> np.ndarray:
         """(n,) int64 ids of ``keys`` (any of str / int), 0 where unknown."""
-        text = [str(k) for k in keys]
-        q = np.asarray(text, dtype=str) if len(text) else np.zeros(0, dtype="<U1")
-        if len(self._sorted) == 0:
-            return np.zeros(len(q), dtype=np.int64)
-        pos = np.clip(np.searchsorted(self._sorted, q), 0, len(self._sorted) - 1)
-        # numpy strings drop trailing NULs: "7\0" must not pass for "7"
-        found = (self._sorted[pos] == q) & np.array([not t.endswith("\0") for t in text], dtype=bool)
-        return np.where(found, self._order[pos] + 1, 0).astype(np.int64)
+        return np.fromiter((self.get(k) for k in keys), dtype=np.int64, count=len(keys))
 
     def decode(self, ids: np.ndarray) -> list:
         """Raw keys of ids >= 1 (Python ints or strings, as exported)."""
@@ -348,11 +386,22 @@ class Bundle:
     items: KeyIndex
     domains: list[DomainIndex]
     seen_indptr: np.ndarray  # (U + 2,) CSR over users of their training positives (all domains)
-    seen_items: np.ndarray  # (P,)
+    seen_rows: np.ndarray  # (P,) rows of the training split, by user, then time
+    seen_items: np.ndarray  # (P,) the items of those rows
 
     @property
     def model_version(self) -> str:
         return self.manifest["model_version"]
+
+    @property
+    def user_key_scope(self) -> str:
+        return self.manifest["user_key_scope"]
+
+    @property
+    def model_items(self) -> int:
+        """Items the model was trained with; ids above were added by ``index add`` and use the
+        unknown-id row of the item embedding."""
+        return int(self.manifest["model_items"])
 
     @property
     def domain_names(self) -> list[str]:
@@ -379,8 +428,10 @@ def verify_bundle(path: str | Path) -> dict:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise BundleError(f"{mpath}: not an {FORMAT} manifest (format={manifest.get('format') if isinstance(manifest, dict) else None!r})")
     version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
-        raise BundleError(f"{mpath}: format_version {version!r} is not supported (this adirec reads {FORMAT_VERSION})")
+    if version not in READABLE_VERSIONS:
+        raise BundleError(f"{mpath}: format_version {version!r} is not supported (this adirec reads "
+                          f"{', '.join(map(str, READABLE_VERSIONS))}); re-export the run with this "
+                          f"adirec (adirec export RUN_DIR --out BUNDLE)")
     required = ("model", "model_version", "domains", "domain_info", "files", "created_at")
     missing = [k for k in required if k not in manifest]
     if missing:
@@ -413,6 +464,22 @@ def verify_bundle(path: str | Path) -> dict:
             problems.append(f"{rel}: sha256 mismatch (file is corrupted or was modified)")
     if problems:
         raise BundleError(f"{root}: bundle failed verification: " + "; ".join(problems))
+    return migrate_manifest(manifest)
+
+
+def migrate_manifest(manifest: dict) -> dict:
+    """A manifest as format version 2 describes it. Version 1 lacked the user key scope (XMRec,
+    the one source with domain-scoped keys, is recognised by the data name), ``model_items``
+    (it had no added items) and ``revision``."""
+    if manifest.get("format_version") == 1:
+        manifest = dict(manifest)
+        manifest.setdefault("user_key_scope", "domain" if str(manifest.get("data", "")).startswith("xmrec:") else "global")
+        manifest.setdefault("model_items", manifest.get("num_items"))
+        manifest.setdefault("revision", 0)
+        manifest["migrated_from"] = 1
+        manifest["format_version"] = FORMAT_VERSION
+    if manifest.get("user_key_scope") not in KEY_SCOPES:
+        raise BundleError(f"manifest: user_key_scope must be one of {KEY_SCOPES}, got {manifest.get('user_key_scope')!r}")
     return manifest
 
 
@@ -424,7 +491,7 @@ def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
         manifest = verify_bundle(root)
     else:
         try:
-            manifest = json.loads((root / MANIFEST).read_text())
+            manifest = migrate_manifest(json.loads((root / MANIFEST).read_text()))
         except (OSError, json.JSONDecodeError) as e:
             raise BundleError(f"{root}: cannot read {MANIFEST} ({e})") from None
     try:
@@ -480,13 +547,15 @@ def _load(root: Path, manifest: dict) -> Bundle:
     if model.config.output_dim != dom[0].embeddings.shape[1]:
         raise BundleError(f"{root}: model output width {model.config.output_dim} differs from the "
                           f"item vectors' {dom[0].embeddings.shape[1]}")
-    pos = train.weight > 0
-    order = np.argsort(train.user[pos], kind="stable")
-    seen_items = train.item[pos][order]
+    model_items = int(manifest["model_items"])
+    if not 1 <= model_items <= len(items) or len(data.item_table.get("item_id", ())) != len(items) + 1:
+        raise BundleError(f"{root}: model_items {model_items} does not fit {len(items)} items")
+    pos = np.flatnonzero(train.weight > 0)
+    seen_rows = pos[np.lexsort((train.timestamp[pos], train.user[pos]))]  # by user, then time
     seen_indptr = np.zeros(data.num_users + 2, dtype=np.int64)
     np.cumsum(np.bincount(train.user[pos], minlength=data.num_users + 1), out=seen_indptr[1:])
     return Bundle(root, manifest, config, model, data, FeatureStore(data), users, items, dom,
-                  seen_indptr, seen_items)
+                  seen_indptr, seen_rows, train.item[seen_rows])
 
 
 def _build_model(name: str, schema: Schema, num_domains: int, config: TwoTowerConfig) -> torch.nn.Module:

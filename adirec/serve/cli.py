@@ -1,4 +1,4 @@
-"""``adirec export | recommend | serve``: the serving subcommands, added by :func:`register`."""
+"""``adirec export | recommend | serve | index add``: the serving subcommands, added by :func:`register`."""
 from __future__ import annotations
 
 import json
@@ -7,7 +7,7 @@ from pathlib import Path
 
 
 def register(subparsers) -> None:
-    """Add the ``export``, ``recommend`` and ``serve`` subcommands to ``adirec``'s parser."""
+    """Add the ``export``, ``recommend``, ``serve`` and ``index`` subcommands to ``adirec``'s parser."""
     p = subparsers.add_parser("export", help="turn a run directory into a serving bundle")
     p.add_argument("run_dir")
     p.add_argument("--out", required=True, metavar="BUNDLE", help="bundle directory to create")
@@ -19,27 +19,40 @@ def register(subparsers) -> None:
     p.add_argument("--hnsw-m", type=int, help="HNSW neighbours per node (32)")
     p.add_argument("--hnsw-ef-construction", type=int, help="HNSW build candidate list (64)")
     p.add_argument("--hnsw-ef-search", type=int, help="HNSW search candidate list (256)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --out")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --out (only a "
+                   "directory whose manifest says it is a bundle; anything else is refused)")
     p.set_defaults(func=cmd_export)
 
     p = subparsers.add_parser("recommend", help="top-K items of users in a domain, from a bundle")
     p.add_argument("bundle")
     p.add_argument("--domain", required=True)
     who = p.add_mutually_exclusive_group(required=True)
-    who.add_argument("--user", help="one raw user id")
+    who.add_argument("--user", help="one user: the id as in the training data (in a bundle with domain-scoped "
+                     "keys, e.g. XMRec, the user's own id in --domain, or the stored '<domain>:<id>')")
     who.add_argument("--users", metavar="FILE", help="file of user ids, one per line (batch mode)")
     p.add_argument("--k", type=int, default=100)
     p.add_argument("--include-seen", action="store_true", help="keep the user's training positives")
     p.add_argument("--history", help="comma-separated item keys (oldest first) for --user")
     p.add_argument("--out", metavar="FILE", help="batch output: .jsonl or .parquet (default: JSONL on stdout)")
     p.add_argument("--batch-size", type=int, default=512, help="users scored at once in batch mode")
+    p.add_argument("--exclude-items", metavar="KEYS", help="comma-separated item keys never to return")
+    p.add_argument("--allow-items", metavar="KEYS", help="comma-separated item keys: return only these")
+    p.add_argument("--where", action="append", default=[], metavar="FIELD=V1,V2",
+                   help="item attribute filter: FIELD's encoded value is one of V1,V2 (repeatable; all must hold)")
+    p.add_argument("--item-features", action="store_true", help="add each item's stored (encoded) features")
     p.set_defaults(func=cmd_recommend)
 
     p = subparsers.add_parser("serve", help="serve a bundle over HTTP (FastAPI + uvicorn)")
     p.add_argument("bundle")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default %(default)s: this machine only)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--enable-reload", action="store_true", help="expose POST /v1/admin/reload")
+    p.add_argument("--port", type=int, default=8000, help="TCP port (0: any free port, printed at start-up)")
+    p.add_argument("--enable-reload", action="store_true", help="expose POST /v1/admin/reload (needs a token)")
+    p.add_argument("--token-file", metavar="FILE", help="file holding the API bearer token (default: the "
+                   "ADIREC_API_TOKEN environment variable; at least 16 characters)")
+    p.add_argument("--require-token", action="store_true",
+                   help="every API endpoint needs the token, not only the admin ones")
+    p.add_argument("--reload-root", metavar="DIR", help="reload loads bundles under DIR only "
+                   "(default: the directory holding BUNDLE)")
     p.add_argument("--max-k", type=int, default=1000)
     p.add_argument("--max-batch", type=int, default=1000)
     p.add_argument("--max-body-bytes", type=int, default=1 << 20)
@@ -47,6 +60,22 @@ def register(subparsers) -> None:
     p.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
     p.add_argument("--access-log", action="store_true")
     p.set_defaults(func=cmd_serve)
+
+    p = subparsers.add_parser("index", help="change a bundle's item indexes")
+    sub = p.add_subparsers(dest="index_command", required=True)
+    p = sub.add_parser("add", help="add new items to a domain's index from their features, without retraining",
+                       description="Runs the item tower on new items and adds them to the domain's index; "
+                       "rewrites the bundle atomically (a server picks it up on reload). FILE is Parquet or "
+                       "CSV with a column 'item' (the new keys) and columns named as the bundle's item fields "
+                       "(GET /v1/metadata item_features), encoded as the bundle stores them: categorical and "
+                       "sequence fields as vocabulary indices (0 = unknown; a sequence as a list, or in CSV as "
+                       "space-separated integers), dense fields standardised; a per-domain field gives the "
+                       "value in --domain. A missing column means unknown (0) for ids and 0.0 (the training "
+                       "mean) for dense values. New items use the model's unknown-id row for item_id.")
+    p.add_argument("bundle")
+    p.add_argument("--domain", required=True)
+    p.add_argument("--items", required=True, metavar="FILE", help=".parquet or .csv")
+    p.set_defaults(func=cmd_index_add)
 
 
 def cmd_export(args) -> int:
@@ -62,12 +91,34 @@ def cmd_export(args) -> int:
     return 0
 
 
+def parse_filters(args):
+    """The ``--exclude-items``, ``--allow-items`` and ``--where`` options as service Filters (None
+    when none is given)."""
+    from adirec.serve.service import Filters
+    if not (args.exclude_items or args.allow_items is not None or args.where):
+        return None
+    attributes = {}
+    for clause in args.where:
+        field, sep, values = clause.partition("=")
+        try:
+            parsed = [int(v) for v in values.split(",") if v.strip()]
+        except ValueError:
+            parsed = []
+        if not sep or not field.strip() or not parsed:
+            raise ValueError(f"--where {clause!r}: expected FIELD=V1,V2 with encoded (integer) values")
+        attributes[field.strip()] = parsed
+    split = lambda text: [x.strip() for x in text.split(",") if x.strip()]  # noqa: E731
+    return Filters(split(args.exclude_items or ""), None if args.allow_items is None else split(args.allow_items),
+                   attributes)
+
+
 def cmd_recommend(args) -> int:
     from adirec.serve.service import Recommender
     rec = Recommender.from_path(args.bundle, max_k=max(args.k, 1))
+    filters = parse_filters(args)
     if args.user is not None:
         features = {"history": [h.strip() for h in args.history.split(",") if h.strip()]} if args.history else None
-        r = rec.recommend(args.user, args.domain, args.k, not args.include_seen, features)
+        r = rec.recommend(args.user, args.domain, args.k, not args.include_seen, features, filters, args.item_features)
         print(json.dumps(r.to_dict()))
         return 0
     if args.history:
@@ -81,7 +132,7 @@ def cmd_recommend(args) -> int:
     results = []
     for start in range(0, len(users), args.batch_size):
         results += rec.recommend_batch(users[start:start + args.batch_size], args.domain, args.k,
-                                       not args.include_seen)
+                                       not args.include_seen, filters, args.item_features)
     write_results(results, args.out)
     if args.out:
         known = sum(r.user_known for r in results)
@@ -118,14 +169,23 @@ def write_results(results, out: str | None) -> None:
 
 
 def cmd_serve(args) -> int:
-    from adirec.serve.app import ServeConfig, serve
+    import os
+    from adirec.serve.app import ServeConfig, read_token, serve
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port must be in [0, 65535], got {args.port}")
+    token = read_token(args.token_file, os.environ)
     config = ServeConfig(max_k=args.max_k, max_batch=args.max_batch, max_body_bytes=args.max_body_bytes,
-                         enable_reload=args.enable_reload)
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"adirec serve: listening on {args.host}, beyond this machine; the API has no "
-              f"authentication", file=sys.stderr)
+                         enable_reload=args.enable_reload, api_token=token, require_token=args.require_token,
+                         reload_root=args.reload_root)
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not args.require_token:
+        print(f"adirec serve: listening on {args.host}, beyond this machine, and anyone who reaches it may "
+              f"query the model without a token (--require-token makes every endpoint need one)", file=sys.stderr)
     serve(args.bundle, host=args.host, port=args.port, config=config, threads=args.threads,
           log_level=args.log_level, access_log=args.access_log)
+    return 0
+
+
+def cmd_index_add(args) -> int:
+    from adirec.serve.items import add_items
+    print(json.dumps(add_items(args.bundle, args.domain, args.items), indent=2))
     return 0
