@@ -144,10 +144,12 @@ def build_index(vectors: np.ndarray, config: IndexConfig) -> tuple[faiss.Index, 
 
 # --------------------------------------------------------------------------- export
 def export_bundle(run_dir: str | Path, out: str | Path, *, index_config: IndexConfig | None = None,
-                  data: MultiDomainData | None = None, overwrite: bool = False) -> Path:
-    """Export a finished run (see :mod:`adirec.runs`) as a serving bundle at ``out``."""
+                  data: MultiDomainData | None = None, overwrite: bool = False, data_source: str | None = None,
+                  allow_incomplete: bool = False) -> Path:
+    """Export a finished run (see :mod:`adirec.runs`) as a serving bundle at ``out``
+    (``data_source`` and ``allow_incomplete`` as in :func:`adirec.runs.load_run`)."""
     from adirec.runs import load_run
-    model, data, cfg = load_run(run_dir, data)
+    model, data, cfg = load_run(run_dir, data, data_source=data_source, allow_incomplete=allow_incomplete)
     run_dir = Path(run_dir)
     summary_path = run_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
@@ -541,7 +543,9 @@ def _load(root: Path, manifest: dict) -> Bundle:
         item_domain_table={k[12:]: v for k, v in it.items() if k.startswith("item_domain/")},
         corpus=corpus, meta={"bundle": str(root)},
     )
-    model = _build_model(config["model"], schema, len(domains), TwoTowerConfig(**config["model_config"]))
+    from adirec.models.registry import build_model
+    model = build_model(config["model"], schema, len(domains),
+                        TwoTowerConfig.from_dict(config["model_config"], source=str(root / "config.json")))
     load_weights(model, root / "model.safetensors")
     model.eval()
     if model.config.output_dim != dom[0].embeddings.shape[1]:
@@ -556,19 +560,6 @@ def _load(root: Path, manifest: dict) -> Bundle:
     np.cumsum(np.bincount(train.user[pos], minlength=data.num_users + 1), out=seen_indptr[1:])
     return Bundle(root, manifest, config, model, data, FeatureStore(data), users, items, dom,
                   seen_indptr, seen_rows, train.item[seen_rows])
-
-
-def _build_model(name: str, schema: Schema, num_domains: int, config: TwoTowerConfig) -> torch.nn.Module:
-    """The registry's architecture for ``name`` (e.g. a per-domain model); a plain two-tower
-    model for names the registry does not know."""
-    from adirec.models import registry
-    if hasattr(registry, "build_model"):
-        try:
-            return registry.build_model(name, schema, num_domains, config)
-        except ValueError as e:
-            if "unknown model" not in str(e):
-                raise
-    return TwoTowerModel(schema, num_domains, config)
 
 
 def _apply_search_params(index: faiss.Index, info: dict) -> None:

@@ -19,6 +19,10 @@ def register(subparsers) -> None:
     p.add_argument("--hnsw-m", type=int, help="HNSW neighbours per node (32)")
     p.add_argument("--hnsw-ef-construction", type=int, help="HNSW build candidate list (64)")
     p.add_argument("--hnsw-ef-search", type=int, help="HNSW search candidate list (256)")
+    p.add_argument("--data", metavar="SRC", help="the run's data source at another place (default: the one the "
+                   "run recorded); it must hold the same data")
+    p.add_argument("--allow-incomplete", action="store_true", help="export an unfinished run's best checkpoint "
+                   "instead of refusing")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --out (only a "
                    "directory whose manifest says it is a bundle; anything else is refused)")
     p.set_defaults(func=cmd_export)
@@ -83,7 +87,8 @@ def cmd_export(args) -> int:
     given = {k: getattr(args, k) for k in ("exact_max_items", "ann", "ivf_nlist", "ivf_nprobe", "hnsw_m",
                                            "hnsw_ef_construction", "hnsw_ef_search")}
     cfg = IndexConfig(**{k: v for k, v in given.items() if v is not None})
-    out = export_bundle(args.run_dir, args.out, index_config=cfg, overwrite=args.overwrite)
+    out = export_bundle(args.run_dir, args.out, index_config=cfg, overwrite=args.overwrite, data_source=args.data,
+                        allow_incomplete=args.allow_incomplete)
     manifest = json.loads((Path(out) / "manifest.json").read_text())
     print(json.dumps({"bundle": str(out), "model_version": manifest["model_version"],
                       "domains": {d: {"items": v["items"], "index": v["index"]["kind"]}
