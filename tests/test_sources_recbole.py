@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from adirec.data.sources import load_source
-from tests.conftest import shared_data
+from conftest import shared_data
 
 GENRES = {"m1": "Action Drama", "m2": "Comedy", "m3": "Drama", "m4": "Action", "m5": "Comedy Romance",
           "m6": "Horror"}

@@ -7,7 +7,6 @@ import shlex
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
@@ -18,6 +17,7 @@ from adirec.data.parquet import convert, load_parquet
 from adirec.data.sources import load_source
 from adirec.data.sources.table import load_table
 from adirec.data.spec import DataSpec
+from test_bad_input_data import assert_same_encoding
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -194,7 +194,6 @@ def test_candidate_lists_give_the_sampled_protocol(events, tmp_path):
 
 # ------------------------------------------------------------------ other inputs
 def test_in_memory_tables_and_folders_load_like_the_file(events, tmp_path):
-    from tests.test_bad_input_data import assert_same_encoding
     ref = load_table(events, **MAP)
     table = pacsv.read_csv(events)
     assert_same_encoding(ref, load_table(table, **MAP))
@@ -214,7 +213,6 @@ def test_in_memory_tables_and_folders_load_like_the_file(events, tmp_path):
 
 def test_pandas_dataframe_loads_like_the_file(events):
     pd = pytest.importorskip("pandas")
-    from tests.test_bad_input_data import assert_same_encoding
     assert_same_encoding(load_table(events, **MAP), load_table(pd.read_csv(events, dtype={"user": str}), **MAP))
 
 
@@ -224,7 +222,6 @@ def test_data_spec_passes_every_field_and_convert_writes_the_layout(events, tmp_
     assert data.meta["columns"]["weight"] == "clicks"
     out = convert(spec.source, tmp_path / "layout", **spec.options())
     back = load_parquet(out)
-    from tests.test_bad_input_data import assert_same_encoding
     assert_same_encoding(data, back)
     assert back.meta == data.meta
     with pytest.raises(ValueError, match="--data-seed does not apply to table sources"):
@@ -262,5 +259,4 @@ def test_readme_example_loads_inspects_and_converts(tmp_path, monkeypatch, capsy
     assert "2 domains, 40 users" in out and "split: leave-last-out per user" in out
     assert main(shlex.split(commands[1])[1:]) == 0
     to = Path(shlex.split(commands[1])[shlex.split(commands[1]).index("--to") + 1])
-    from tests.test_bad_input_data import assert_same_encoding
     assert_same_encoding(data, load_parquet(to))

@@ -312,7 +312,7 @@ def split_codes(name: str, rows: Rows, rule: SplitRule, time_kind: str | None) -
     if rule.kind in ("last", "last-per-domain", "time") and rows.time is None:
         raise ValueError(
             f"{name}: --split {rule.text} needs the time of each interaction, and there is no time column; "
-            f"name one (--time-col COL; a RecBole file's timestamp column), split by a column "
+            f"give one (a table's --time-col COL, a RecBole file's timestamp:float column), split by a column "
             f"(--split column:NAME), or pass --row-order to take the file's row order as time")
     if rule.kind == "time":
         if time_kind == "rows":
