@@ -7,6 +7,7 @@ import shlex
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
@@ -81,6 +82,17 @@ def test_time_cutoffs_iso_and_epoch(events, tmp_path):
         load_table(epoch, user_col="user", item_col="item", row_order=True, split="time:250")
     with pytest.raises(ValueError, match="split cutoff 'soon' is neither an epoch number nor an ISO 8601 time"):
         load_table(epoch, user_col="user", item_col="item", time_col="t", split="time:soon")
+
+
+def test_times_read_epoch_numbers_and_iso_text_with_or_without_zones():
+    from adirec.data.sources.columns import times
+    same = ["2024-01-01T10:00:00Z", "2024-01-01T12:00:00+02:00", "2024-01-01 10:00:00.7", "2024-01-01T10:00:00"]
+    got, kind = times(pa.array(same), "ts", str)
+    assert kind == "iso" and got.tolist() == [1704103200] * 4  # no zone = UTC; fractions dropped
+    assert times(pa.array(["2024-01-01", "2024-01-02"]), "ts", str)[0].tolist() == [1704067200, 1704153600]
+    assert times(pa.array(["1700000000", "1700000001.9"]), "ts", str)[0].tolist() == [1700000000, 1700000001]
+    got, kind = times(pa.array([5, 3]), "ts", str)
+    assert kind == "numbers" and got.tolist() == [5, 3]
 
 
 def test_time_cutoff_drops_held_out_rows_of_users_without_training_rows(tmp_path):

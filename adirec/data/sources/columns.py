@@ -115,6 +115,11 @@ def times(arr: pa.ChunkedArray | pa.Array, column: str, where: Where) -> tuple[n
         return times(a.cast(pa.float64()), column, where)
     except pa.ArrowInvalid:
         pass  # not all numbers: ISO 8601 text (numbers mixed in are an error below)
+    for target in (pa.timestamp("s"), pa.timestamp("s", tz="UTC")):  # fast paths: all without / all with zones
+        try:
+            return a.cast(target).cast(pa.int64()).to_numpy(zero_copy_only=False), "iso"
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            pass
     unique, inverse = np.unique(np.asarray(a.to_pylist(), dtype=object), return_inverse=True)
     secs = np.empty(len(unique), np.int64)
     is_number = np.zeros(len(unique), bool)
