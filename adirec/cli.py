@@ -42,7 +42,8 @@ def data_spec(args):
     from adirec.options import given_options
     given = given_options(args, DataSpec, dest_prefix="data_")
     if "source" not in given:
-        raise ValueError("--data SRC is required (xmrec:DIR | recbole:DIR/PREFIX | parquet:DIR | synthetic[:PRESET])")
+        raise ValueError("--data SRC is required (xmrec:DIR | recbole:DIR/PREFIX | table:PATH | parquet:DIR | "
+                         "synthetic[:PRESET])")
     return DataSpec(**given)
 
 
@@ -255,9 +256,9 @@ def cmd_demo(args) -> int:
 
 
 def cmd_data_inspect(args) -> int:
-    from adirec.data.sources import load_source
-    data = load_source(args.src, domains=args.domains, domain_by=args.domain_by,
-                       positive=args.positive, seed=args.seed)
+    from adirec.data.spec import DataSpec
+    from adirec.options import given_options
+    data = DataSpec(source=args.src, seed=args.seed, **given_options(args, DataSpec, dest_prefix="data_")).load()
     s = data.summary()
     if args.json:
         print(json.dumps(s, indent=2))
@@ -275,6 +276,8 @@ def cmd_data_inspect(args) -> int:
         print(f"  overlap {pair:24} users {v['users']:>8}  items {v['items']:>8}")
     print("fields: " + ", ".join(f"{f.name}({f.side},{f.kind}{',per-domain' if f.per_domain else ''})"
                                  for f in data.schema.fields))
+    for line in s.get("loading", []):
+        print(line)
     return 0
 
 
@@ -323,9 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="data set tools").add_subparsers(dest="data_command", required=True)
     p = data.add_parser("inspect", help="rows, users, items per domain and their overlap")
     p.add_argument("src")
-    p.add_argument("--domains", type=_csv)
-    p.add_argument("--domain-by")
-    p.add_argument("--positive")
+    from adirec.data.spec import DataSpec
+    from adirec.options import add_options
+    add_options(p.add_argument_group("data"), DataSpec, dest_prefix="data_", skip=("source", "seed"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_data_inspect)

@@ -241,12 +241,19 @@ def _layout_print_of(spec: DataSpec) -> dict:
     return layout_fingerprint(ParquetLayout(spec.source.partition(":")[2]))
 
 
+#: DataSpec fields that name files
+_PATH_FIELDS = ("user_features", "item_features", "user_domain_features", "item_domain_features",
+                "feature_types", "candidates")
+
+
 def resolve_spec(spec: DataSpec) -> DataSpec:
-    """``spec`` with the source's location made absolute, so the run works from any directory."""
+    """``spec`` with the source's location and every file it names made absolute, so that the run
+    works from any directory."""
     kind, sep, location = spec.source.partition(":")
-    if not sep or kind == "synthetic" or not location:
-        return spec
-    return dataclasses.replace(spec, source=f"{kind}:{Path(location).expanduser().resolve()}")
+    changes = {f: str(Path(getattr(spec, f)).expanduser().resolve()) for f in _PATH_FIELDS if getattr(spec, f)}
+    if sep and kind != "synthetic" and location:
+        changes["source"] = f"{kind}:{Path(location).expanduser().resolve()}"
+    return dataclasses.replace(spec, **changes)
 
 
 # ----------------------------------------------------------------------------- load

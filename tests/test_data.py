@@ -96,11 +96,11 @@ def test_empty_domain_and_bad_input_are_named(tiny_raw):
         build_dataset("tiny", ["A"], RawInteractions(np.array([]), np.array([]), np.array([])))
 
 
-def test_vocabulary_encodes_ints_and_strings():
+def test_vocabulary_encodes_ints_and_strings_in_sorted_order():
     v = Vocabulary(np.array([5, 3, 5, 9]))
-    assert v.encode(np.array([3, 9, 7])).tolist() == [2, 3, 0]
-    s = Vocabulary(np.array(["x", "y"], dtype=object))
-    assert s.encode(np.array(["y", "z"], dtype=object)).tolist() == [2, 0]
+    assert v.encode(np.array([3, 5, 9, 7])).tolist() == [1, 2, 3, 0]  # by value, not first appearance
+    s = Vocabulary(np.array(["y", "x", "y"], dtype=object))
+    assert s.encode(np.array(["y", "x", "z"], dtype=object)).tolist() == [2, 1, 0]
     assert s.keys().tolist() == ["<unk>", "x", "y"]
 
 

@@ -1,12 +1,18 @@
 """Turns raw, key-addressed columns into an encoded :class:`MultiDomainData`.
 
-Every source (XMRec, RecBole, synthetic, Parquet) hands raw keys (strings or ints) to
+Every source (XMRec, RecBole, table, synthetic, Parquet) hands raw keys (strings or ints) to
 :func:`build_dataset`; vocabularies, feature standardisation and the derived fields (ids,
 behaviour histories, per-domain popularity) are computed here, from the training split only,
 so that every source gets the same treatment.
+
+The encoded data set is a function of the rows, not of their order: every vocabulary (users,
+items, feature values) numbers its keys in sorted order, and the rows of each split are put in
+one canonical order (user key, time, item key, domain, weight). Reordering a data file after
+training therefore gives the same ids, tables and rows, and a trained model stays valid.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field as dc_field
 
 import numpy as np
@@ -19,6 +25,38 @@ from adirec.data.dataset import (
 from adirec.data.schema import Field, Schema
 
 UNK = "<unk>"
+
+#: more domains than this draw a warning (each domain has its own parameters and statistics)
+DOMAIN_WARN = 100
+#: more domains than this are refused: per-domain tables hold (domains x users) rows
+DOMAIN_LIMIT = 1000
+
+
+class DataWarning(UserWarning):
+    """Something about the input data that changes what is loaded (rows dropped or collapsed,
+    an order chosen); the same text is kept in the data set's ``meta["notes"]``."""
+
+
+def note(meta: dict, text: str) -> None:
+    """Record ``text`` in ``meta["notes"]`` (shown by ``adirec data inspect``) and warn with it."""
+    meta.setdefault("notes", []).append(text)
+    warnings.warn(text, DataWarning, stacklevel=2)
+
+
+def check_domain_count(count: int, rule: str, meta: dict | None = None) -> None:
+    """Warn above :data:`DOMAIN_WARN` domains, refuse more than :data:`DOMAIN_LIMIT`; ``rule`` says
+    where the domains came from (e.g. ``--domain-by item.genre``)."""
+    if count > DOMAIN_LIMIT:
+        raise ValueError(f"{rule} gives {count} domains, more than the limit of {DOMAIN_LIMIT} (every domain "
+                         f"has its own parameters and (domains x users) feature tables); use a coarser rule "
+                         f"(bucket edges, another attribute) or keep some domains with --domains")
+    if count > DOMAIN_WARN:
+        text = (f"{rule} gives {count} domains (more than {DOMAIN_WARN}); each has its own parameters and "
+                f"statistics, so small domains train poorly; --domains keeps a few")
+        if meta is None:
+            warnings.warn(text, DataWarning, stacklevel=2)
+        else:
+            note(meta, text)
 
 
 @dataclass
@@ -61,11 +99,14 @@ class RawCandidates:
 
 
 class Vocabulary:
-    """Keys -> 1..n in order of first appearance; unknown keys -> 0."""
+    """Keys -> 1..n in sorted order (numbers by value, text by code point); unknown keys -> 0.
+
+    Sorted, not numbered by first appearance, so that the ids do not depend on row order."""
 
     def __init__(self, keys):
         arr = _arrow(keys)
-        self._keys = pc.unique(arr.drop_null())
+        unique = pc.unique(arr.drop_null())
+        self._keys = unique.take(pc.array_sort_indices(unique))
 
     def __len__(self) -> int:  # index 0 included
         return len(self._keys) + 1
@@ -92,12 +133,17 @@ def _arrow(keys) -> pa.Array:
 
 
 def _encode_interactions(raw: RawInteractions, users: Vocabulary, items: Vocabulary) -> Interactions:
+    """Encoded rows in the canonical order (user key, time, item key, domain, weight)."""
     n = len(raw)
-    return Interactions(
+    it = Interactions(
         users.encode(raw.user), items.encode(raw.item), np.asarray(raw.domain, dtype=np.int64),
         np.ones(n, np.float32) if raw.weight is None else raw.weight,
         np.zeros(n, np.int64) if raw.timestamp is None else raw.timestamp,
     )
+    # sort by the raw keys' ranks, so that keys unknown to the vocabulary (id 0) are ordered too
+    user_rank, item_rank = Vocabulary(raw.user).encode(raw.user), Vocabulary(raw.item).encode(raw.item)
+    order = np.lexsort((it.weight, it.domain, item_rank, it.timestamp, user_rank))
+    return it.take(order)
 
 
 def _feature_table(raw: RawTable, side: str, vocab: Vocabulary, train_ids: np.ndarray,
@@ -291,11 +337,27 @@ def _log_count_table(domain: np.ndarray, ids: np.ndarray, D: int, n: int) -> np.
     return log_count_features(np.bincount(domain * n + ids, minlength=D * n).reshape(D, n))
 
 
+def derived_count_tables(data: MultiDomainData, train: Interactions | None = None) -> dict[str, np.ndarray]:
+    """The derived count features of ``data`` recomputed from ``train`` (default: its training
+    split): ``{"user_domain_activity": (D, U + 1, 1), "item_domain_popularity": (D, I + 1, 1)}``.
+
+    A trainer that holds training rows out (for early stopping) recomputes them without those
+    rows, so that the features do not count the rows it validates on."""
+    tr = data.splits["train"] if train is None else train
+    D, U1, I1 = data.num_domains, data.num_users + 1, data.num_items + 1
+    return {"user_domain_activity": _log_count_table(tr.domain, tr.user, D, U1),
+            "item_domain_popularity": _log_count_table(tr.domain, tr.item, D, I1)}
+
+
 def log_count_features(counts: np.ndarray) -> np.ndarray:
-    """(D, n, 1) standardised log(1 + count) from a (D, n) count table; column 0 (unknown) = 0."""
+    """(D, n, 1) standardised log(1 + count) from a (D, n) count table.
+
+    Statistics come from the (domain, id) pairs with a count; every other pair, and the unknown
+    id (column 0, e.g. a candidate never seen in training), gets the standardised value of a
+    count of 0: below every seen id, never the mean."""
     logc = np.log1p(counts.astype(np.float64))
     seen = counts > 0
+    if not seen.any():
+        return np.zeros((*counts.shape, 1), np.float32)
     mean, std = logc[seen].mean(), logc[seen].std() or 1.0
-    out = np.where(seen, (logc - mean) / std, (0.0 - mean) / std)
-    out[:, 0] = 0.0
-    return out.astype(np.float32)[..., None]
+    return ((logc - mean) / std).astype(np.float32)[..., None]

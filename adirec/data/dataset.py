@@ -205,4 +205,36 @@ class MultiDomainData:
             "users_total": len(all_users), "items_total": len(all_items),
             "users_in_2plus_domains": multi_u, "items_in_2plus_domains": multi_i, "pairs": pairs,
         }
+        out["loading"] = loading_lines(self.meta)
         return out
+
+
+_ROW_COUNTS = (("read", "read"), ("zero_weight", "weight 0"), ("not_positive", "not positive"),
+               ("outside_domains", "outside --domains"), ("duplicates_collapsed", "duplicates merged"),
+               ("held_out_unknown_user_dropped", "held-out rows of unknown users dropped"),
+               ("held_out_unknown_item", "held-out rows of unknown items"), ("kept", "kept"))
+
+
+def loading_lines(meta: dict) -> list[str]:
+    """What a source did to the rows it read (``meta`` written by the loaders), one line each:
+    row counts, the order, the domain rule, the split rule and its result, notes."""
+    lines = []
+    rows = meta.get("rows") or {}
+    if rows:
+        lines.append("rows: " + ", ".join(f"{label} {rows[k]}" for k, label in _ROW_COUNTS if k in rows))
+    if meta.get("domain_rule"):
+        lines.append(f"domains: {meta['domain_rule']}")
+    if meta.get("order"):
+        lines.append(f"order: {meta['order']}")
+    split = meta.get("split")
+    if isinstance(split, dict):
+        lines.append(f"split: {split.get('description', split.get('rule'))}; "
+                     + ", ".join(f"{s} {split[s]}" for s in SPLITS if s in split))
+    if meta.get("protocol"):
+        lines.append(f"protocol: {meta['protocol']}")
+    if meta.get("candidates"):
+        lines.append("candidate lists: " + ", ".join(f"{s} {n}" for s, n in meta["candidates"].items()))
+    for group, how in (meta.get("features") or {}).items():
+        lines.append(f"{group} features: " + "; ".join(f"{c} {h}" for c, h in how.items()))
+    lines += [f"note: {n}" for n in meta.get("notes", [])]
+    return lines

@@ -286,22 +286,10 @@ def _write_data(w: _Writer, data: MultiDomainData) -> None:
                   recent_domain=recent_domain, history_len=L, meta=data.meta, splits=splits)
 
 
-def _first_seen(code: np.ndarray, keys: np.ndarray, assigned: int) -> int:
-    """Give keys without a code the next codes, in order of first appearance (as Vocabulary
-    does over the concatenated rows). ``code`` maps raw int key -> code (0 = none yet)."""
-    if len(keys) == 0:
-        return assigned
-    uniq, first = np.unique(keys, return_index=True)
-    new = code[uniq] == 0
-    fresh = uniq[new][np.argsort(first[new], kind="stable")]
-    code[fresh] = np.arange(assigned + 1, assigned + 1 + len(fresh))
-    return assigned + len(fresh)
-
-
 def _write_synthetic(w: _Writer, preset, seed: int, history_len: int) -> None:
     """Write a synthetic world block by block, never holding all its interactions: pass 1 writes
-    the raw rows to a scratch file and fixes the vocabularies (order of first appearance in the
-    training rows, as build_dataset would); pass 2 encodes them into the split files and
+    the raw rows to a scratch file and marks the keys seen in training, which numbered in
+    sorted order are the vocabularies build_dataset would make; pass 2 encodes them into the split files and
     accumulates the derived statistics and history windows. Gives exactly the layout that
     ``convert(load_synthetic(preset, seed=seed))`` gives."""
     from adirec.data.sources.synthetic import SPLIT_CODES, SyntheticWorld, _resolve
@@ -310,21 +298,24 @@ def _write_synthetic(w: _Writer, preset, seed: int, history_len: int) -> None:
         raise ValueError(f"history_len must be >= 1, got {history_len}")
     world = SyntheticWorld(cfg, seed)
     D = cfg.num_domains
-    ucode = np.zeros(cfg.num_users, np.int64)
-    icode = np.zeros(cfg.num_items, np.int64)
-    n_users = n_items = 0
+    user_seen = np.zeros(cfg.num_users, bool)
+    item_seen = np.zeros(cfg.num_items, bool)
     scratch = w.root / "_scratch_raw.parquet"
     raw_schema = pa.schema([("user", pa.int64()), ("item", pa.int64()), ("domain", pa.int64()),
                             ("timestamp", pa.int64()), ("split", pa.int8())])
     with pq.ParquetWriter(scratch, raw_schema) as raw:
         for chunk in world.chunks():
             tr = chunk.split == SPLIT_CODES["train"]
-            n_users = _first_seen(ucode, chunk.user[tr], n_users)
-            n_items = _first_seen(icode, chunk.item[tr], n_items)
+            user_seen[chunk.user[tr]] = True
+            item_seen[chunk.item[tr]] = True
             if len(chunk):  # one row group per block: a user's rows never straddle two
                 raw.write_table(pa.table(chunk.columns(), schema=raw_schema), row_group_size=len(chunk))
+    n_users, n_items = int(user_seen.sum()), int(item_seen.sum())
     if n_users == 0:
         raise ValueError(f"synthetic-{name}: the training split is empty")
+    # raw keys are 0..n-1, so codes in key order are the sorted vocabularies
+    ucode = np.where(user_seen, np.cumsum(user_seen), 0)
+    icode = np.where(item_seen, np.cumsum(item_seen), 0)
     U1, I1 = n_users + 1, n_items + 1
     L, W = history_len, history_len + 1
     user_domain_counts = np.zeros((D, U1), np.int64)
@@ -402,39 +393,65 @@ def _write_synthetic(w: _Writer, preset, seed: int, history_len: int) -> None:
                   recent_domain=recent_domain, history_len=L, meta=meta, splits=splits)
 
 
+def _check_target(out: Path, overwrite: bool) -> None:
+    """``out`` may be replaced only with ``overwrite`` and only when it is a Parquet layout (its
+    manifest says so) or an empty directory: a run, a bundle or any other directory is refused."""
+    if not out.exists():
+        return
+    if not overwrite:
+        raise FileExistsError(f"{out} already exists; pass overwrite=True (--overwrite) to replace it")
+    if not out.is_dir():
+        raise FileExistsError(f"{out} is a file, not a Parquet layout; --overwrite replaces only a layout written "
+                              f"by `adirec data convert`; remove it yourself or choose another --to")
+    try:
+        fmt = json.loads((out / "manifest.json").read_text()).get("format")
+    except (OSError, ValueError, AttributeError):
+        fmt = None
+    if fmt == FORMAT:
+        return
+    entries = sorted(p.name + ("/" if p.is_dir() else "") for p in out.iterdir())
+    if not entries:
+        return
+    shown = ", ".join(entries[:8]) + (f", ... ({len(entries)} entries)" if len(entries) > 8 else "")
+    raise FileExistsError(f"{out} is not a Parquet layout (no {FORMAT} manifest.json; it holds {shown}); "
+                          f"--overwrite replaces only a layout written by `adirec data convert`; remove it "
+                          f"yourself or choose another --to")
+
+
 def convert(source, out_dir: str | Path, *, row_group_rows: int = DEFAULT_ROW_GROUP_ROWS,
-            overwrite: bool = False, domains: list[str] | None = None, domain_by: str | None = None,
-            positive: str | None = None, seed: int = 0, history_len: int = 50) -> Path:
+            overwrite: bool = False, **options) -> Path:
     """Write ``source`` as a Parquet layout in ``out_dir`` and return its path.
 
     ``source`` is a MultiDomainData, a source spec (``xmrec:DIR``, ``recbole:DIR/PREFIX``,
-    ``parquet:DIR``, ``synthetic[:PRESET]``) or a ``SyntheticConfig``. Synthetic worlds are
-    generated straight to Parquet block by block (never all in memory); other specs are loaded
-    with :func:`load_source` first. The other keyword arguments are those of ``load_source``.
+    ``table:PATH``, ``parquet:DIR``, ``synthetic[:PRESET]``) or a ``SyntheticConfig``; ``options``
+    are those of :func:`~adirec.data.sources.load_source` (the DataSpec fields: ``domains``,
+    ``user_col``, ``seed``, ``history_len``, ...). Synthetic worlds are generated straight to Parquet
+    block by block (never all in memory); other specs are loaded with ``load_source`` first.
+    ``overwrite`` replaces an existing layout (never a directory of anything else).
     """
     if isinstance(row_group_rows, bool) or not isinstance(row_group_rows, int) or row_group_rows < 1:
         raise ValueError(f"row_group_rows must be an int >= 1, got {row_group_rows!r}")
     out = Path(out_dir)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} already exists; pass overwrite=True (--overwrite) to replace it")
+    _check_target(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     try:
         w = _Writer(tmp, row_group_rows)
         t0 = time.time()
+        from adirec.data.sources import check_options, load_source
         from adirec.data.sources.synthetic import SyntheticConfig
         if isinstance(source, MultiDomainData):
             _write_data(w, source)
         elif isinstance(source, SyntheticConfig):
-            _write_synthetic(w, source, seed, history_len)
+            opts = check_options("synthetic", "synthetic:custom", options)
+            _write_synthetic(w, source, opts["seed"], opts["history_len"])
         else:
             kind, _, location = str(source).partition(":")
             if kind == "synthetic":
-                _write_synthetic(w, location or "default", seed, history_len)
+                opts = check_options("synthetic", str(source), options)
+                _write_synthetic(w, location or "default", opts["seed"], opts["history_len"])
             else:
-                from adirec.data.sources import load_source
-                _write_data(w, load_source(source, domains=domains, domain_by=domain_by, positive=positive,
-                                           seed=seed, history_len=history_len))
+                _write_data(w, load_source(str(source), **options))
         atomic_write_json(tmp / "manifest.json", {
             "format": FORMAT, "version": VERSION, "row_group_rows": row_group_rows,
             "source": source.name if isinstance(source, MultiDomainData) else
@@ -624,30 +641,32 @@ def load_parquet(path: str | Path, *, history_len: int | None = None) -> MultiDo
 
 # ------------------------------------------------------------------ command line
 def register(data_subparsers) -> None:
-    """Add ``adirec data convert SRC --to DIR`` to the ``adirec data`` sub-commands."""
+    """Add ``adirec data convert SRC --to DIR`` to the ``adirec data`` sub-commands; the data
+    options are DataSpec's (``--domains``, ``--user-col``, ``--split``, ...), except ``--seed``."""
+    from adirec.data.spec import DataSpec
+    from adirec.options import add_options
     p = data_subparsers.add_parser(
         "convert", help="write a data set as a Parquet layout (streaming, parquet:DIR)",
-        description="Write SRC (xmrec:DIR, recbole:DIR/PREFIX, synthetic[:PRESET], parquet:DIR) as a "
+        description="Write SRC (xmrec:DIR, recbole:DIR/PREFIX, table:PATH, synthetic[:PRESET], parquet:DIR) as a "
                     "Parquet layout. Synthetic data are generated straight to Parquet, block by block.")
     p.add_argument("src")
     p.add_argument("--to", required=True, metavar="DIR", help="layout directory to write")
-    p.add_argument("--domains", type=lambda s: [x.strip() for x in s.split(",") if x.strip()])
-    p.add_argument("--domain-by")
-    p.add_argument("--positive")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--history-len", type=int, default=50)
+    add_options(p.add_argument_group("data"), DataSpec, dest_prefix="data_", skip=("source", "seed"))
+    p.add_argument("--seed", type=int, default=0, help="seed of a synthetic data set")
     p.add_argument("--row-group-rows", type=int, default=DEFAULT_ROW_GROUP_ROWS,
                    help=f"rows per row group of the interaction files (default {DEFAULT_ROW_GROUP_ROWS})")
-    p.add_argument("--overwrite", action="store_true", help="replace DIR if it exists")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace DIR if it is a Parquet layout (any other directory is refused)")
     p.set_defaults(func=_cmd_convert)
 
 
 def _cmd_convert(args) -> int:
     import resource
     t0 = time.time()
+    from adirec.data.spec import DataSpec
+    from adirec.options import given_options
     out = convert(args.src, args.to, row_group_rows=args.row_group_rows, overwrite=args.overwrite,
-                  domains=args.domains, domain_by=args.domain_by, positive=args.positive,
-                  seed=args.seed, history_len=args.history_len)
+                  seed=args.seed, **given_options(args, DataSpec, dest_prefix="data_"))
     layout = ParquetLayout(out)
     size = sum(e["bytes"] for e in layout.manifest["files"].values())
     rows = ", ".join(f"{s} {n}" for s, n in layout.info["splits"].items())

@@ -6,12 +6,14 @@ import dataclasses
 
 import numpy as np
 
+from adirec.data.build import derived_count_tables
 from adirec.data.dataset import Candidates, Interactions, MultiDomainData
 
 
 def holdout_split(data: MultiDomainData, fraction: float, seed: int) -> tuple[MultiDomainData, Interactions]:
     """Move the last (by time; a random one without timestamps) training positive of a random
-    ``fraction`` of users with >= 3 positives out of train. Returns (reduced data, held-out rows)."""
+    ``fraction`` of users with >= 3 positives out of train. Returns (reduced data, held-out rows);
+    the reduced data's count features (activity, popularity) are recomputed without those rows."""
     tr = data.splits["train"]
     rng = np.random.default_rng(seed)
     tiebreak = rng.random(len(tr))  # random order among equal timestamps
@@ -26,7 +28,14 @@ def holdout_split(data: MultiDomainData, fraction: float, seed: int) -> tuple[Mu
     keep[held] = False
     splits = dict(data.splits)
     splits["train"] = tr.take(np.flatnonzero(keep))
-    reduced = dataclasses.replace(data, splits=splits)
+    # the count features must not count the rows validated on
+    counts = derived_count_tables(data, splits["train"])
+    reduced = dataclasses.replace(
+        data, splits=splits,
+        user_domain_table={**data.user_domain_table,
+                           **{k: v for k, v in counts.items() if k in data.user_domain_table}},
+        item_domain_table={**data.item_domain_table,
+                           **{k: v for k, v in counts.items() if k in data.item_domain_table}})
     return reduced, tr.take(held)
 
 

@@ -3,6 +3,14 @@
 Each market is a domain. Training rows are ``userId itemId rating`` with a header; the qrel file
 holds one held-out positive per user (split ``valid``) and the run file the candidate list of
 each user (protocol ``sampled``). Markets share items, not users.
+
+Every sub-folder of DIR is a market (names starting with '.' or '_' aside) unless ``--domains``
+names the markets to load, in that order; a market folder without its training file is an
+error, never skipped. The qrel and run files are each in every loaded market or in none (then
+there is no ``valid`` split, or no candidate lists and the ``full`` protocol applies); a market
+missing one that the others have is an error naming the file. The files have no time:
+duplicate (user, item) rows of a market collapse into one (see
+:mod:`adirec.data.sources.rows`), and histories list a user's items in item-id order.
 """
 from __future__ import annotations
 
@@ -14,6 +22,7 @@ import pyarrow.csv as pacsv
 
 from adirec.data.build import RawCandidates, RawInteractions, build_dataset
 from adirec.data.dataset import MultiDomainData
+from adirec.data.sources.rows import Rows, collapse_duplicates, count
 
 
 def _read_tsv(path: Path, columns: list[str], header: bool) -> pa.Table:
@@ -52,18 +61,34 @@ def _ratings(table: pa.Table, path: Path) -> np.ndarray:
 
 def load_xmrec(directory: str | Path, domains: list[str] | None = None, *,
                train_file: str = "train_5core.tsv", history_len: int = 50) -> MultiDomainData:
-    """Load markets ``domains`` (default: every sub-directory with a training file) as domains."""
+    """Load markets ``domains`` (default: every market folder, in name order) as domains."""
     root = Path(directory)
     if not root.is_dir():
         raise FileNotFoundError(f"XMRec directory {root} does not exist")
-    available = sorted(p.name for p in root.iterdir() if (p / train_file).is_file())
+    folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+    available = [f for f in folders if (root / f / train_file).is_file()]
     if domains is None:
+        lacking = [f for f in folders if f not in available]
+        if lacking:
+            raise ValueError(f"{root}: market folder(s) {lacking} have no {train_file}; every sub-folder is a market "
+                             f"unless --domains names the markets to load (markets with {train_file}: {available})")
         domains = available
+    domains = list(domains)
     unknown = [d for d in domains if d not in available]
     if unknown:
-        raise ValueError(f"unknown XMRec markets {unknown} in {root}; available: {available}")
+        detail = "; ".join(f"{root / d} has no {train_file}" if d in folders else f"no folder {root / d}"
+                           for d in unknown)
+        raise ValueError(f"unknown XMRec markets {unknown} ({detail}); available: {available}")
     if not domains:
         raise ValueError(f"no market directories with {train_file} in {root}")
+    if len(set(domains)) != len(domains):
+        raise ValueError(f"--domains names a market twice: {domains}")
+    for extra in ("valid_qrel.tsv", "valid_run.tsv"):
+        present = [(root / m / extra).is_file() for m in domains]
+        if any(present) and not all(present):
+            missing = [str(root / m / extra) for m, ok in zip(domains, present) if not ok]
+            raise ValueError(f"{', '.join(missing)} missing: the other markets have {extra}, and one protocol "
+                             f"applies to all domains; add it or leave the market out with --domains")
     train_parts, valid_parts, cands = [], [], {"u": [], "d": [], "items": []}
     for d, market in enumerate(domains):
         path = root / market / train_file
@@ -98,16 +123,26 @@ def load_xmrec(directory: str | Path, domains: list[str] | None = None, *,
         u, i, d, w = (np.concatenate([p[k] for p in parts]) for k in range(4))
         return RawInteractions(u.astype(object), i.astype(object), d, (w > 0).astype(np.float32))
 
+    meta = {"source": "xmrec", "location": str(root), "train_file": train_file,
+            # user keys are "<market>:<userId>"; serving maps a request's (user, domain) back to them
+            "user_key_scope": "domain",
+            "order": "none (XMRec files have no time): histories list a user's items in item-id order"}
     train = raw(train_parts)
+    count(meta, "read", len(train))
     train_pos = train.weight > 0
-    train = RawInteractions(train.user[train_pos], train.item[train_pos], train.domain[train_pos], train.weight[train_pos])
+    count(meta, "not_positive", int((~train_pos).sum()))
+    rows = Rows(train.user[train_pos], train.item[train_pos], np.asarray(train.domain[train_pos], np.int64),
+                train.weight[train_pos], None, np.flatnonzero(train_pos))
+    rows = collapse_duplicates(rows, meta, lambda i: f"training row {i}")
+    train = RawInteractions(rows.user, rows.item, rows.domain, rows.weight)
+    valid = raw(valid_parts)
+    meta["split"] = {"rule": "files", "description": f"train: {train_file}; valid: valid_qrel.tsv (one held-out "
+                     "positive per user)" if valid is not None else f"train: {train_file} (no valid_qrel.tsv)",
+                     "train": len(train), "valid": 0 if valid is None else len(valid), "test": 0}
     candidates = None
     if cands["items"]:
         candidates = {"valid": RawCandidates(np.concatenate(cands["u"]).astype(object),
                                              np.concatenate(cands["d"]), cands["items"])}
-    return build_dataset(
-        f"xmrec:{root}", domains, train, raw(valid_parts), None,
-        candidates=candidates, history_len=history_len, corpus="domain",
-        # user keys are "<market>:<userId>"; serving maps a request's (user, domain) back to them
-        meta={"source": "xmrec", "location": str(root), "train_file": train_file, "user_key_scope": "domain"},
-    )
+    meta["protocol"] = "sampled (valid_run.tsv candidate lists)" if candidates else "full (no valid_run.tsv)"
+    return build_dataset(f"xmrec:{root}", domains, train, valid, None, candidates=candidates,
+                         history_len=history_len, corpus="domain", meta=meta)
