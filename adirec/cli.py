@@ -9,79 +9,14 @@ import threading
 import time
 from pathlib import Path
 
-from adirec.models.registry import MODELS
-from adirec.options import parse_set
-from adirec.serve.cli import register as register_serve
+from adirec.arguments import (
+    add_data_args, add_model_args, add_train_args, csv_ints, given_train, model_overrides,
+)
 from adirec.bench.cli import register as register_bench
-
-
-def _csv_ints(text: str) -> list[int]:
-    try:
-        values = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
-
-
-def _csv(text: str) -> list[str]:
-    return [x.strip() for x in text.split(",") if x.strip()]
-
-
-def add_data_args(p: argparse.ArgumentParser) -> None:
-    """The data source and its options: every :func:`~adirec.options.option` field of DataSpec."""
-    from adirec.data.spec import DataSpec
-    from adirec.options import add_options
-    add_options(p.add_argument_group("data"), DataSpec, dest_prefix="data_")
-
-
-def data_spec(args):
-    """The DataSpec of the parsed ``args``; ``--data`` is required."""
-    from adirec.data.spec import DataSpec
-    from adirec.options import given_options
-    given = given_options(args, DataSpec, dest_prefix="data_")
-    if "source" not in given:
-        raise ValueError("--data SRC is required (xmrec:DIR | recbole:DIR/PREFIX | table:PATH | parquet:DIR | "
-                         "synthetic[:PRESET])")
-    return DataSpec(**given)
-
-
-def add_train_args(p: argparse.ArgumentParser, *, skip: tuple[str, ...] = ()) -> None:
-    """Every TrainConfig option (``--epochs``, ``--lr``, ...) and the self-training ones (``--st-*``)."""
-    from adirec.options import add_options
-    from adirec.train.config import SelfTrainingConfig, TrainConfig
-    add_options(p.add_argument_group("training"), TrainConfig, dest_prefix="train_", skip=skip)
-    add_options(p.add_argument_group("self-training (Algorithm 1)"), SelfTrainingConfig, dest_prefix="st_")
-
-
-def given_train(args) -> dict:
-    """The training options given on the command line, nested like TrainConfig
-    (``{"lr": 0.01, "self_training": {"p0": 0.05}}``)."""
-    from adirec.options import given_options
-    from adirec.train.config import SelfTrainingConfig, TrainConfig
-    out = given_options(args, TrainConfig, dest_prefix="train_")
-    st = given_options(args, SelfTrainingConfig, dest_prefix="st_")
-    if st:
-        out["self_training"] = st
-    return out
-
-
-def add_model_args(p: argparse.ArgumentParser) -> None:
-    """``--model`` and every TwoTowerConfig option; a flag not given keeps the preset's value."""
-    from adirec.models.config import TwoTowerConfig
-    from adirec.options import add_options
-    g = p.add_argument_group("model", "the preset's settings, changed by these flags (defaults shown are "
-                                      "ADI-SE's; see --dry-run for a preset's)")
-    g.add_argument("--model", help=f"preset: one of {', '.join(sorted(MODELS))} (default: adi-se, or the "
-                   f"one in --config)")
-    add_options(g, TwoTowerConfig, dest_prefix="model_")
-
-
-def model_overrides(args) -> dict:
-    from adirec.models.config import TwoTowerConfig
-    from adirec.options import given_options
-    return given_options(args, TwoTowerConfig, dest_prefix="model_")
+from adirec.data.parquet import DEFAULT_ROW_GROUP_ROWS
+from adirec.data.spec import DataSpec
+from adirec.options import add_options, given_options, parse_set
+from adirec.serve.cli import register as register_serve
 
 
 def _nested_update(base: dict, updates: dict) -> dict:
@@ -256,8 +191,6 @@ def cmd_demo(args) -> int:
 
 
 def cmd_data_inspect(args) -> int:
-    from adirec.data.spec import DataSpec
-    from adirec.options import given_options
     data = DataSpec(source=args.src, seed=args.seed, **given_options(args, DataSpec, dest_prefix="data_")).load()
     s = data.summary()
     if args.json:
@@ -278,6 +211,22 @@ def cmd_data_inspect(args) -> int:
                                  for f in data.schema.fields))
     for line in s.get("loading", []):
         print(line)
+    return 0
+
+
+def cmd_data_convert(args) -> int:
+    import resource
+    from adirec.data.convert import convert
+    from adirec.data.parquet import ParquetLayout
+    t0 = time.time()
+    out = convert(args.src, args.to, row_group_rows=args.row_group_rows, overwrite=args.overwrite,
+                  seed=args.seed, **given_options(args, DataSpec, dest_prefix="data_"))
+    layout = ParquetLayout(out)
+    size = sum(e["bytes"] for e in layout.manifest["files"].values())
+    rows = ", ".join(f"{s} {n}" for s, n in layout.info["splits"].items())
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"wrote {out}: {layout.name}, {layout.num_users} users, {layout.num_items} items, "
+          f"interactions {rows}; {size / 2**20:.1f} MiB in {time.time() - t0:.1f}s, peak RSS {peak:.0f} MiB")
     return 0
 
 
@@ -314,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--protocol", choices=["sampled", "full"])
     p.add_argument("--split", choices=["valid", "test"])
-    p.add_argument("--k", type=_csv_ints, default=[10, 50], help="cut-offs, e.g. 10,50")
+    p.add_argument("--k", type=csv_ints, default=[10, 50], help="cut-offs, e.g. 10,50")
     p.add_argument("--json", metavar="FILE", help="write the report as JSON")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     p.add_argument("--data", metavar="SRC", help="the run's data source at another place (default: the one "
@@ -325,15 +274,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="data set tools").add_subparsers(dest="data_command", required=True)
     p = data.add_parser("inspect", help="rows, users, items per domain and their overlap")
-    p.add_argument("src")
-    from adirec.data.spec import DataSpec
-    from adirec.options import add_options
+    p.add_argument("src", help="the data source: xmrec:DIR | recbole:DIR/PREFIX | table:PATH | parquet:DIR | "
+                   "synthetic[:PRESET]")
     add_options(p.add_argument_group("data"), DataSpec, dest_prefix="data_", skip=("source", "seed"))
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--seed", type=int, default=0, help="seed of a synthetic data set")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_data_inspect)
-    from adirec.data.parquet import register as register_convert
-    register_convert(data)  # adirec data convert SRC --to DIR
+
+    p = data.add_parser(
+        "convert", help="write a data set as a Parquet layout (streaming, parquet:DIR)",
+        description="Write SRC (xmrec:DIR, recbole:DIR/PREFIX, table:PATH, synthetic[:PRESET], parquet:DIR) as a "
+                    "Parquet layout. Synthetic data are generated straight to Parquet, block by block.")
+    p.add_argument("src", help="the data source, as for data inspect")
+    p.add_argument("--to", required=True, metavar="DIR", help="layout directory to write")
+    add_options(p.add_argument_group("data"), DataSpec, dest_prefix="data_", skip=("source", "seed"))
+    p.add_argument("--seed", type=int, default=0, help="seed of a synthetic data set")
+    p.add_argument("--row-group-rows", type=int, default=DEFAULT_ROW_GROUP_ROWS,
+                   help="rows per row group of the interaction files")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace DIR if it is a Parquet layout (any other directory is refused)")
+    p.set_defaults(func=cmd_data_convert)
     register_bench(sub)
     register_serve(sub)  # adirec export | recommend | serve
     return parser
