@@ -1,4 +1,7 @@
-"""Command line: ``adirec demo | train | evaluate | data inspect`` (see ``adirec -h``)."""
+"""The ``adirec`` command: ``demo``, ``train``, ``evaluate``, ``data inspect | convert``, ``bench``,
+``export``, ``recommend``, ``serve``, ``index add`` (see ``adirec -h``). Every option's help line
+shows its default; a command that needs a missing optional dependency says which extra to install.
+"""
 from __future__ import annotations
 
 import argparse
@@ -9,12 +12,14 @@ import threading
 import time
 from pathlib import Path
 
+from adirec import __version__
 from adirec.arguments import (
     add_data_args, add_model_args, add_train_args, csv_ints, given_train, model_overrides,
 )
 from adirec.bench.cli import register as register_bench
 from adirec.data.parquet import DEFAULT_ROW_GROUP_ROWS
 from adirec.data.spec import DataSpec
+from adirec.extras import missing_extra_message
 from adirec.options import add_options, given_options, parse_set
 from adirec.serve.cli import register as register_serve
 
@@ -232,14 +237,15 @@ def cmd_data_convert(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="adirec", description="Multi-domain candidate retrieval (ADI).")
+    parser.add_argument("--version", action="version", version=f"adirec {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="train adi-se and dnn on synthetic data and compare them")
     p.add_argument("--preset", default="small", help="synthetic preset (small: 50k interactions)")
-    p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="runs/demo")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--epochs", type=int, default=5, help="training epochs per model")
+    p.add_argument("--seed", type=int, default=0, help="seed of the data and of training")
+    p.add_argument("--out", default="runs/demo", help="the runs go to OUT/<date-time>/<model>")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("train", help="train a model and write a run directory",
@@ -261,11 +267,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="evaluate a run directory")
     p.add_argument("run_dir")
-    p.add_argument("--protocol", choices=["sampled", "full"])
-    p.add_argument("--split", choices=["valid", "test"])
-    p.add_argument("--k", type=csv_ints, default=[10, 50], help="cut-offs, e.g. 10,50")
+    p.add_argument("--protocol", choices=["sampled", "full"], help="rank candidate lists (sampled) or the "
+                   "whole domain corpus (full); default: sampled where the data has candidate lists, else full")
+    p.add_argument("--split", choices=["valid", "test"], help="default: the split the run reports (test when "
+                   "the data has one, else valid)")
+    p.add_argument("--k", type=csv_ints, default=[10, 50], help="cut-offs N of Recall@N, NDCG@N, HitRate@N, "
+                   "MRR@N and coverage@N")
     p.add_argument("--json", metavar="FILE", help="write the report as JSON")
-    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    p.add_argument("--device", default="auto", help="auto (a GPU when PyTorch sees one, else the CPU), cpu, "
+                   "cuda or cuda:N")
     p.add_argument("--data", metavar="SRC", help="the run's data source at another place (default: the one "
                    "the run recorded); it must hold the same data")
     p.add_argument("--allow-incomplete", action="store_true", help="evaluate an unfinished run's best "
@@ -296,7 +306,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_data_convert)
     register_bench(sub)
     register_serve(sub)  # adirec export | recommend | serve
+    show_defaults(parser)
     return parser
+
+
+def show_defaults(parser: argparse.ArgumentParser) -> None:
+    """Append ``(default: X)`` to the help of every option of ``parser`` and its subcommands that
+    has a default its help does not mention yet (flags that are off unless given have none)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for subparser in action.choices.values():
+                show_defaults(subparser)
+            continue
+        if not action.option_strings or isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
+            continue
+        default = action.default
+        if default is None or default is False or default == [] or default is argparse.SUPPRESS:
+            continue
+        text = action.help or ""
+        if "default" in text.lower():
+            continue
+        shown = ",".join(map(str, default)) if isinstance(default, (list, tuple)) else str(default)
+        shown = shown.replace("%", "%%")
+        action.help = f"{text} (default: {shown})" if text else f"default: {shown}"
 
 
 def _terminate(signum, frame) -> None:
@@ -322,6 +354,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, FileExistsError, KeyError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"adirec: error: {msg}", file=sys.stderr)
+        return 2
+    except ImportError as e:  # an optional dependency that is not installed: say which extra brings it
+        message = missing_extra_message(e, f"adirec {args.command}")
+        if message is None:
+            raise
+        print(f"adirec: error: {message}", file=sys.stderr)
         return 2
     finally:
         if in_main_thread:

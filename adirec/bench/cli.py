@@ -32,7 +32,8 @@ def register(subparsers) -> None:
     p.add_argument("--first-seed", type=int, default=0,
                    help="first training seed: runs seeds S..S+N-1 (default 0); bench processes with "
                         "different seeds may share one --out")
-    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--out", required=True, metavar="DIR", help="benchmark directory: runs, results.json, "
+                   "results.md and figures")
     p.add_argument("--methods", type=csv_list, help="only these runs, by key (mmoe-k2), suite/key (paper/adi-se) or model "
                         "name (mmoe: every run of that preset), comma-separated")
     p.add_argument("--k", type=csv_ints, help="cut-offs (default 10 with candidate lists, else 20,50,100)")
