@@ -273,12 +273,12 @@ def export(run: Run | str | Path, out: str | Path, *, overwrite: bool = False, a
     (``exact_max_items``, ``ann="hnsw"``, ...); ``overwrite`` replaces only an existing bundle."""
     require("serve", "export")
     from adirec.serve.bundle import IndexConfig, export_bundle
-    run = _as_run(run)
     known = {f.name for f in dataclasses.fields(IndexConfig)}
     unknown = sorted(set(index_options) - known)
     if unknown:
         raise TypeError(f"export: unknown index option(s) {unknown}; the options are IndexConfig's fields: "
                         f"{sorted(known)}")
+    run = _as_run(run)
     return Path(export_bundle(run.path, out, index_config=IndexConfig(**index_options), overwrite=overwrite,
                               data=data if data is not None else run.data, data_source=data_source,
                               allow_incomplete=allow_incomplete))
