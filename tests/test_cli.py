@@ -85,6 +85,22 @@ def test_tensorboard_without_its_extra_is_refused_before_training(monkeypatch, c
     assert not (tmp_path / "run").exists()
 
 
+def test_the_core_install_trains_and_evaluates_without_any_extra(tmp_path):
+    from adirec.extras import EXTRAS
+    blocked = sorted(m for modules in EXTRAS.values() for m in modules)
+    run = tmp_path / "run"
+    code = (f"import sys\nfor m in {blocked!r}: sys.modules[m] = None\n"
+            "from adirec.cli import main\n"
+            f"assert main(['train', '--data', 'synthetic:tiny', '--out', {str(run)!r}, '--epochs', '1', "
+            "'--embedding-dim', '8', '--batch-size', '128', '--negatives', '64', '--no-progress', '--threads', '1']) == 0\n"
+            f"assert main(['evaluate', {str(run)!r}, '--k', '10']) == 0\n"
+            f"assert main(['export', {str(run)!r}, '--out', {str(tmp_path / 'bundle')!r}]) == 2\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "hitrate@10" in done.stdout
+    assert "pip install 'adirec[serve]'" in done.stderr
+
+
 # ------------------------------------------------------------------ the README's commands
 def _readme_commands() -> list[str]:
     """Every ``adirec ...`` command of the README: the lines of its fenced blocks (with their
