@@ -41,7 +41,8 @@ _LAZY = {
 #: names that need an optional extra, checked before their module is imported
 _NEEDS_EXTRA = {"Recommender": "serve", "Filters": "serve"}
 
-__all__ = ["__version__", "train", *_LAZY]
+# a star import takes what the core install provides
+__all__ = ["__version__", "train", *(name for name in _LAZY if name not in _NEEDS_EXTRA)]
 
 
 class _CallableTrainPackage(types.ModuleType):
