@@ -240,7 +240,7 @@ def write_bundle(out: str | Path, model: TwoTowerModel, data: MultiDomainData, *
             "data": data.name, "domains": list(data.domains), "domain_info": domains_info,
             "num_users": data.num_users, "num_items": data.num_items, "model_items": data.num_items,
             "user_key_scope": scope, "revision": 0,
-            "embedding_dim": int(model.config.output_dim),
+            "embedding_dim": int(model.vector_dim),
             "item_vectors": "model" if item_vectors is None else "supplied",
             **(extra or {}),
             "files": {p: {"sha256": _sha256(tmp / p), "bytes": (tmp / p).stat().st_size}
@@ -548,8 +548,8 @@ def _load(root: Path, manifest: dict) -> Bundle:
                         TwoTowerConfig.from_dict(config["model_config"], source=str(root / "config.json")))
     load_weights(model, root / "model.safetensors")
     model.eval()
-    if model.config.output_dim != dom[0].embeddings.shape[1]:
-        raise BundleError(f"{root}: model output width {model.config.output_dim} differs from the "
+    if model.vector_dim != dom[0].embeddings.shape[1]:
+        raise BundleError(f"{root}: model vector width {model.vector_dim} differs from the "
                           f"item vectors' {dom[0].embeddings.shape[1]}")
     model_items = int(manifest["model_items"])
     if not 1 <= model_items <= len(items) or len(data.item_table.get("item_id", ())) != len(items) + 1:
