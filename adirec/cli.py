@@ -201,6 +201,19 @@ def dry_run(spec, name: str, overrides: dict, tcfg) -> dict:
             "train_config": asdict(tcfg), "parameters": model.num_parameters()}
 
 
+def cmd_ensemble(args) -> int:
+    from adirec.runs import ensemble_runs
+    weights = None
+    if args.weights:
+        try:
+            weights = [float(w) for w in args.weights.split(",")]
+        except ValueError:
+            raise ValueError(f"--weights must be comma-separated numbers, got {args.weights!r}") from None
+    out = ensemble_runs(args.runs, args.out, weights=weights)
+    print(f"ensemble of {len(args.runs)} runs written to {out}; evaluate or export it like any run")
+    return 0
+
+
 def cmd_evaluate(args) -> int:
     from adirec.runs import evaluate_run
     from adirec.utils import atomic_write_json
@@ -309,6 +322,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(p)
     add_train_args(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("ensemble", help="combine finished runs on the same data into one run (one index)",
+                       description="Write a run directory whose score is the weighted sum of the runs' scores: "
+                                   "user vectors [w1 u1, ..., wK uK] and item vectors [v1, ..., vK], still one "
+                                   "inner product. Evaluate, export and serve it like any run.")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="finished runs trained on the same data")
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help="the ensemble's run directory to create")
+    p.add_argument("--weights", metavar="W1,W2,...", help="one weight per run (default: all 1)")
+    p.set_defaults(func=cmd_ensemble)
 
     p = sub.add_parser("evaluate", help="evaluate a run directory")
     p.add_argument("run_dir")

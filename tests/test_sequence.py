@@ -152,3 +152,29 @@ def test_item_bias_is_one_more_vector_entry_started_at_the_popularity_prior():
                * model.item_tower(store.item_features(items, 1), dom)).sum(-1)
     assert torch.allclose(u[:, -1], torch.ones(3))
     assert torch.allclose((u * v).sum(-1), cos + model.item_bias[1, torch.as_tensor(items)], atol=1e-6)
+
+
+def test_an_ensemble_scores_the_weighted_sum_of_its_members(tmp_path):
+    from adirec.cli import main
+    from adirec.data.spec import DataSpec
+    from adirec.runs import ensemble_runs, load_run
+    from adirec.train.loop import TwoTowerScorer
+    args = ["--data", "synthetic:tiny", "--epochs", "1", "--embedding-dim", "8", "--expert-hidden", "16",
+            "--expert-out", "8", "--forward-hidden", "8", "--output-dim", "8", "--no-progress", "--threads", "1",
+            "--eval-ks", "10", "--early-stopping-metric", "recall@10", "--no-self-training"]
+    runs = []
+    for seed, extra in ((0, []), (1, ["--item-bias"])):
+        run = tmp_path / f"r{seed}"
+        assert main(["train", *args, "--seed", str(seed), "--out", str(run), *extra]) == 0
+        runs.append(run)
+    ens = ensemble_runs(runs, tmp_path / "ens", weights=[0.25, 2.0])
+    model, data, cfg = load_run(ens)
+    assert cfg["model"] == "ensemble" and model.vector_dim == 8 + 9
+    store = FeatureStore(data)
+    users, items = np.arange(1, 6), np.asarray(data.corpus[1][:7])
+    want = sum(w * TwoTowerScorer(load_run(r)[0], store, data.num_items).score(users, 1, items)
+               for w, r in zip((0.25, 2.0), runs))
+    got = TwoTowerScorer(model, store, data.num_items).score(users, 1, items)
+    assert torch.allclose(got, want, atol=1e-5)
+    assert main(["evaluate", str(ens), "--k", "10"]) == 0
+    assert DataSpec(**cfg["data"]).source == "synthetic:tiny"
