@@ -218,7 +218,7 @@ def cmd_evaluate(args) -> int:
     from adirec.runs import evaluate_run
     from adirec.utils import atomic_write_json
     report = evaluate_run(args.run_dir, protocol=args.protocol, split=args.split, ks=args.k, device=args.device,
-                          data_source=args.data, allow_incomplete=args.allow_incomplete)
+                          data_source=args.data, allow_incomplete=args.allow_incomplete, history=args.history)
     print(format_metrics({report["model"]: report["metrics"]}, title=f"{report['data']} "
                          f"({report['protocol']}, split {report['split']})"))
     if args.json:
@@ -343,6 +343,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "the run recorded); it must hold the same data")
     p.add_argument("--allow-incomplete", action="store_true", help="evaluate an unfinished run's best "
                    "checkpoint instead of refusing")
+    p.add_argument("--history", choices=["train", "train+valid"], default="train",
+                   help="what users' histories hold when the test split is ranked: the training positives "
+                        "(default), or also the validation positives before them (leave-one-out as published "
+                        "sequential recommenders are evaluated); the seen items removed follow")
     p.set_defaults(func=cmd_evaluate)
 
     data = sub.add_parser("data", help="data set tools").add_subparsers(dest="data_command", required=True)

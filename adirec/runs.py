@@ -36,6 +36,7 @@ from adirec.data.batches import FeatureStore
 from adirec.data.dataset import MultiDomainData
 from adirec.data.fingerprint import describe_difference, fingerprint
 from adirec.data.spec import DataSpec
+from adirec.data.split import history_view
 from adirec.eval.protocols import SeenItems, evaluate
 from adirec.models.config import TwoTowerConfig
 from adirec.models.ensemble import EnsembleModel
@@ -407,20 +408,22 @@ def ensemble_runs(runs: list[str | Path], out_dir: str | Path, *, weights: list[
 
 def evaluate_run(run_dir: str | Path, *, protocol: str | None = None, split: str | None = None,
                  ks: list[int] = (10, 50), data: MultiDomainData | None = None, device: str = "auto",
-                 data_source: str | None = None, allow_incomplete: bool = False) -> dict:
+                 data_source: str | None = None, allow_incomplete: bool = False, history: str = "train") -> dict:
     """Evaluate a run on ``device`` (see :func:`adirec.train.distributed.resolve_device`); the
-    dict is what ``adirec evaluate --json`` writes."""
+    dict is what ``adirec evaluate --json`` writes. ``history``: what users' histories hold when
+    the test split is ranked (:func:`adirec.data.split.history_view`)."""
     model, data, cfg = load_run(run_dir, data, data_source=data_source, allow_incomplete=allow_incomplete)
     model.to(ddp.resolve_device(device))
     protocol = protocol or default_protocol(data)
     split = split or cfg.get("report_split") or default_split(data)
-    scorer = TwoTowerScorer(model, FeatureStore(data), data.num_items)
+    seen = history_view(data, split, history)
+    scorer = TwoTowerScorer(model, FeatureStore(seen), data.num_items)
     t0 = time.time()
-    result = evaluate(scorer, data, split=split, protocol=protocol, ks=list(ks), seen=SeenItems(data))
+    result = evaluate(scorer, seen, split=split, protocol=protocol, ks=list(ks), seen=SeenItems(seen))
     summary_path = Path(run_dir) / "summary.json"
     summary = read_json(summary_path) if summary_path.is_file() else {}
     return {
-        "model": cfg["model"], "data": data.name, "protocol": protocol, "split": split,
+        "model": cfg["model"], "data": data.name, "protocol": protocol, "split": split, "history": history,
         "params": model.num_parameters(), "train_seconds": summary.get("train_seconds"),
         "eval_seconds": time.time() - t0, "best_epoch": summary.get("best_epoch"),
         "queries": int(len(result.query_domain)),
