@@ -191,10 +191,6 @@ class Dimension:
             return json.loads(sampled)
         return sampled
 
-    def candidates(self) -> list:
-        """The values checked against the configs when the space is loaded: both ends, every choice."""
-        return list(self.values)
-
     def to_dict(self) -> dict:
         return {self.kind: list(self.values)}
 
@@ -251,7 +247,7 @@ class SearchSpace:
         (``model_name`` with ``model_overrides``, ``train_config``); raise ValueError naming the
         setting and value otherwise."""
         for dim in self.dimensions:
-            for value in dim.candidates():
+            for value in dim.values:  # both ends of a range, every choice
                 try:
                     trial_configs(model_name, model_overrides, train_config, {dim.key: value})
                 except ValueError as e:
