@@ -13,6 +13,7 @@ from adirec.models.registry import MODELS
 from adirec.options import parse_set
 from adirec.serve.cli import register as register_serve
 from adirec.bench.cli import register as register_bench
+from adirec.tune import register as register_tune
 
 
 def _csv_ints(text: str) -> list[int]:
@@ -361,6 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     from adirec.data.parquet import register as register_convert
     register_convert(data)  # adirec data convert SRC --to DIR
     register_bench(sub)
+    register_tune(sub)  # adirec tune
     register_serve(sub)  # adirec export | recommend | serve
     return parser
 
