@@ -74,7 +74,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     from adirec.options import add_options
     g = p.add_argument_group("model", "the preset's settings, changed by these flags (defaults shown are "
                                       "ADI-SE's; see --dry-run for a preset's)")
-    g.add_argument("--model", help=f"preset: one of {', '.join(sorted(MODELS))} (default: adi-se, or the "
+    g.add_argument("--model", help=f"preset: one of {', '.join(sorted(MODELS))} (default: adi-plus, or the "
                    f"one in --config)")
     add_options(g, TwoTowerConfig, dest_prefix="model_")
 
@@ -144,7 +144,7 @@ def _train_plan(args) -> tuple:
         path = Path(args.config)
         cfg = read_run_config(path.parent) if path.name == "config.json" else json.loads(path.read_text())
         name, data, model, train = cfg["model"], dict(cfg["data"]), dict(cfg["model_config"]), dict(cfg["train_config"])
-    name = args.model or name or "adi-se"
+    name = args.model or name or "adi-plus"
     data = {**data, **given_options(args, DataSpec, dest_prefix="data_")}
     model = {**model, **model_overrides(args)}
     train = _nested_update(train, given_train(args))
@@ -198,7 +198,9 @@ def dry_run(spec, name: str, overrides: dict, tcfg) -> dict:
     data = spec.load()
     mcfg = build_config(name, data.num_domains, **overrides)
     model = build_model(name, data.schema, data.num_domains, mcfg)
-    return {"model": name, "data": asdict(spec), "domains": data.domains, "model_config": asdict(mcfg),
+    from adirec.runs import _built_config
+    return {"model": name, "data": asdict(spec), "domains": data.domains,
+            "model_config": asdict(_built_config(model, mcfg)),
             "train_config": asdict(tcfg), "parameters": model.num_parameters()}
 
 

@@ -38,6 +38,7 @@ from adirec.data.fingerprint import describe_difference, fingerprint
 from adirec.data.spec import DataSpec
 from adirec.data.split import history_view
 from adirec.eval.protocols import SeenItems, evaluate
+from adirec.models.adi import TwoTowerModel
 from adirec.models.config import TwoTowerConfig
 from adirec.models.ensemble import EnsembleModel
 from adirec.models.per_domain import PerDomainModel
@@ -177,7 +178,9 @@ def _train(spec, model_name, out: Path, overrides: dict, tcfg: TrainConfig, data
         write_keys(out / "vocab" / "items.parquet", data.item_keys)
         config = {"format": RUN_FORMAT, "format_version": RUN_FORMAT_VERSION, "model": model_name,
                   "data": asdict(spec), "data_name": data.name, "domains": data.domains,
-                  "report_split": report_split, "model_config": asdict(mcfg), "train_config": asdict(tcfg),
+                  # what was built: the preset's values resolved for this data
+                  "report_split": report_split, "model_config": asdict(_built_config(model, mcfg)),
+                  "train_config": asdict(tcfg),
                   "schema": data.schema.to_dict(), "data_fingerprint": data_print}
         if layout is not None:
             config["streaming"] = {"train_rows": len(stream_kw["batches"]), "valid_users": valid_users,
@@ -215,6 +218,14 @@ def _train(spec, model_name, out: Path, overrides: dict, tcfg: TrainConfig, data
     return summary
 
 
+
+
+def _built_config(model, config: TwoTowerConfig) -> TwoTowerConfig:
+    """The config a model was built with, its data-dependent values resolved (a per-domain model's
+    config is its sub-models')."""
+    if isinstance(model, PerDomainModel):
+        return model.models[0].config
+    return model.config if isinstance(model, TwoTowerModel) else config
 
 
 def _streamable(spec: DataSpec):

@@ -25,7 +25,7 @@ class TwoTowerModel(nn.Module):
             raise ValueError(f"num_domains must be >= 1, got {num_domains}")
         # values that depend on the number of domains become numbers here, so model.config
         # says exactly what was built
-        self.config = (config or TwoTowerConfig()).validate().resolved(num_domains)
+        self.config = (config or TwoTowerConfig()).validate().resolved(num_domains, schema)
         self.schema = schema
         self.num_domains = num_domains
         used = Schema([f for f in schema.fields if self.config.reads_field(f)], schema.vocab_sizes)

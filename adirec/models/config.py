@@ -20,6 +20,8 @@ from adirec.options import option
 #: paper section 5.1.4); replaced by the number when the number of domains is known
 #: (:meth:`TwoTowerConfig.resolved`)
 DOMAINS_PLUS_ONE = "domains+1"
+#: ``history_encoder`` value resolved from the data's schema (:meth:`TwoTowerConfig.resolved`)
+AUTO = "auto"
 
 #: backbones whose expert gate may read the domain indicator's embedding
 _DOMAIN_GATED = ("adi", "mmoe")
@@ -124,8 +126,9 @@ class TwoTowerConfig:
     sparse_embeddings: bool = option(False, "sparse gradients for the embedding tables (SparseAdam)")
     specific_experts: int = option(1, "PLE: domain-specific experts per domain and level")
     ple_levels: int = option(1, "PLE: extraction levels (1 = CGC)")
-    history_encoder: str = option("mean", "summary of the behaviour history: mean (eq. 7), recency or transformer",
-                                  choices=HISTORY_ENCODERS)
+    history_encoder: str = option("mean", "summary of the behaviour history: mean (eq. 7), recency, transformer, "
+                                  "or auto (transformer when the history is in time order, else mean)",
+                                  choices=(*HISTORY_ENCODERS, "auto"))
     transformer_layers: int = option(2, "blocks of the transformer history encoder")
     transformer_heads: int = option(1, "attention heads of the transformer history encoder")
     transformer_dropout: float = option(0.2, "dropout of the transformer history encoder")
@@ -164,8 +167,9 @@ class TwoTowerConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {v!r}")
-        if self.history_encoder not in HISTORY_ENCODERS:
-            raise ValueError(f"history_encoder must be one of {HISTORY_ENCODERS}, got {self.history_encoder!r}")
+        if self.history_encoder not in (*HISTORY_ENCODERS, AUTO):
+            raise ValueError(f"history_encoder must be one of {(*HISTORY_ENCODERS, AUTO)}, "
+                             f"got {self.history_encoder!r}")
         if self.embedding_dim % self.transformer_heads:
             raise ValueError(f"embedding_dim {self.embedding_dim} must be a multiple of transformer_heads "
                              f"{self.transformer_heads}")
@@ -191,14 +195,20 @@ class TwoTowerConfig:
             return True
         return self.backbone in _DOMAIN_GATED and self.gate_input == "domain"
 
-    def resolved(self, num_domains: int) -> "TwoTowerConfig":
-        """This config with the values that depend on the number of domains made numbers
-        (``shared_experts="domains+1"`` -> ``num_domains + 1``); self when there are none."""
+    def resolved(self, num_domains: int, schema=None) -> "TwoTowerConfig":
+        """This config with the values that depend on the data made explicit: ``shared_experts=
+        "domains+1"`` -> ``num_domains + 1``, and, given the data's ``schema``,
+        ``history_encoder="auto"`` -> ``"transformer"`` when the behaviour history is in time order
+        (``Field.ordered``), else ``"mean"``. Self when there is nothing to resolve."""
         if not isinstance(num_domains, int) or num_domains < 1:
             raise ValueError(f"num_domains must be an int >= 1, got {num_domains!r}")
+        changes = {}
         if self.shared_experts == DOMAINS_PLUS_ONE:
-            return dataclasses.replace(self, shared_experts=num_domains + 1)
-        return self
+            changes["shared_experts"] = num_domains + 1
+        if self.history_encoder == AUTO and schema is not None:
+            ordered = any(f.name == "hist_all" and f.ordered for f in schema.fields)
+            changes["history_encoder"] = "transformer" if ordered else "mean"
+        return dataclasses.replace(self, **changes) if changes else self
 
     @classmethod
     def field_names(cls) -> list[str]:

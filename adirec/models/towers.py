@@ -191,7 +191,7 @@ class Tower(nn.Module):
         super().__init__()
         if num_domains < 1:
             raise ValueError(f"num_domains must be >= 1, got {num_domains}")
-        config = config.resolved(num_domains)
+        config = config.resolved(num_domains, schema)
         self.side = side
         self.num_domains = num_domains
         self.l2_normalize = config.l2_normalize
