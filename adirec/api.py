@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from adirec.arguments import nested_update
 from adirec.data.dataset import MultiDomainData
 from adirec.data.spec import DataSpec
 from adirec.extras import require
@@ -110,13 +111,6 @@ def _spec_and_data(data: Any) -> tuple[DataSpec, MultiDomainData | None]:
 
 
 # ----------------------------------------------------------------------------- configs
-def _nested(base: dict, updates: dict) -> dict:
-    out = dict(base)
-    for k, v in updates.items():
-        out[k] = _nested(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 def _train_config(model: str, given: TrainConfig | dict | None, options: dict) -> TrainConfig:
     """A TrainConfig is used as it is; a dict and keyword options change the preset's training
     defaults (as ``adirec train``'s flags do): TrainConfig's defaults < the preset's < ``given`` <
@@ -130,10 +124,10 @@ def _train_config(model: str, given: TrainConfig | dict | None, options: dict) -
     if isinstance(given, TrainConfig):
         base = asdict(given)
     elif given is None or isinstance(given, dict):
-        base = _nested(_nested(asdict(TrainConfig()), train_defaults(model)), given or {})
+        base = nested_update(nested_update(asdict(TrainConfig()), train_defaults(model)), given or {})
     else:
         raise TypeError(f"train: train_config must be a TrainConfig or a dict, got {type(given).__name__}")
-    return TrainConfig(**_nested(base, options))
+    return TrainConfig(**nested_update(base, options))
 
 
 def _model_overrides(model_config: TwoTowerConfig | dict | None) -> dict:
@@ -194,10 +188,10 @@ class Run:
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
     def evaluate(self, *, protocol: str | None = None, split: str | None = None, ks=(10, 50),
-                 device: str = "auto", allow_incomplete: bool = False) -> dict:
+                 device: str = "auto", allow_incomplete: bool = False, history: str = "train") -> dict:
         """The report ``adirec evaluate --json`` writes (see :func:`evaluate`)."""
         return evaluate(self, protocol=protocol, split=split, ks=ks, device=device,
-                        allow_incomplete=allow_incomplete)
+                        allow_incomplete=allow_incomplete, history=history)
 
     def export(self, out: str | Path, *, overwrite: bool = False, allow_incomplete: bool = False,
                **index_options) -> Path:
@@ -255,15 +249,16 @@ def _as_run(run: Run | str | Path) -> Run:
 
 def evaluate(run: Run | str | Path, *, protocol: str | None = None, split: str | None = None, ks=(10, 50),
              device: str = "auto", data: MultiDomainData | None = None, data_source: str | None = None,
-             allow_incomplete: bool = False) -> dict:
+             allow_incomplete: bool = False, history: str = "train") -> dict:
     """Evaluate a run (a :class:`Run` or a run directory): the report ``adirec evaluate --json``
     writes, with ``metrics[name][domain]`` for recall@N, ndcg@N, hitrate@N, mrr@N and
     coverage@N per domain and their ``mean``. ``protocol`` (``full`` or ``sampled``) and
-    ``split`` default to the run's own; ``data`` / ``data_source`` give its data when it moved."""
+    ``split`` default to the run's own; ``data`` / ``data_source`` give its data when it moved;
+    ``history`` is ``adirec evaluate --history`` (``train`` or ``train+valid``)."""
     run = _as_run(run)
     return evaluate_run(run.path, protocol=protocol, split=split, ks=list(ks), device=device,
                         data=data if data is not None else run.data, data_source=data_source,
-                        allow_incomplete=allow_incomplete)
+                        allow_incomplete=allow_incomplete, history=history)
 
 
 def export(run: Run | str | Path, out: str | Path, *, overwrite: bool = False, allow_incomplete: bool = False,

@@ -1,17 +1,23 @@
-"""Command-line argument groups of the config dataclasses, shared by ``adirec`` (:mod:`adirec.cli`)
-and ``adirec bench`` (:mod:`adirec.bench.cli`): the flags are generated from the dataclasses'
-:func:`~adirec.options.option` fields, and read back nested the way the configs hold them.
+"""Command-line argument groups of the config dataclasses, shared by ``adirec`` (:mod:`adirec.cli`),
+``adirec bench`` (:mod:`adirec.bench.cli`) and ``adirec tune`` (:mod:`adirec.tune`): the flags
+are generated from the dataclasses' :func:`~adirec.options.option` fields and read back nested the
+way the configs hold them; :func:`apply_sets` applies ``--set KEY=VALUE`` and :func:`train_plan`
+turns ``adirec train``'s arguments into the configs of a run.
 
-This module sits below both command modules, so neither has to import the other for them.
+This module sits below the command modules, so none of them has to import another for these.
 """
 from __future__ import annotations
 
 import argparse
+import json
+from dataclasses import asdict, fields
+from pathlib import Path
 
 from adirec.data.spec import DataSpec
 from adirec.models.config import TwoTowerConfig
-from adirec.models.registry import MODELS
-from adirec.options import add_options, given_options
+from adirec.models.registry import MODELS, train_defaults
+from adirec.options import add_options, coerce, given_options
+from adirec.runs import read_run_config
 from adirec.train.config import SelfTrainingConfig, TrainConfig
 
 
@@ -65,7 +71,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     """``--model`` and every TwoTowerConfig option; a flag not given keeps the preset's value."""
     g = p.add_argument_group("model", "the preset's settings, changed by these flags (defaults shown are "
                                       "ADI-SE's; see --dry-run for a preset's)")
-    g.add_argument("--model", help=f"preset: one of {', '.join(sorted(MODELS))} (default: adi-se, or the "
+    g.add_argument("--model", help=f"preset: one of {', '.join(sorted(MODELS))} (default: adi-plus, or the "
                    f"one in --config)")
     add_options(g, TwoTowerConfig, dest_prefix="model_")
 
@@ -73,3 +79,64 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 def model_overrides(args: argparse.Namespace) -> dict:
     """The TwoTowerConfig options given on the command line."""
     return given_options(args, TwoTowerConfig, dest_prefix="model_")
+
+
+def nested_update(base: dict, updates: dict) -> dict:
+    """``base`` with ``updates`` applied, nested dicts merged key by key (a fresh dict)."""
+    out = dict(base)
+    for k, v in updates.items():
+        out[k] = nested_update(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def apply_sets(pairs: list[tuple[str, object]], *, data: dict, model: dict, train: dict) -> None:
+    """Apply ``--set KEY=VALUE`` pairs in place. KEY is a field of TrainConfig, TwoTowerConfig or
+    DataSpec, dotted for nesting (``self_training.p0``); prefix ``train.``, ``model.`` or ``data.``
+    where a name exists in several (``data.seed``)."""
+    classes = {"train": TrainConfig, "model": TwoTowerConfig, "data": DataSpec}
+    names = {"train": {f.name for f in fields(TrainConfig)}, "model": {f.name for f in fields(TwoTowerConfig)},
+             "data": {f.name for f in fields(DataSpec)}}
+    nested = {("train", "self_training"): {f.name for f in fields(SelfTrainingConfig)}}
+    targets = {"train": train, "model": model, "data": data}
+    for key, value in pairs:
+        parts = key.split(".")
+        scope = parts.pop(0) if parts[0] in targets and len(parts) > 1 else None
+        scopes = [scope] if scope else [s for s in ("train", "model", "data") if parts[0] in names[s]]
+        if not scopes or parts[0] not in names[scopes[0]]:
+            raise ValueError(f"--set {key}: no such setting; fields are those of TrainConfig, TwoTowerConfig "
+                             f"and DataSpec (e.g. lr, embedding_dim, self_training.p0, data.seed)")
+        if len(scopes) > 1:
+            raise ValueError(f"--set {key}: the name is a field of {' and '.join(scopes)}; write "
+                             f"{scopes[0]}.{key} or {scopes[1]}.{key}")
+        where = targets[scopes[0]]
+        if len(parts) == 2 and (scopes[0], parts[0]) in nested:
+            if parts[1] not in nested[(scopes[0], parts[0])]:
+                raise ValueError(f"--set {key}: {parts[0]} has no field {parts[1]!r}")
+            where.setdefault(parts[0], {})
+            if not isinstance(where[parts[0]], dict):
+                where[parts[0]] = dict(where[parts[0]].__dict__)
+            where[parts[0]][parts[1]] = coerce(SelfTrainingConfig, parts[1], value)
+        elif len(parts) == 1:
+            where[parts[0]] = coerce(classes[scopes[0]], parts[0], value)
+        else:
+            raise ValueError(f"--set {key}: only self_training.* is nested")
+
+
+def train_plan(args: argparse.Namespace) -> tuple:
+    """(data spec, model name, model overrides, train config) of ``adirec train``'s arguments:
+    TrainConfig's defaults < the preset's training defaults < --config < flags < --set."""
+    data, model, train, name = {}, {}, {}, None
+    if args.config:
+        path = Path(args.config)
+        cfg = read_run_config(path.parent) if path.name == "config.json" else json.loads(path.read_text())
+        name, data, model, train = cfg["model"], dict(cfg["data"]), dict(cfg["model_config"]), dict(cfg["train_config"])
+    name = args.model or name or "adi-plus"
+    data = {**data, **given_options(args, DataSpec, dest_prefix="data_")}
+    model = {**model, **model_overrides(args)}
+    train = nested_update(train, given_train(args))
+    apply_sets(args.set, data=data, model=model, train=train)
+    if "source" not in data:
+        raise ValueError("--data SRC is required (xmrec:DIR | recbole:DIR/PREFIX | parquet:DIR | synthetic[:PRESET]), "
+                         "unless --config names a run's config")
+    train = nested_update(nested_update(asdict(TrainConfig()), train_defaults(name)), train)
+    return DataSpec(**data), name, model, TrainConfig(**train)

@@ -13,86 +13,15 @@ import time
 from pathlib import Path
 
 from adirec import __version__
-from adirec.arguments import (
-    add_data_args, add_model_args, add_train_args, csv_ints, given_train, model_overrides,
-)
+from adirec.arguments import add_data_args, add_model_args, add_train_args, csv_ints
+from adirec.arguments import train_plan as _train_plan
 from adirec.bench.cli import register as register_bench
 from adirec.data.parquet import DEFAULT_ROW_GROUP_ROWS
 from adirec.data.spec import DataSpec
 from adirec.extras import missing_extra_message
 from adirec.options import add_options, given_options, parse_set
 from adirec.serve.cli import register as register_serve
-
-
-def _nested_update(base: dict, updates: dict) -> dict:
-    out = dict(base)
-    for k, v in updates.items():
-        out[k] = _nested_update(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def apply_sets(pairs: list[tuple[str, object]], *, data: dict, model: dict, train: dict) -> None:
-    """Apply ``--set KEY=VALUE`` pairs in place. KEY is a field of TrainConfig, TwoTowerConfig or
-    DataSpec, dotted for nesting (``self_training.p0``); prefix ``train.``, ``model.`` or ``data.``
-    where a name exists in several (``data.seed``)."""
-    from dataclasses import fields
-    from adirec.data.spec import DataSpec
-    from adirec.models.config import TwoTowerConfig
-    from adirec.options import coerce
-    from adirec.train.config import SelfTrainingConfig, TrainConfig
-    classes = {"train": TrainConfig, "model": TwoTowerConfig, "data": DataSpec}
-    names = {"train": {f.name for f in fields(TrainConfig)}, "model": {f.name for f in fields(TwoTowerConfig)},
-             "data": {f.name for f in fields(DataSpec)}}
-    nested = {("train", "self_training"): {f.name for f in fields(SelfTrainingConfig)}}
-    targets = {"train": train, "model": model, "data": data}
-    for key, value in pairs:
-        parts = key.split(".")
-        scope = parts.pop(0) if parts[0] in targets and len(parts) > 1 else None
-        scopes = [scope] if scope else [s for s in ("train", "model", "data") if parts[0] in names[s]]
-        if not scopes or parts[0] not in names[scopes[0]]:
-            raise ValueError(f"--set {key}: no such setting; fields are those of TrainConfig, TwoTowerConfig "
-                             f"and DataSpec (e.g. lr, embedding_dim, self_training.p0, data.seed)")
-        if len(scopes) > 1:
-            raise ValueError(f"--set {key}: the name is a field of {' and '.join(scopes)}; write "
-                             f"{scopes[0]}.{key} or {scopes[1]}.{key}")
-        where = targets[scopes[0]]
-        if len(parts) == 2 and (scopes[0], parts[0]) in nested:
-            if parts[1] not in nested[(scopes[0], parts[0])]:
-                raise ValueError(f"--set {key}: {parts[0]} has no field {parts[1]!r}")
-            where.setdefault(parts[0], {})
-            if not isinstance(where[parts[0]], dict):
-                where[parts[0]] = dict(where[parts[0]].__dict__)
-            where[parts[0]][parts[1]] = coerce(SelfTrainingConfig, parts[1], value)
-        elif len(parts) == 1:
-            where[parts[0]] = coerce(classes[scopes[0]], parts[0], value)
-        else:
-            raise ValueError(f"--set {key}: only self_training.* is nested")
-
-
-def _train_plan(args) -> tuple:
-    """(data spec, model name, model overrides, train config) of ``adirec train``'s arguments:
-    TrainConfig's defaults < the preset's training defaults < --config < flags < --set."""
-    from adirec.data.spec import DataSpec
-    from adirec.models.registry import train_defaults
-    from adirec.options import given_options
-    from adirec.runs import read_run_config
-    from adirec.train.config import TrainConfig
-    from dataclasses import asdict
-    data, model, train, name = {}, {}, {}, None
-    if args.config:
-        path = Path(args.config)
-        cfg = read_run_config(path.parent) if path.name == "config.json" else json.loads(path.read_text())
-        name, data, model, train = cfg["model"], dict(cfg["data"]), dict(cfg["model_config"]), dict(cfg["train_config"])
-    name = args.model or name or "adi-se"
-    data = {**data, **given_options(args, DataSpec, dest_prefix="data_")}
-    model = {**model, **model_overrides(args)}
-    train = _nested_update(train, given_train(args))
-    apply_sets(args.set, data=data, model=model, train=train)
-    if "source" not in data:
-        raise ValueError("--data SRC is required (xmrec:DIR | recbole:DIR/PREFIX | parquet:DIR | synthetic[:PRESET]), "
-                         "unless --config names a run's config")
-    train = _nested_update(_nested_update(asdict(TrainConfig()), train_defaults(name)), train)
-    return DataSpec(**data), name, model, TrainConfig(**train)
+from adirec.tune import register as register_tune
 
 
 def cmd_train(args) -> int:
@@ -137,15 +66,30 @@ def dry_run(spec, name: str, overrides: dict, tcfg) -> dict:
     data = spec.load()
     mcfg = build_config(name, data.num_domains, **overrides)
     model = build_model(name, data.schema, data.num_domains, mcfg)
-    return {"model": name, "data": asdict(spec), "domains": data.domains, "model_config": asdict(mcfg),
+    from adirec.runs import _built_config
+    return {"model": name, "data": asdict(spec), "domains": data.domains,
+            "model_config": asdict(_built_config(model, mcfg)),
             "train_config": asdict(tcfg), "parameters": model.num_parameters()}
+
+
+def cmd_ensemble(args) -> int:
+    from adirec.runs import ensemble_runs
+    weights = None
+    if args.weights:
+        try:
+            weights = [float(w) for w in args.weights.split(",")]
+        except ValueError:
+            raise ValueError(f"--weights must be comma-separated numbers, got {args.weights!r}") from None
+    out = ensemble_runs(args.runs, args.out, weights=weights)
+    print(f"ensemble of {len(args.runs)} runs written to {out}; evaluate or export it like any run")
+    return 0
 
 
 def cmd_evaluate(args) -> int:
     from adirec.runs import evaluate_run
     from adirec.utils import atomic_write_json
     report = evaluate_run(args.run_dir, protocol=args.protocol, split=args.split, ks=args.k, device=args.device,
-                          data_source=args.data, allow_incomplete=args.allow_incomplete)
+                          data_source=args.data, allow_incomplete=args.allow_incomplete, history=args.history)
     print(format_metrics({report["model"]: report["metrics"]}, title=f"{report['data']} "
                          f"({report['protocol']}, split {report['split']})"))
     if args.json:
@@ -265,6 +209,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_args(p)
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("ensemble", help="combine finished runs on the same data into one run (one index)",
+                       description="Write a run directory whose score is the weighted sum of the runs' scores: "
+                                   "user vectors [w1 u1, ..., wK uK] and item vectors [v1, ..., vK], still one "
+                                   "inner product. Evaluate, export and serve it like any run.")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="finished runs trained on the same data")
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help="the ensemble's run directory to create")
+    p.add_argument("--weights", metavar="W1,W2,...", help="one weight per run (default: all 1)")
+    p.set_defaults(func=cmd_ensemble)
+
     p = sub.add_parser("evaluate", help="evaluate a run directory")
     p.add_argument("run_dir")
     p.add_argument("--protocol", choices=["sampled", "full"], help="rank candidate lists (sampled) or the "
@@ -280,6 +233,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "the run recorded); it must hold the same data")
     p.add_argument("--allow-incomplete", action="store_true", help="evaluate an unfinished run's best "
                    "checkpoint instead of refusing")
+    p.add_argument("--history", choices=["train", "train+valid"], default="train",
+                   help="what users' histories hold when the test split is ranked: the training positives "
+                        "(default), or also the validation positives before them (leave-one-out as published "
+                        "sequential recommenders are evaluated); the seen items removed follow")
     p.set_defaults(func=cmd_evaluate)
 
     data = sub.add_parser("data", help="data set tools").add_subparsers(dest="data_command", required=True)
@@ -305,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replace DIR if it is a Parquet layout (any other directory is refused)")
     p.set_defaults(func=cmd_data_convert)
     register_bench(sub)
+    register_tune(sub)  # adirec tune
     register_serve(sub)  # adirec export | recommend | serve
     show_defaults(parser)
     return parser

@@ -36,15 +36,18 @@ from adirec.data.batches import FeatureStore
 from adirec.data.dataset import MultiDomainData
 from adirec.data.fingerprint import describe_difference, fingerprint
 from adirec.data.spec import DataSpec
+from adirec.data.split import history_view
 from adirec.eval.protocols import SeenItems, evaluate
+from adirec.models.adi import TwoTowerModel
 from adirec.models.config import TwoTowerConfig
+from adirec.models.ensemble import EnsembleModel
 from adirec.models.per_domain import PerDomainModel
 from adirec.models.registry import budget_matched_config, build_config, build_model
 from adirec.train import distributed as ddp
 from adirec.train.config import TrainConfig
 from adirec.train.loop import Trainer, TrainingDiverged, TwoTowerScorer
 from adirec.train.per_domain import fit_per_domain
-from adirec.utils import atomic_write_json, load_weights, read_json, read_keys, write_keys
+from adirec.utils import atomic_write_json, load_weights, read_json, read_keys, save_weights, write_keys
 
 RUN_FORMAT = "adirec-run"
 RUN_FORMAT_VERSION = 2
@@ -175,7 +178,9 @@ def _train(spec, model_name, out: Path, overrides: dict, tcfg: TrainConfig, data
         write_keys(out / "vocab" / "items.parquet", data.item_keys)
         config = {"format": RUN_FORMAT, "format_version": RUN_FORMAT_VERSION, "model": model_name,
                   "data": asdict(spec), "data_name": data.name, "domains": data.domains,
-                  "report_split": report_split, "model_config": asdict(mcfg), "train_config": asdict(tcfg),
+                  # what was built: the preset's values resolved for this data
+                  "report_split": report_split, "model_config": asdict(_built_config(model, mcfg)),
+                  "train_config": asdict(tcfg),
                   "schema": data.schema.to_dict(), "data_fingerprint": data_print}
         if layout is not None:
             config["streaming"] = {"train_rows": len(stream_kw["batches"]), "valid_users": valid_users,
@@ -213,6 +218,14 @@ def _train(spec, model_name, out: Path, overrides: dict, tcfg: TrainConfig, data
     return summary
 
 
+
+
+def _built_config(model, config: TwoTowerConfig) -> TwoTowerConfig:
+    """The config a model was built with, its data-dependent values resolved (a per-domain model's
+    config is its sub-models')."""
+    if isinstance(model, PerDomainModel):
+        return model.models[0].config
+    return model.config if isinstance(model, TwoTowerModel) else config
 
 
 def _streamable(spec: DataSpec):
@@ -337,29 +350,91 @@ def load_run(run_dir: str | Path, data: MultiDomainData | None = None, *, data_s
             raise RunError(f"{run}: the {side} of the data at {spec.source} differ from the run's "
                            f"(vocab/{side}.parquet: {len(stored)}, data: {len(keys) - 1}); point the run at "
                            f"its own data with --data SRC")
-    mcfg = TwoTowerConfig.from_dict(cfg["model_config"], source=str(run / "config.json"))
-    model = build_model(cfg["model"], data.schema, data.num_domains, mcfg)
+    model = build_run_model(cfg, data.schema, data.num_domains, source=str(run / "config.json"))
     load_weights(model, run / "model.safetensors")
     model.eval()
     return model, data, cfg
 
 
+def build_run_model(cfg: dict, schema, num_domains: int, *, source: str = "run config") -> torch.nn.Module:
+    """The architecture a run config describes (weights not loaded): a preset's model, or an
+    ensemble of members (:func:`ensemble_runs`)."""
+    if cfg["model"] == ENSEMBLE:
+        members = [build_model(m["model"], schema, num_domains,
+                               TwoTowerConfig.from_dict(m["model_config"], source=f"{source}, member {k}"))
+                   for k, m in enumerate(cfg["members"])]
+        return EnsembleModel(members, cfg["weights"])
+    return build_model(cfg["model"], schema, num_domains, TwoTowerConfig.from_dict(cfg["model_config"], source=source))
+
+
+ENSEMBLE = "ensemble"
+
+
+def ensemble_runs(runs: list[str | Path], out_dir: str | Path, *, weights: list[float] | None = None) -> Path:
+    """Write a run directory that scores as the weighted sum of finished runs trained on the same
+    data (:class:`~adirec.models.ensemble.EnsembleModel`); evaluate, export and serve it like any run."""
+    out = Path(out_dir)
+    if (out / "config.json").exists():
+        raise FileExistsError(f"{out} already holds a run; choose another --out")
+    if len(runs) < 2:
+        raise ValueError(f"an ensemble needs at least two runs, got {len(runs)}")
+    cfgs = []
+    for r in runs:
+        r = Path(r)
+        cfg = read_run_config(r)
+        check_complete(r, allow_incomplete=False)
+        if cfg["model"] == ENSEMBLE:
+            raise ValueError(f"{r} is itself an ensemble; list its member runs instead")
+        cfgs.append((r, cfg))
+    first_run, first = cfgs[0]
+    for r, cfg in cfgs[1:]:
+        for key in ("domains", "data_fingerprint", "schema"):
+            if cfg.get(key) != first.get(key):
+                raise RunError(f"{r} was trained on other data than {first_run} ({key} differs); the members of "
+                               f"an ensemble must share their data")
+    from adirec.data.schema import Schema
+    schema = Schema.from_dict(first["schema"])
+    members = []
+    for r, cfg in cfgs:
+        m = build_run_model(cfg, schema, len(first["domains"]), source=str(r / "config.json"))
+        load_weights(m, r / "model.safetensors")
+        members.append(m)
+    model = EnsembleModel(members, weights)
+    out.mkdir(parents=True, exist_ok=True)
+    for side in ("users", "items"):
+        write_keys(out / "vocab" / f"{side}.parquet", [None, *read_keys(first_run / "vocab" / f"{side}.parquet")])
+    config = {k: first[k] for k in ("data", "data_name", "domains", "report_split", "schema", "data_fingerprint")}
+    config.update(format=RUN_FORMAT, format_version=RUN_FORMAT_VERSION, model=ENSEMBLE,
+                  members=[{"run": str(r.resolve()), "model": c["model"], "model_config": c["model_config"]}
+                           for r, c in cfgs],
+                  weights=model.weights.tolist(), train_config=first["train_config"])
+    save_weights(model, out / "model.safetensors")
+    atomic_write_json(out / "config.json", config)
+    summaries = [read_json(r / "summary.json") for r, _ in cfgs]
+    atomic_write_json(out / "summary.json", {"members": summaries, "params": model.num_parameters(),
+                                             "train_seconds": sum(s.get("train_seconds") or 0 for s in summaries)})
+    write_status(out, FINISHED)
+    return out
+
+
 def evaluate_run(run_dir: str | Path, *, protocol: str | None = None, split: str | None = None,
                  ks: list[int] = (10, 50), data: MultiDomainData | None = None, device: str = "auto",
-                 data_source: str | None = None, allow_incomplete: bool = False) -> dict:
+                 data_source: str | None = None, allow_incomplete: bool = False, history: str = "train") -> dict:
     """Evaluate a run on ``device`` (see :func:`adirec.train.distributed.resolve_device`); the
-    dict is what ``adirec evaluate --json`` writes."""
+    dict is what ``adirec evaluate --json`` writes. ``history``: what users' histories hold when
+    the test split is ranked (:func:`adirec.data.split.history_view`)."""
     model, data, cfg = load_run(run_dir, data, data_source=data_source, allow_incomplete=allow_incomplete)
     model.to(ddp.resolve_device(device))
     protocol = protocol or default_protocol(data)
     split = split or cfg.get("report_split") or default_split(data)
-    scorer = TwoTowerScorer(model, FeatureStore(data), data.num_items)
+    seen = history_view(data, split, history)
+    scorer = TwoTowerScorer(model, FeatureStore(seen), data.num_items)
     t0 = time.time()
-    result = evaluate(scorer, data, split=split, protocol=protocol, ks=list(ks), seen=SeenItems(data))
+    result = evaluate(scorer, seen, split=split, protocol=protocol, ks=list(ks), seen=SeenItems(seen))
     summary_path = Path(run_dir) / "summary.json"
     summary = read_json(summary_path) if summary_path.is_file() else {}
     return {
-        "model": cfg["model"], "data": data.name, "protocol": protocol, "split": split,
+        "model": cfg["model"], "data": data.name, "protocol": protocol, "split": split, "history": history,
         "params": model.num_parameters(), "train_seconds": summary.get("train_seconds"),
         "eval_seconds": time.time() - t0, "best_epoch": summary.get("best_epoch"),
         "queries": int(len(result.query_domain)),

@@ -69,6 +69,96 @@ def iterate_batches(
         yield Batch.from_interactions(it, order[start:start + batch_size])
 
 
+@dataclass
+class SequenceBatch:
+    """Windows of users' time-ordered training positives, every position a training row.
+
+    Position t of a window holds the item ``window[:, t]``; the row at t is the prediction of the
+    user's next positive ``target[:, t]`` (0 = no row), in that positive's ``domain[:, t]``, from
+    the window's items up to t. Windows are right-aligned (left-padded with 0).
+    """
+
+    user: torch.Tensor  # (B,) long
+    window: torch.Tensor  # (B, L) long, the items, oldest first
+    window_domain: torch.Tensor  # (B, L) long, each item's domain
+    target: torch.Tensor  # (B, L) long, the next positive after position t, 0 = none
+    domain: torch.Tensor  # (B, L) long, the target's domain
+    weight: torch.Tensor  # (B, L) float, the target's weight
+
+    def __len__(self) -> int:  # training rows
+        return int((self.target > 0).sum())
+
+    def to(self, device: torch.device | str) -> "SequenceBatch":
+        if self.user.device == torch.device(device):
+            return self
+        return SequenceBatch(*(t.to(device, non_blocking=True) for t in
+                               (self.user, self.window, self.window_domain, self.target, self.domain, self.weight)))
+
+
+class SequenceBatches:
+    """The training split as windows of every user's positives in the split order (time, then
+    item id): a user with positives s_0..s_{n-1} gives the rows s_1..s_{n-1}, each predicted from
+    the (at most ``length``) positives before it. Rows are cut into windows of ``length`` rows
+    from the most recent backwards, so every row of the split is trained once per epoch and a
+    window's first row sees one item, its last row ``length``. Batches hold whole windows,
+    about ``batch_size`` rows each, in a seeded order per epoch; with several processes each rank
+    takes a disjoint, equally long share of the windows.
+
+    ``__call__(epoch=, batch_size=, rank=, world_size=, seed=)`` is the trainer's batch source.
+    """
+
+    def __init__(self, train: Interactions, num_users: int, length: int):
+        if length < 1:
+            raise ValueError(f"window length must be >= 1, got {length}")
+        pos = train.weight > 0
+        u, i, d, t, w = train.user[pos], train.item[pos], train.domain[pos], train.timestamp[pos], train.weight[pos]
+        order = np.lexsort((i, t, u))
+        self.items, self.domains, self.weights = i[order], d[order], w[order]
+        users = u[order]
+        starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
+        ends = np.r_[starts[1:], len(users)]
+        # window k of a user covers targets (end - (k+1) L, end - k L], never the user's first positive
+        spans = []
+        for s, e in zip(starts, ends):
+            stop = e
+            while stop - 1 > s:
+                spans.append((users[s], max(s + 1, stop - length), stop))
+                stop -= length
+        self.spans = np.array(spans, dtype=np.int64).reshape(-1, 3)  # (W, 3): user, first target, end
+        self.length = length
+        self.num_rows = int((self.spans[:, 2] - self.spans[:, 1]).sum())
+
+    def __len__(self) -> int:
+        return self.num_rows
+
+    def __call__(self, *, epoch: int = 0, batch_size: int, rank: int = 0, world_size: int = 1,
+                 seed: int = 0) -> Iterator[SequenceBatch]:
+        order = np.random.default_rng(seed).permutation(len(self.spans))
+        if world_size > 1:
+            per_rank = len(order) // world_size
+            order = order[rank * per_rank:(rank + 1) * per_rank]
+        per_batch = max(1, batch_size // self.length)
+        for start in range(0, len(order), per_batch):
+            yield self._batch(self.spans[order[start:start + per_batch]])
+
+    def _batch(self, spans: np.ndarray) -> SequenceBatch:
+        L = self.length
+        first, end = spans[:, 1], spans[:, 2]
+        # position t (0..L-1) of a window holds the item just before target slot t
+        slot = end[:, None] - L + np.arange(L)  # (B, L) index of each target slot
+        has_target = slot >= first[:, None]
+        src = slot - 1  # the item at position t precedes the target at t
+        has_item = (src >= 0) & (src >= first[:, None] - 1)
+        take = lambda a, idx, ok, fill=0: np.where(ok, a[np.clip(idx, 0, len(a) - 1)], fill)
+        window = take(self.items, src, has_item)
+        window_domain = take(self.domains, src, has_item)
+        target = take(self.items, slot, has_target)
+        domain = take(self.domains, slot, has_target)
+        weight = take(self.weights, slot, has_target, 0.0).astype(np.float32)
+        return SequenceBatch(torch.from_numpy(spans[:, 0].copy()), *(torch.from_numpy(np.ascontiguousarray(a)) for a in
+                                                              (window, window_domain, target, domain, weight)))
+
+
 #: sort key of a timeline entry: the history key (user, or user and domain), time, item id
 _ORDER = np.dtype([("key", "<i8"), ("time", "<i8"), ("item", "<i8")])
 
@@ -169,6 +259,24 @@ class FeatureStore:
                 v = self._user_domain_table[f.name][d, u]
             else:
                 v = self._user_table[f.name][u]
+            out[f.name] = _tensor(v, f.kind, device)
+        return out
+
+    def position_features(self, user: torch.Tensor | np.ndarray, domain: torch.Tensor | np.ndarray,
+                          device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
+        """Every user-side field but the histories, per position of a batch of sequences:
+        ``user`` (B,), ``domain`` (B, L) the rows' domains -> ``{field: (B, L, ...)}``."""
+        u = _np(user)
+        d = _np(domain)  # (B, L)
+        out: dict[str, torch.Tensor] = {}
+        for f in self._user_fields:
+            if f.name in (HIST_ALL, HIST_DOMAIN):
+                continue
+            if f.per_domain:
+                v = self._user_domain_table[f.name][d, u[:, None]]  # (B, L, ...)
+            else:
+                v = self._user_table[f.name][u]  # (B, ...)
+                v = np.broadcast_to(v[:, None], (len(u), d.shape[1], *v.shape[1:]))
             out[f.name] = _tensor(v, f.kind, device)
         return out
 

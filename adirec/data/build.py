@@ -263,10 +263,11 @@ def build_dataset(
     tr = splits["train"]
     U1, I1 = len(user_vocab), len(item_vocab)
     vocab_sizes = {"user_id": U1, "item_id": I1}
+    timed = bool(len(tr) and np.any(tr.timestamp != tr.timestamp[0]))  # histories in time order
     fields = [
         Field("user_id", "user", "categorical"),
-        Field(HIST_ALL, "user", "sequence", vocab="item_id", dim=history_len),
-        Field(HIST_DOMAIN, "user", "sequence", vocab="item_id", per_domain=True, dim=history_len),
+        Field(HIST_ALL, "user", "sequence", vocab="item_id", dim=history_len, ordered=timed),
+        Field(HIST_DOMAIN, "user", "sequence", vocab="item_id", per_domain=True, dim=history_len, ordered=timed),
         Field("user_domain_activity", "user", "dense", per_domain=True),
     ]
     user_table = {"user_id": np.arange(U1, dtype=np.int64)}

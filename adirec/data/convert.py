@@ -106,8 +106,9 @@ def _write_synthetic(w: _Writer, preset, seed: int, history_len: int) -> None:
     # the fields and derived tables of build_dataset, in its order
     vocab_sizes = {"user_id": U1, "item_id": I1}
     fields = [Field("user_id", "user", "categorical"),
-              Field(HIST_ALL, "user", "sequence", vocab="item_id", dim=L),
-              Field(HIST_DOMAIN, "user", "sequence", vocab="item_id", per_domain=True, dim=L),
+              # the generator times every interaction: histories are in time order
+              Field(HIST_ALL, "user", "sequence", vocab="item_id", dim=L, ordered=True),
+              Field(HIST_DOMAIN, "user", "sequence", vocab="item_id", per_domain=True, dim=L, ordered=True),
               Field("user_domain_activity", "user", "dense", per_domain=True)]
     user_table = {"user_id": np.arange(U1, dtype=np.int64)}
     user_table |= _feature_table(world.user_table(), "user", Vocabulary(user_order), np.arange(1, U1),

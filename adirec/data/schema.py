@@ -34,6 +34,9 @@ class Field:
         vocab: vocabulary name for categorical/sequence fields; defaults to ``name``.
         per_domain: True for user-domain and item-domain fields.
         dim: width of a dense field, or the maximum length ``L`` of a sequence field.
+        ordered: a sequence whose items are in time order (a behaviour history on data with
+            time), so that an order-aware encoder can read it; False for sets (genres) and for
+            histories of data without time (ordered by item id, which means nothing).
     """
 
     name: str
@@ -42,6 +45,7 @@ class Field:
     vocab: str | None = None
     per_domain: bool = False
     dim: int = 1
+    ordered: bool = False
 
     def __post_init__(self) -> None:
         if self.side not in SIDES:
@@ -50,6 +54,8 @@ class Field:
             raise ValueError(f"field {self.name!r}: kind must be one of {KINDS}, got {self.kind!r}")
         if self.dim < 1:
             raise ValueError(f"field {self.name!r}: dim must be >= 1, got {self.dim}")
+        if self.ordered and self.kind != "sequence":
+            raise ValueError(f"field {self.name!r}: only a sequence can be ordered")
         if self.kind == "dense" and self.vocab is not None:
             raise ValueError(f"field {self.name!r}: a dense field has no vocabulary")
 

@@ -96,3 +96,23 @@ def restrict_to_domain(data: MultiDomainData, domain: int) -> MultiDomainData:
         corpus=[data.corpus[domain]], candidates=candidates,
         meta={**data.meta, "restricted_to": dname},
     )
+
+
+#: what a user's history holds when a split is evaluated: the training positives only (the
+#: protocols of the shared benchmarks), or, for the test split, also the validation positives
+#: that precede it (leave-one-out as published sequential recommenders evaluate: the model sees
+#: every interaction before the one it must predict)
+EVAL_HISTORIES = ("train", "train+valid")
+
+
+def history_view(data: MultiDomainData, split: str, history: str = "train") -> MultiDomainData:
+    """``data`` as seen when ``split`` is evaluated under ``history`` (:data:`EVAL_HISTORIES`): its
+    training split holds every interaction a user's history (and the removal of seen items) may
+    use. With ``"train+valid"`` and ``split == "test"`` the validation rows join the training rows;
+    otherwise ``data`` itself."""
+    if history not in EVAL_HISTORIES:
+        raise ValueError(f"history must be one of {EVAL_HISTORIES}, got {history!r}")
+    if history == "train" or split != "test" or not len(data.splits["valid"]):
+        return data
+    seen = Interactions.concat([data.splits["train"], data.splits["valid"]])
+    return dataclasses.replace(data, splits={**data.splits, "train": seen, "valid": Interactions.empty()})

@@ -13,12 +13,15 @@ from dataclasses import dataclass, fields
 import adirec.models.baselines  # noqa: F401  (registers the comparison backbones in BACKBONES)
 from adirec.models.experts import BACKBONES, FUSIONS, GATE_INPUTS, GATES
 from adirec.models.layers import ADAPTATIONS
+from adirec.models.sequence import HISTORY_ENCODERS
 from adirec.options import option
 
 #: ``shared_experts`` value meaning "one more than the number of domains" (MMoE's preset, ADI
 #: paper section 5.1.4); replaced by the number when the number of domains is known
 #: (:meth:`TwoTowerConfig.resolved`)
 DOMAINS_PLUS_ONE = "domains+1"
+#: ``history_encoder`` value resolved from the data's schema (:meth:`TwoTowerConfig.resolved`)
+AUTO = "auto"
 
 #: backbones whose expert gate may read the domain indicator's embedding
 _DOMAIN_GATED = ("adi", "mmoe")
@@ -84,6 +87,16 @@ class TwoTowerConfig:
             (only the rows a batch touches are read and written).
         specific_experts: domain-specific experts per domain and level of the "ple" backbone.
         ple_levels: extraction levels of the "ple" backbone (1 = CGC).
+        history_encoder: how the user tower summarises the behaviour history over all domains:
+            "mean" (eq. 7), "recency" (a mean weighted per recency rank) or "transformer" (a small
+            causal Transformer); see :mod:`adirec.models.sequence`. adirec's extension: the
+            paper's presets use "mean".
+        transformer_layers, transformer_heads, transformer_dropout: the Transformer encoder's
+            blocks, attention heads and dropout.
+        history_dropout: in training, drop each history item with this probability.
+        item_bias: a learned per-(domain, item) bias added to the score, started at the item's
+            log popularity in the domain (a popularity prior). It stays retrievable by inner
+            product: the user vector gets one more entry, 1, and the item vector the bias.
     """
 
     embedding_dim: int = option(64, "width of every field embedding and of the domain embedding")
@@ -113,6 +126,14 @@ class TwoTowerConfig:
     sparse_embeddings: bool = option(False, "sparse gradients for the embedding tables (SparseAdam)")
     specific_experts: int = option(1, "PLE: domain-specific experts per domain and level")
     ple_levels: int = option(1, "PLE: extraction levels (1 = CGC)")
+    history_encoder: str = option("mean", "summary of the behaviour history: mean (eq. 7), recency, transformer, "
+                                  "or auto (transformer when the history is in time order, else mean)",
+                                  choices=(*HISTORY_ENCODERS, "auto"))
+    transformer_layers: int = option(2, "blocks of the transformer history encoder")
+    transformer_heads: int = option(1, "attention heads of the transformer history encoder")
+    transformer_dropout: float = option(0.2, "dropout of the transformer history encoder")
+    history_dropout: float = option(0.0, "in training, drop each history item with this probability")
+    item_bias: bool = option(False, "a learned per-domain item bias (popularity prior), one more vector entry")
 
     def __post_init__(self) -> None:
         self.validate()
@@ -123,7 +144,7 @@ class TwoTowerConfig:
         self.forward_hidden = tuple(self.forward_hidden)
         self.exclude_fields = tuple(self.exclude_fields)
         for name in ("embedding_dim", "se_reduction", "expert_out", "output_dim", "specific_experts",
-                     "ple_levels"):
+                     "ple_levels", "transformer_layers", "transformer_heads"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {v!r}")
@@ -139,11 +160,19 @@ class TwoTowerConfig:
         for name, known in choices.items():
             if getattr(self, name) not in known:
                 raise ValueError(f"{name} must be one of {known}, got {getattr(self, name)!r}")
-        for name in ("dial_per_domain", "se_in_experts", "per_domain_features", "sparse_embeddings"):
+        for name in ("dial_per_domain", "se_in_experts", "per_domain_features", "sparse_embeddings", "item_bias"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        for name in ("dropout", "transformer_dropout", "history_dropout"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {v!r}")
+        if self.history_encoder not in (*HISTORY_ENCODERS, AUTO):
+            raise ValueError(f"history_encoder must be one of {(*HISTORY_ENCODERS, AUTO)}, "
+                             f"got {self.history_encoder!r}")
+        if self.embedding_dim % self.transformer_heads:
+            raise ValueError(f"embedding_dim {self.embedding_dim} must be a multiple of transformer_heads "
+                             f"{self.transformer_heads}")
         if (not isinstance(self.hash_buckets, int) or isinstance(self.hash_buckets, bool)
                 or self.hash_buckets < 0 or self.hash_buckets == 1):
             raise ValueError(f"hash_buckets must be 0 (off) or an int >= 2, got {self.hash_buckets!r}")
@@ -166,14 +195,20 @@ class TwoTowerConfig:
             return True
         return self.backbone in _DOMAIN_GATED and self.gate_input == "domain"
 
-    def resolved(self, num_domains: int) -> "TwoTowerConfig":
-        """This config with the values that depend on the number of domains made numbers
-        (``shared_experts="domains+1"`` -> ``num_domains + 1``); self when there are none."""
+    def resolved(self, num_domains: int, schema=None) -> "TwoTowerConfig":
+        """This config with the values that depend on the data made explicit: ``shared_experts=
+        "domains+1"`` -> ``num_domains + 1``, and, given the data's ``schema``,
+        ``history_encoder="auto"`` -> ``"transformer"`` when the behaviour history is in time order
+        (``Field.ordered``), else ``"mean"``. Self when there is nothing to resolve."""
         if not isinstance(num_domains, int) or num_domains < 1:
             raise ValueError(f"num_domains must be an int >= 1, got {num_domains!r}")
+        changes = {}
         if self.shared_experts == DOMAINS_PLUS_ONE:
-            return dataclasses.replace(self, shared_experts=num_domains + 1)
-        return self
+            changes["shared_experts"] = num_domains + 1
+        if self.history_encoder == AUTO and schema is not None:
+            ordered = any(f.name == "hist_all" and f.ordered for f in schema.fields)
+            changes["history_encoder"] = "transformer" if ordered else "mean"
+        return dataclasses.replace(self, **changes) if changes else self
 
     @classmethod
     def field_names(cls) -> list[str]:

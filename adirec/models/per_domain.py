@@ -39,6 +39,7 @@ class PerDomainModel(nn.Module):
         self.schema = schema
         self.num_domains = num_domains
         self.models = nn.ModuleList(TwoTowerModel(schema, 1, self.config) for _ in range(num_domains))
+        self.vector_dim = self.models[0].vector_dim
 
     def _route(self, side: str, features: dict[str, torch.Tensor], domain: torch.Tensor) -> torch.Tensor:
         if domain.dim() != 1:
@@ -54,7 +55,7 @@ class PerDomainModel(nn.Module):
             if out is None:
                 out = emb.new_empty(domain.shape[0], emb.shape[1])  # (B, O)
             out[idx] = emb  # (n_d, O)
-        return out if out is not None else torch.empty(0, self.config.output_dim, device=domain.device)
+        return out if out is not None else torch.empty(0, self.vector_dim, device=domain.device)
 
     def user_embedding(self, features: dict[str, torch.Tensor], domain: torch.Tensor) -> torch.Tensor:
         return self._route("user", features, domain)  # (B, O)

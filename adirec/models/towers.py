@@ -19,10 +19,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from adirec.data.dataset import HIST_ALL, HIST_DOMAIN
 from adirec.data.schema import OOV, Field, Schema
 from adirec.models.experts import BACKBONES, DomainExperts
 from adirec.models.config import TwoTowerConfig
 from adirec.models.layers import MLP, make_adaptation
+from adirec.models.sequence import HistoryEncoder, make_history_encoder
+
+HISTORY_FIELDS = (HIST_ALL, HIST_DOMAIN)
 
 
 class SharedEmbeddings(nn.Module):
@@ -93,9 +97,16 @@ class SharedEmbeddings(nn.Module):
 
 
 class FieldEmbeddings(nn.Module):
-    """The embeddings of one side's fields, stacked in schema order: (B, F, E)."""
+    """The embeddings of one side's fields, stacked in schema order: (B, F, E).
 
-    def __init__(self, schema: Schema, side: str, shared: SharedEmbeddings, exclude: tuple[str, ...] = ()):
+    The user's behaviour history over all domains (``hist_all``) is summarised by ``encoder``
+    (:mod:`adirec.models.sequence`: the paper's mean, eq. 7, or an order-aware encoder); other
+    sequences (the history within the domain, item genres) by their mean. In training,
+    ``history_dropout`` drops each history item with that probability.
+    """
+
+    def __init__(self, schema: Schema, side: str, shared: SharedEmbeddings, exclude: tuple[str, ...] = (),
+                 encoder: HistoryEncoder | None = None, history_dropout: float = 0.0):
         super().__init__()
         self.side = side
         self.fields = [f for f in schema.side(side) if f.name not in exclude]
@@ -107,12 +118,60 @@ class FieldEmbeddings(nn.Module):
         self.shared = shared  # registered in both towers: the same tables, not copies
         self.num_fields = len(self.fields)
         self.dim = shared.dim
+        self.encoder = encoder if encoder is not None else HistoryEncoder()
+        self.history_dropout = history_dropout
+
+    def _drop(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and self.history_dropout > 0):
+            return x
+        return x.masked_fill(torch.rand(x.shape, device=x.device) < self.history_dropout, OOV)
 
     def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         missing = [f.name for f in self.fields if f.name not in features]
         if missing:
             raise KeyError(f"{self.side} tower: features missing fields {missing}")
-        return torch.stack([self.shared.embed(f, features[f.name]) for f in self.fields], dim=1)  # (B, F, E)
+        out = []
+        for f in self.fields:
+            if f.name in HISTORY_FIELDS:
+                x = self._drop(features[f.name])  # (B, L)
+                e = self.shared.tables[f.vocab_name](self.shared.rows(f.vocab_name, x))  # (B, L, E)
+                enc = self.encoder if f.name == HIST_ALL else _MEAN
+                out.append(enc.last(e, x != OOV))  # (B, E)
+            else:
+                out.append(self.shared.embed(f, features[f.name]))  # (B, E)
+        return torch.stack(out, dim=1)  # (B, F, E)
+
+    def forward_positions(self, features: dict[str, torch.Tensor], window: torch.Tensor,
+                          window_domain: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
+        """Every position of a batch of users' sequences at once: (B, L, F, E).
+
+        ``window`` (B, L): the items, right-aligned, position t being the last item a row at t
+        sees; ``window_domain`` (B, L): each item's domain; ``domain`` (B, L): the domain of the
+        row at t (its target's). ``features`` holds every other field per position, (B, L, ...).
+        ``hist_all`` at t is ``encoder.causal`` of the window; ``hist_domain`` the mean of the
+        window's items up to t in the row's domain.
+        """
+        B, L = window.shape
+        x = self._drop(window)
+        present = x != OOV  # (B, L)
+        e = self.shared.tables["item_id"](self.shared.rows("item_id", x))  # (B, L, E)
+        out = []
+        for f in self.fields:
+            if f.name == HIST_ALL:
+                out.append(self.encoder.causal(e, present))  # (B, L, E)
+            elif f.name == HIST_DOMAIN:
+                idx = torch.arange(L, device=x.device)
+                allowed = ((idx[:, None] >= idx[None, :])[None] & present[:, None, :]
+                           & (window_domain[:, None, :] == domain[:, :, None])).to(e.dtype)  # (B, L, L)
+                out.append(allowed @ e / allowed.sum(-1, keepdim=True).clamp(min=1.0))  # (B, L, E), eq. 7
+            else:
+                v = features[f.name]
+                flat = v.reshape(B * L, *v.shape[2:])
+                out.append(self.shared.embed(f, flat).view(B, L, -1))  # (B, L, E)
+        return torch.stack(out, dim=2)  # (B, L, F, E)
+
+
+_MEAN = HistoryEncoder()
 
 
 class Tower(nn.Module):
@@ -132,12 +191,17 @@ class Tower(nn.Module):
         super().__init__()
         if num_domains < 1:
             raise ValueError(f"num_domains must be >= 1, got {num_domains}")
-        config = config.resolved(num_domains)
+        config = config.resolved(num_domains, schema)
         self.side = side
         self.num_domains = num_domains
         self.l2_normalize = config.l2_normalize
         ignored = tuple(f.name for f in schema.fields if not config.reads_field(f))
-        self.embeddings = FieldEmbeddings(schema, side, embeddings, ignored)
+        encoder = None
+        if side == "user" and any(f.name == HIST_ALL and config.reads_field(f) for f in schema.fields):
+            encoder = make_history_encoder(config.history_encoder, config.embedding_dim, schema[HIST_ALL].dim,
+                                           layers=config.transformer_layers, heads=config.transformer_heads,
+                                           dropout=config.transformer_dropout)
+        self.embeddings = FieldEmbeddings(schema, side, embeddings, ignored, encoder, config.history_dropout)
         n_fields, dim = self.embeddings.num_fields, self.embeddings.dim
         self.adaptation = make_adaptation(config.dial, n_fields, dim, num_domains, config.se_reduction,
                                           per_domain=config.dial_per_domain)
@@ -165,6 +229,17 @@ class Tower(nn.Module):
         e = self.embeddings(features)  # (B, F, E)
         if domain.shape != (e.shape[0],):
             raise ValueError(f"domain must have shape ({e.shape[0]},), got {tuple(domain.shape)}")
+        return self._above_fields(e, domain)
+
+    def forward_positions(self, features: dict[str, torch.Tensor], window: torch.Tensor, window_domain: torch.Tensor,
+                          domain: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """The vectors of the rows ``rows`` (B, L) bool of a batch of sequences (user side only):
+        the same computation as :meth:`forward` on each row, with every position's history
+        encoded in one pass (:meth:`FieldEmbeddings.forward_positions`). Returns (N, O), N = rows.sum()."""
+        e = self.embeddings.forward_positions(features, window, window_domain, domain)  # (B, L, F, E)
+        return self._above_fields(e[rows], domain[rows])  # (N, O)
+
+    def _above_fields(self, e: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
         # checked once here: an out-of-range id would otherwise surface as an opaque IndexError
         if e.shape[0] and not (0 <= int(domain.min()) and int(domain.max()) < self.num_domains):
             raise ValueError(

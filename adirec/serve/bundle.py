@@ -54,7 +54,8 @@ from adirec.data.dataset import Interactions, MultiDomainData
 from adirec.data.schema import Schema
 from adirec.models.config import TwoTowerConfig
 from adirec.models.adi import TwoTowerModel
-from adirec.utils import atomic_write_json, load_weights, publish_directory, save_weights
+from adirec.models.ensemble import EnsembleModel
+from adirec.utils import atomic_write_json, load_weights, publish_directory, save_weights, write_keys
 
 FORMAT = "adirec-bundle"
 FORMAT_VERSION = 2
@@ -187,15 +188,16 @@ def write_bundle(out: str | Path, model: TwoTowerModel, data: MultiDomainData, *
         model.eval()
         run_config = dict(run_config or {})
         run_config.setdefault("model", model_name)
-        run_config["model_config"] = asdict(model.config)
+        if not isinstance(model, EnsembleModel):  # an ensemble's run config lists its members' configs
+            run_config["model_config"] = asdict(model.config)
         run_config["schema"] = data.schema.to_dict()
         run_config["domains"] = list(data.domains)
         run_config["index_config"] = asdict(index_config)
         atomic_write_json(tmp / "config.json", run_config)
         save_weights(model, tmp / "model.safetensors")
         (tmp / "vocab").mkdir()
-        _write_keys(tmp / "vocab" / "users.parquet", data.user_keys)
-        _write_keys(tmp / "vocab" / "items.parquet", data.item_keys)
+        write_keys(tmp / "vocab" / "users.parquet", data.user_keys)
+        write_keys(tmp / "vocab" / "items.parquet", data.item_keys)
         (tmp / "features").mkdir()
         user_t = {f"user/{k}": v for k, v in data.user_table.items()}
         user_t |= {f"user_domain/{k}": v for k, v in data.user_domain_table.items()}
@@ -240,7 +242,7 @@ def write_bundle(out: str | Path, model: TwoTowerModel, data: MultiDomainData, *
             "data": data.name, "domains": list(data.domains), "domain_info": domains_info,
             "num_users": data.num_users, "num_items": data.num_items, "model_items": data.num_items,
             "user_key_scope": scope, "revision": 0,
-            "embedding_dim": int(model.config.output_dim),
+            "embedding_dim": int(model.vector_dim),
             "item_vectors": "model" if item_vectors is None else "supplied",
             **(extra or {}),
             "files": {p: {"sha256": _sha256(tmp / p), "bytes": (tmp / p).stat().st_size}
@@ -279,16 +281,6 @@ def check_replaceable(out: Path) -> None:
         raise FileExistsError(
             f"{out} is not a bundle (no {FORMAT} {MANIFEST}){hint}; it holds: {shown or 'nothing'}. "
             f"--overwrite replaces bundles only: choose another --out or remove it yourself")
-
-
-def _write_keys(path: Path, keys: np.ndarray) -> None:
-    """Raw keys of ids 1..n (index 0 is the unknown id and is not stored)."""
-    real = list(keys[1:])
-    if all(isinstance(k, (int, np.integer)) and not isinstance(k, bool) for k in real):
-        arr = pa.array(np.asarray(real, dtype=np.int64))
-    else:
-        arr = pa.array([str(k) for k in real], type=pa.string())
-    pq.write_table(pa.table({"key": arr}), path)
 
 
 def _listing(root: Path) -> list[str]:
@@ -543,13 +535,12 @@ def _load(root: Path, manifest: dict) -> Bundle:
         item_domain_table={k[12:]: v for k, v in it.items() if k.startswith("item_domain/")},
         corpus=corpus, meta={"bundle": str(root)},
     )
-    from adirec.models.registry import build_model
-    model = build_model(config["model"], schema, len(domains),
-                        TwoTowerConfig.from_dict(config["model_config"], source=str(root / "config.json")))
+    from adirec.runs import build_run_model
+    model = build_run_model(config, schema, len(domains), source=str(root / "config.json"))
     load_weights(model, root / "model.safetensors")
     model.eval()
-    if model.config.output_dim != dom[0].embeddings.shape[1]:
-        raise BundleError(f"{root}: model output width {model.config.output_dim} differs from the "
+    if model.vector_dim != dom[0].embeddings.shape[1]:
+        raise BundleError(f"{root}: model vector width {model.vector_dim} differs from the "
                           f"item vectors' {dom[0].embeddings.shape[1]}")
     model_items = int(manifest["model_items"])
     if not 1 <= model_items <= len(items) or len(data.item_table.get("item_id", ())) != len(items) + 1:

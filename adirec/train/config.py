@@ -55,6 +55,8 @@ class SelfTrainingConfig:
 
 
 PROPOSALS = ("unigram", "uniform")
+SOFTMAXES = ("auto", "full", "sampled")
+BATCHINGS = ("auto", "rows", "sequences")
 
 
 def _tensorboard_dir(text: str) -> str:
@@ -83,6 +85,14 @@ class TrainConfig:
     corpus_negatives_only: bool = option(
         True, "a row of domain d has as negatives only items of d's corpus (its domain's softmax); "
         "the logQ correction is unchanged: it describes how the columns were drawn")
+    softmax: str = option("auto", "full: each row against its domain's whole corpus (eq. 2-3); sampled: "
+                          "in-batch + sampled negatives with logQ correction (eq. 4-5); auto: full when the "
+                          "corpora hold at most --full-softmax-max-items items together", choices=SOFTMAXES)
+    full_softmax_max_items: int = option(20_000, "the largest total corpus size that auto trains with the full "
+                                         "softmax")
+    batching: str = option("auto", "rows: batches of interactions; sequences: batches of users' time-ordered "
+                           "sequences, every position a row, each history encoded once per batch; auto: "
+                           "sequences for an order-aware history encoder on data with time", choices=BATCHINGS)
     self_training: SelfTrainingConfig = dc_field(default_factory=SelfTrainingConfig)
     early_stopping_metric: str | None = option(
         None, "validation metric (mean over domains) to stop on; default recall@10 on candidate lists "
@@ -121,6 +131,11 @@ class TrainConfig:
         _finite("proposal_alpha", self.proposal_alpha)
         if not 0.0 <= self.proposal_alpha <= 1.0:
             raise ValueError(f"proposal_alpha must be in [0, 1], got {self.proposal_alpha}")
+        _int("full_softmax_max_items", self.full_softmax_max_items, 0)
+        if self.softmax not in SOFTMAXES:
+            raise ValueError(f"softmax must be one of {SOFTMAXES}, got {self.softmax!r}")
+        if self.batching not in BATCHINGS:
+            raise ValueError(f"batching must be one of {BATCHINGS}, got {self.batching!r}")
         if self.proposal not in PROPOSALS:
             raise ValueError(f"proposal must be one of {PROPOSALS}, got {self.proposal!r}")
         _finite("holdout_fraction", self.holdout_fraction)

@@ -15,15 +15,15 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from adirec.data.batches import Batch, FeatureStore, iterate_batches
+from adirec.data.batches import Batch, FeatureStore, SequenceBatch, SequenceBatches, iterate_batches
+from adirec.data.dataset import HIST_ALL
 from adirec.data.dataset import MultiDomainData
 from adirec.data.split import holdout_split, sample_candidates
 from adirec.eval.protocols import SeenItems
 from adirec.models.adi import TwoTowerModel
 from adirec.train.config import TrainConfig
-from adirec.train.loss import sampled_softmax_loss
+from adirec.train.objective import RetrievalObjective
 from adirec.train.sampler import NegativeSampler
-from adirec.train.self_training import pseudo_positives
 from adirec.train.tensorboard import TensorBoardCurves
 from adirec.train import distributed as ddp
 from adirec.utils import atomic_write_json, load_tensors, load_weights, read_json, save_tensors, save_weights
@@ -162,48 +162,25 @@ class Trainer:
                                        seed=config.seed + 7919 * self.rank,  # other negatives per rank
                                        device=self.device)
         self.optimizer = make_optimizer(model, config.lr, config.weight_decay)
+        self.objective = RetrievalObjective(model, self.store, data, config, self.sampler, self.in_corpus, self.device)
+        self.sequences = self._sequence_batches(batches)
+        if isinstance(model, TwoTowerModel) and model.item_bias is not None:
+            item_counts = np.zeros((data.num_domains, data.num_items + 1))
+            np.add.at(item_counts, (tr.domain[tr.weight > 0], tr.item[tr.weight > 0]), 1)
+            model.set_item_prior(torch.from_numpy(item_counts).to(self.device), config.temperature)
         # DDP reduces gradients of what runs inside its forward(): wrap the loss, not the model
         self._ddp = ddp.wrap(model, self.loss, self.device) if self.world_size > 1 else None
         self.history: list[dict] = []
         self._resumed_seconds = 0.0
-        self._pseudo_candidates, self._said_nothing_to_label = 0, False
+        self._said_nothing_to_label = False
 
     # ------------------------------------------------------------------ step
-    def loss(self, batch: Batch, p: float) -> tuple[torch.Tensor, int]:
-        """Loss of one batch plus its pseudo-positives; returns (loss, number of pseudo rows)."""
-        model, cfg, D, dev = self.model, self.config, self.data.num_domains, self.device
-        batch = batch.to(dev)
-        pseudo = pseudo_positives(model, self.store, batch.user, batch.item, batch.domain, D, p,
-                                  in_corpus=self.in_corpus, timestamp=batch.timestamp)
-        src, pd = pseudo.source, pseudo.domain
-        self._pseudo_candidates += pseudo.candidates
-        user = torch.cat([batch.user, batch.user[src]])
-        item = torch.cat([batch.item, batch.item[src]])
-        domain = torch.cat([batch.domain, pd])
-        timestamp = torch.cat([batch.timestamp, batch.timestamp[src]])
-        weight = torch.cat([batch.weight, torch.full((len(src),), cfg.self_training.weight, device=dev)])
-        u = model.user_embedding(self.store.user_features(user, domain, exclude_item=item, device=dev,
-                                                          before=(timestamp, item)), domain)  # (B', O)
-        negatives = self.sampler.sample(cfg.num_negatives)
-        columns = torch.cat([item, negatives])  # (N,) = in-batch positives + sampled negatives
-        # popular items repeat among the columns: run the item tower once per distinct item
-        distinct, where = torch.unique(columns, return_inverse=True)
-        distinct_host = distinct.cpu()  # feature lookups run on the host: one copy for all domains
-        logits = torch.empty(len(user), len(columns), dtype=u.dtype, device=dev)  # (B', N)
-        for d in torch.unique(domain).tolist():
-            rows = domain == d
-            dvec = torch.full((len(distinct),), d, dtype=torch.long, device=dev)
-            v = model.item_embedding(self.store.item_features(distinct_host, d, device=dev), dvec)  # (N', O) in domain d
-            logits[rows] = u[rows] @ v[where].T
-        if cfg.corpus_negatives_only:  # a domain's softmax runs over that domain's corpus only
-            outside = ~self.in_corpus[:, columns][domain]  # (B', N); columns first: never (B', I)
-            diagonal = torch.arange(len(user), device=dev)
-            outside[diagonal, diagonal] = False  # never the positive
-            logits = logits.masked_fill(outside, float("-inf"))
-        log_q = self.sampler.log_q(columns, len(user), cfg.num_negatives)
-        loss = sampled_softmax_loss(logits, torch.arange(len(user), device=dev), item, columns, log_q,
-                                    temperature=cfg.temperature, weight=weight)
-        return loss, len(src)
+    def loss(self, batch: Batch | SequenceBatch, p: float) -> tuple[torch.Tensor, int]:
+        """Loss of one batch (:class:`~adirec.train.objective.RetrievalObjective`); returns
+        (loss, number of pseudo rows)."""
+        if isinstance(batch, SequenceBatch):
+            return self.objective.sequence_loss(batch)[0], 0
+        return self.objective.rows_loss(batch, p)
 
     # ------------------------------------------------------------------ loop
     def validate(self) -> dict:
@@ -245,9 +222,10 @@ class Trainer:
         cfg, main = self.config, self.rank == 0
         self.model.train()
         p = cfg.self_training.fraction(epoch)
-        n_train = len(self.batches) if self.batches is not None else len(self.train_data.splits["train"])
+        source = self.batches if self.batches is not None else self.sequences
+        n_train = len(source) if source is not None else len(self.train_data.splits["train"])
         t0, total, n_rows, n_pseudo = time.time(), 0.0, 0, 0
-        self._pseudo_candidates = 0
+        self.objective.pseudo_candidates = 0
         bar = tqdm(total=n_train // self.world_size, unit="samples", unit_scale=True,
                    disable=not (cfg.progress and main), desc=f"epoch {epoch + 1}/{cfg.epochs}",
                    leave=False, dynamic_ncols=True)
@@ -267,16 +245,16 @@ class Trainer:
         bar.close()
         if self.world_size > 1:  # one model everywhere before validating and saving
             ddp.average_buffers(self.model)
-            total, n_rows, n_pseudo, self._pseudo_candidates = ddp.all_reduce_sums(
-                [total, n_rows, n_pseudo, self._pseudo_candidates])
+            total, n_rows, n_pseudo, self.objective.pseudo_candidates = ddp.all_reduce_sums(
+                [total, n_rows, n_pseudo, self.objective.pseudo_candidates])
             n_rows, n_pseudo = int(n_rows), int(n_pseudo)
         seconds = time.time() - t0
-        if p > 0 and self._pseudo_candidates == 0 and main and not self._said_nothing_to_label:
+        if p > 0 and self.objective.pseudo_candidates == 0 and main and not self._said_nothing_to_label:
             tqdm.write("self-training has nothing to label: no training item of one domain is in another "
                        "domain's corpus (the domains' catalogues are disjoint)", file=sys.stderr)
             self._said_nothing_to_label = True
         return {"epoch": epoch + 1, "loss": total / max(n_rows, 1), "pseudo_fraction": p,
-                "pseudo_rows": n_pseudo, "pseudo_candidates": int(self._pseudo_candidates), "epoch_seconds": seconds,
+                "pseudo_rows": n_pseudo, "pseudo_candidates": int(self.objective.pseudo_candidates), "epoch_seconds": seconds,
                 "samples_per_second": n_rows / max(seconds, 1e-9)}
 
     def _validate_epoch(self, row: dict) -> dict:
@@ -315,13 +293,32 @@ class Trainer:
             atomic_write_json(self.out_dir / "summary.json", summary)
         return summary
 
+    def _sequence_batches(self, stream) -> SequenceBatches | None:
+        """The batches of sequences when this run trains on them (TrainConfig.batching), else None."""
+        cfg = self.config
+        encoder = self.model.config.history_encoder
+        fields = {f.name: f for f in self.train_data.schema.fields}
+        wanted = cfg.batching == "sequences" or (
+            cfg.batching == "auto" and encoder != "mean" and self.store.time_ordered and HIST_ALL in fields)
+        if not wanted:
+            return None
+        if not isinstance(self.model, TwoTowerModel) or HIST_ALL not in fields:
+            raise ValueError("batching by sequences needs a two-tower model that reads the history hist_all")
+        if stream is not None:
+            raise ValueError("batching by sequences needs the training split in memory, not a stream")
+        if cfg.self_training.enabled:
+            raise ValueError("self-training labels rows, not sequences: use --batching rows or --no-self-training")
+        return SequenceBatches(self.train_data.splits["train"], self.train_data.num_users, fields[HIST_ALL].dim)
+
     def _epoch_batches(self, epoch: int):
         """This rank's batches of one epoch: its ``batch_size / world_size`` share of each global
-        batch, from the stream when there is one, else from the in-memory training split."""
+        batch, from the stream when there is one, else from the in-memory training split (as
+        rows, or as sequences)."""
         rank, world = self.rank, self.world_size
         size, seed = max(1, self.config.batch_size // world), self.config.seed * 100003 + epoch
-        if self.batches is not None:
-            return self.batches(epoch=epoch, batch_size=size, rank=rank, world_size=world, seed=seed)
+        source = self.batches if self.batches is not None else self.sequences
+        if source is not None:
+            return source(epoch=epoch, batch_size=size, rank=rank, world_size=world, seed=seed)
         return iterate_batches(self.train_data.splits["train"], size, shuffle=True, seed=seed,
                                rank=rank, world_size=world)
 

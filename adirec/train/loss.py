@@ -36,3 +36,29 @@ def sampled_softmax_loss(
     if weight is None:
         return loss.mean()
     return (loss * weight).sum() / weight.sum().clamp_min(1e-12)
+
+
+def full_softmax_loss(
+    user: torch.Tensor,  # (B, O) user vectors of rows of one domain
+    items: torch.Tensor,  # (C, O) vectors of every item of that domain's corpus
+    target: torch.Tensor,  # (B,) long, each row's positive as a row of ``items``
+    *,
+    temperature: float = 1.0,
+    weight: torch.Tensor | None = None,  # (B,) per-row weight
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Eq. 2-3 exactly: ``-log softmax(s / temperature)[positive]`` over the whole corpus, no
+    sampling and hence no correction. ``reduction="sum"`` gives the weighted sum (for a caller
+    that adds up several domains' rows)."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if user.dim() != 2 or items.dim() != 2 or user.shape[1] != items.shape[1]:
+        raise ValueError(f"user (B, O) and items (C, O) must share O; got {tuple(user.shape)}, {tuple(items.shape)}")
+    loss = F.cross_entropy(user @ items.T / temperature, target, reduction="none")  # (B,), eq. 2-3
+    if weight is not None:
+        loss = loss * weight
+    if reduction == "sum":
+        return loss.sum()
+    if weight is None:
+        return loss.mean()
+    return loss.sum() / weight.sum().clamp_min(1e-12)
