@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from adirec.arguments import nested_update
+from adirec.arguments import DEFAULT_MODEL, nested_update
 from adirec.data.dataset import MultiDomainData
 from adirec.data.spec import DataSpec
 from adirec.extras import require
@@ -222,7 +222,7 @@ def open_run(path: str | Path, data: MultiDomainData | None = None) -> Run:
     return Run(Path(path), data)
 
 
-def train(data: Any, model: str = "adi-se", *, out: str | Path, model_config: TwoTowerConfig | dict | None = None,
+def train(data: Any, model: str = DEFAULT_MODEL, *, out: str | Path, model_config: TwoTowerConfig | dict | None = None,
           train_config: TrainConfig | dict | None = None, **train_options) -> Run:
     """Train the preset ``model`` (``adirec train --model``'s names) on ``data`` into the run
     directory ``out`` and return the :class:`Run`.

@@ -20,6 +20,9 @@ from adirec.options import add_options, coerce, given_options
 from adirec.runs import read_run_config
 from adirec.train.config import SelfTrainingConfig, TrainConfig
 
+#: the preset ``adirec train`` (and :func:`adirec.api.train`) trains when none is named
+DEFAULT_MODEL = "adi-plus"
+
 
 def csv_ints(text: str) -> list[int]:
     """``10,50`` -> ``[10, 50]``: positive integers, for ``--k``-like options."""
@@ -71,8 +74,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     """``--model`` and every TwoTowerConfig option; a flag not given keeps the preset's value."""
     g = p.add_argument_group("model", "the preset's settings, changed by these flags (defaults shown are "
                                       "ADI-SE's; see --dry-run for a preset's)")
-    g.add_argument("--model", help=f"preset: one of {', '.join(sorted(MODELS))} (default: adi-plus, or the "
-                   f"one in --config)")
+    g.add_argument("--model", help=f"preset: one of {', '.join(sorted(MODELS))} (default: {DEFAULT_MODEL}, or "
+                   f"the one in --config)")
     add_options(g, TwoTowerConfig, dest_prefix="model_")
 
 
@@ -130,7 +133,7 @@ def train_plan(args: argparse.Namespace) -> tuple:
         path = Path(args.config)
         cfg = read_run_config(path.parent) if path.name == "config.json" else json.loads(path.read_text())
         name, data, model, train = cfg["model"], dict(cfg["data"]), dict(cfg["model_config"]), dict(cfg["train_config"])
-    name = args.model or name or "adi-plus"
+    name = args.model or name or DEFAULT_MODEL
     data = {**data, **given_options(args, DataSpec, dest_prefix="data_")}
     model = {**model, **model_overrides(args)}
     train = nested_update(train, given_train(args))
