@@ -1,4 +1,7 @@
-"""Command line: ``adirec demo | train | evaluate | data inspect`` (see ``adirec -h``)."""
+"""The ``adirec`` command: ``demo``, ``train``, ``evaluate``, ``data inspect | convert``, ``bench``,
+``export``, ``recommend``, ``serve``, ``index add`` (see ``adirec -h``). Every option's help line
+shows its default; a command that needs a missing optional dependency says which extra to install.
+"""
 from __future__ import annotations
 
 import argparse
@@ -9,151 +12,16 @@ import threading
 import time
 from pathlib import Path
 
-from adirec.models.registry import MODELS
-from adirec.options import parse_set
-from adirec.serve.cli import register as register_serve
+from adirec import __version__
+from adirec.arguments import add_data_args, add_model_args, add_train_args, csv_ints
+from adirec.arguments import train_plan as _train_plan
 from adirec.bench.cli import register as register_bench
+from adirec.data.parquet import DEFAULT_ROW_GROUP_ROWS
+from adirec.data.spec import DataSpec
+from adirec.extras import missing_extra_message
+from adirec.options import add_options, given_options, parse_set
+from adirec.serve.cli import register as register_serve
 from adirec.tune import register as register_tune
-
-
-def _csv_ints(text: str) -> list[int]:
-    try:
-        values = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
-
-
-def _csv(text: str) -> list[str]:
-    return [x.strip() for x in text.split(",") if x.strip()]
-
-
-def add_data_args(p: argparse.ArgumentParser) -> None:
-    """The data source and its options: every :func:`~adirec.options.option` field of DataSpec."""
-    from adirec.data.spec import DataSpec
-    from adirec.options import add_options
-    add_options(p.add_argument_group("data"), DataSpec, dest_prefix="data_")
-
-
-def data_spec(args):
-    """The DataSpec of the parsed ``args``; ``--data`` is required."""
-    from adirec.data.spec import DataSpec
-    from adirec.options import given_options
-    given = given_options(args, DataSpec, dest_prefix="data_")
-    if "source" not in given:
-        raise ValueError("--data SRC is required (xmrec:DIR | recbole:DIR/PREFIX | table:PATH | parquet:DIR | "
-                         "synthetic[:PRESET])")
-    return DataSpec(**given)
-
-
-def add_train_args(p: argparse.ArgumentParser, *, skip: tuple[str, ...] = ()) -> None:
-    """Every TrainConfig option (``--epochs``, ``--lr``, ...) and the self-training ones (``--st-*``)."""
-    from adirec.options import add_options
-    from adirec.train.config import SelfTrainingConfig, TrainConfig
-    add_options(p.add_argument_group("training"), TrainConfig, dest_prefix="train_", skip=skip)
-    add_options(p.add_argument_group("self-training (Algorithm 1)"), SelfTrainingConfig, dest_prefix="st_")
-
-
-def given_train(args) -> dict:
-    """The training options given on the command line, nested like TrainConfig
-    (``{"lr": 0.01, "self_training": {"p0": 0.05}}``)."""
-    from adirec.options import given_options
-    from adirec.train.config import SelfTrainingConfig, TrainConfig
-    out = given_options(args, TrainConfig, dest_prefix="train_")
-    st = given_options(args, SelfTrainingConfig, dest_prefix="st_")
-    if st:
-        out["self_training"] = st
-    return out
-
-
-def add_model_args(p: argparse.ArgumentParser) -> None:
-    """``--model`` and every TwoTowerConfig option; a flag not given keeps the preset's value."""
-    from adirec.models.config import TwoTowerConfig
-    from adirec.options import add_options
-    g = p.add_argument_group("model", "the preset's settings, changed by these flags (defaults shown are "
-                                      "ADI-SE's; see --dry-run for a preset's)")
-    g.add_argument("--model", help=f"preset: one of {', '.join(sorted(MODELS))} (default: adi-plus, or the "
-                   f"one in --config)")
-    add_options(g, TwoTowerConfig, dest_prefix="model_")
-
-
-def model_overrides(args) -> dict:
-    from adirec.models.config import TwoTowerConfig
-    from adirec.options import given_options
-    return given_options(args, TwoTowerConfig, dest_prefix="model_")
-
-
-def _nested_update(base: dict, updates: dict) -> dict:
-    out = dict(base)
-    for k, v in updates.items():
-        out[k] = _nested_update(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def apply_sets(pairs: list[tuple[str, object]], *, data: dict, model: dict, train: dict) -> None:
-    """Apply ``--set KEY=VALUE`` pairs in place. KEY is a field of TrainConfig, TwoTowerConfig or
-    DataSpec, dotted for nesting (``self_training.p0``); prefix ``train.``, ``model.`` or ``data.``
-    where a name exists in several (``data.seed``)."""
-    from dataclasses import fields
-    from adirec.data.spec import DataSpec
-    from adirec.models.config import TwoTowerConfig
-    from adirec.options import coerce
-    from adirec.train.config import SelfTrainingConfig, TrainConfig
-    classes = {"train": TrainConfig, "model": TwoTowerConfig, "data": DataSpec}
-    names = {"train": {f.name for f in fields(TrainConfig)}, "model": {f.name for f in fields(TwoTowerConfig)},
-             "data": {f.name for f in fields(DataSpec)}}
-    nested = {("train", "self_training"): {f.name for f in fields(SelfTrainingConfig)}}
-    targets = {"train": train, "model": model, "data": data}
-    for key, value in pairs:
-        parts = key.split(".")
-        scope = parts.pop(0) if parts[0] in targets and len(parts) > 1 else None
-        scopes = [scope] if scope else [s for s in ("train", "model", "data") if parts[0] in names[s]]
-        if not scopes or parts[0] not in names[scopes[0]]:
-            raise ValueError(f"--set {key}: no such setting; fields are those of TrainConfig, TwoTowerConfig "
-                             f"and DataSpec (e.g. lr, embedding_dim, self_training.p0, data.seed)")
-        if len(scopes) > 1:
-            raise ValueError(f"--set {key}: the name is a field of {' and '.join(scopes)}; write "
-                             f"{scopes[0]}.{key} or {scopes[1]}.{key}")
-        where = targets[scopes[0]]
-        if len(parts) == 2 and (scopes[0], parts[0]) in nested:
-            if parts[1] not in nested[(scopes[0], parts[0])]:
-                raise ValueError(f"--set {key}: {parts[0]} has no field {parts[1]!r}")
-            where.setdefault(parts[0], {})
-            if not isinstance(where[parts[0]], dict):
-                where[parts[0]] = dict(where[parts[0]].__dict__)
-            where[parts[0]][parts[1]] = coerce(SelfTrainingConfig, parts[1], value)
-        elif len(parts) == 1:
-            where[parts[0]] = coerce(classes[scopes[0]], parts[0], value)
-        else:
-            raise ValueError(f"--set {key}: only self_training.* is nested")
-
-
-def _train_plan(args) -> tuple:
-    """(data spec, model name, model overrides, train config) of ``adirec train``'s arguments:
-    TrainConfig's defaults < the preset's training defaults < --config < flags < --set."""
-    from adirec.data.spec import DataSpec
-    from adirec.models.registry import train_defaults
-    from adirec.options import given_options
-    from adirec.runs import read_run_config
-    from adirec.train.config import TrainConfig
-    from dataclasses import asdict
-    data, model, train, name = {}, {}, {}, None
-    if args.config:
-        path = Path(args.config)
-        cfg = read_run_config(path.parent) if path.name == "config.json" else json.loads(path.read_text())
-        name, data, model, train = cfg["model"], dict(cfg["data"]), dict(cfg["model_config"]), dict(cfg["train_config"])
-    name = args.model or name or "adi-plus"
-    data = {**data, **given_options(args, DataSpec, dest_prefix="data_")}
-    model = {**model, **model_overrides(args)}
-    train = _nested_update(train, given_train(args))
-    apply_sets(args.set, data=data, model=model, train=train)
-    if "source" not in data:
-        raise ValueError("--data SRC is required (xmrec:DIR | recbole:DIR/PREFIX | parquet:DIR | synthetic[:PRESET]), "
-                         "unless --config names a run's config")
-    train = _nested_update(_nested_update(asdict(TrainConfig()), train_defaults(name)), train)
-    return DataSpec(**data), name, model, TrainConfig(**train)
 
 
 def cmd_train(args) -> int:
@@ -272,8 +140,6 @@ def cmd_demo(args) -> int:
 
 
 def cmd_data_inspect(args) -> int:
-    from adirec.data.spec import DataSpec
-    from adirec.options import given_options
     data = DataSpec(source=args.src, seed=args.seed, **given_options(args, DataSpec, dest_prefix="data_")).load()
     s = data.summary()
     if args.json:
@@ -297,16 +163,33 @@ def cmd_data_inspect(args) -> int:
     return 0
 
 
+def cmd_data_convert(args) -> int:
+    import resource
+    from adirec.data.convert import convert
+    from adirec.data.parquet import ParquetLayout
+    t0 = time.time()
+    out = convert(args.src, args.to, row_group_rows=args.row_group_rows, overwrite=args.overwrite,
+                  seed=args.seed, **given_options(args, DataSpec, dest_prefix="data_"))
+    layout = ParquetLayout(out)
+    size = sum(e["bytes"] for e in layout.manifest["files"].values())
+    rows = ", ".join(f"{s} {n}" for s, n in layout.info["splits"].items())
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"wrote {out}: {layout.name}, {layout.num_users} users, {layout.num_items} items, "
+          f"interactions {rows}; {size / 2**20:.1f} MiB in {time.time() - t0:.1f}s, peak RSS {peak:.0f} MiB")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="adirec", description="Multi-domain candidate retrieval (ADI).")
+    parser.add_argument("--version", action="version", version=f"adirec {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="train adi-se and dnn on synthetic data and compare them")
     p.add_argument("--preset", default="small", help="synthetic preset (small: 50k interactions)")
-    p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="runs/demo")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--epochs", type=int, default=5, help="training epochs per model")
+    p.add_argument("--seed", type=int, default=0, help="seed of the data and of training")
+    p.add_argument("--out", default="runs/demo", help="the runs go to OUT/<date-time>/<model>")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("train", help="train a model and write a run directory",
@@ -337,11 +220,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="evaluate a run directory")
     p.add_argument("run_dir")
-    p.add_argument("--protocol", choices=["sampled", "full"])
-    p.add_argument("--split", choices=["valid", "test"])
-    p.add_argument("--k", type=_csv_ints, default=[10, 50], help="cut-offs, e.g. 10,50")
+    p.add_argument("--protocol", choices=["sampled", "full"], help="rank candidate lists (sampled) or the "
+                   "whole domain corpus (full); default: sampled where the data has candidate lists, else full")
+    p.add_argument("--split", choices=["valid", "test"], help="default: the split the run reports (test when "
+                   "the data has one, else valid)")
+    p.add_argument("--k", type=csv_ints, default=[10, 50], help="cut-offs N of Recall@N, NDCG@N, HitRate@N, "
+                   "MRR@N and coverage@N")
     p.add_argument("--json", metavar="FILE", help="write the report as JSON")
-    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    p.add_argument("--device", default="auto", help="auto (a GPU when PyTorch sees one, else the CPU), cpu, "
+                   "cuda or cuda:N")
     p.add_argument("--data", metavar="SRC", help="the run's data source at another place (default: the one "
                    "the run recorded); it must hold the same data")
     p.add_argument("--allow-incomplete", action="store_true", help="evaluate an unfinished run's best "
@@ -354,19 +241,52 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="data set tools").add_subparsers(dest="data_command", required=True)
     p = data.add_parser("inspect", help="rows, users, items per domain and their overlap")
-    p.add_argument("src")
-    from adirec.data.spec import DataSpec
-    from adirec.options import add_options
+    p.add_argument("src", help="the data source: xmrec:DIR | recbole:DIR/PREFIX | table:PATH | parquet:DIR | "
+                   "synthetic[:PRESET]")
     add_options(p.add_argument_group("data"), DataSpec, dest_prefix="data_", skip=("source", "seed"))
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--seed", type=int, default=0, help="seed of a synthetic data set")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_data_inspect)
-    from adirec.data.parquet import register as register_convert
-    register_convert(data)  # adirec data convert SRC --to DIR
+
+    p = data.add_parser(
+        "convert", help="write a data set as a Parquet layout (streaming, parquet:DIR)",
+        description="Write SRC (xmrec:DIR, recbole:DIR/PREFIX, table:PATH, synthetic[:PRESET], parquet:DIR) as a "
+                    "Parquet layout. Synthetic data are generated straight to Parquet, block by block.")
+    p.add_argument("src", help="the data source, as for data inspect")
+    p.add_argument("--to", required=True, metavar="DIR", help="layout directory to write")
+    add_options(p.add_argument_group("data"), DataSpec, dest_prefix="data_", skip=("source", "seed"))
+    p.add_argument("--seed", type=int, default=0, help="seed of a synthetic data set")
+    p.add_argument("--row-group-rows", type=int, default=DEFAULT_ROW_GROUP_ROWS,
+                   help="rows per row group of the interaction files")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace DIR if it is a Parquet layout (any other directory is refused)")
+    p.set_defaults(func=cmd_data_convert)
     register_bench(sub)
     register_tune(sub)  # adirec tune
     register_serve(sub)  # adirec export | recommend | serve
+    show_defaults(parser)
     return parser
+
+
+def show_defaults(parser: argparse.ArgumentParser) -> None:
+    """Append ``(default: X)`` to the help of every option of ``parser`` and its subcommands that
+    has a default its help does not mention yet (flags that are off unless given have none)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for subparser in action.choices.values():
+                show_defaults(subparser)
+            continue
+        if not action.option_strings or isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
+            continue
+        default = action.default
+        if default is None or default is False or default == [] or default is argparse.SUPPRESS:
+            continue
+        text = action.help or ""
+        if "default" in text.lower():
+            continue
+        shown = ",".join(map(str, default)) if isinstance(default, (list, tuple)) else str(default)
+        shown = shown.replace("%", "%%")
+        action.help = f"{text} (default: {shown})" if text else f"default: {shown}"
 
 
 def _terminate(signum, frame) -> None:
@@ -392,6 +312,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, FileExistsError, KeyError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"adirec: error: {msg}", file=sys.stderr)
+        return 2
+    except ImportError as e:  # an optional dependency that is not installed: say which extra brings it
+        message = missing_extra_message(e, f"adirec {args.command}")
+        if message is None:
+            raise
+        print(f"adirec: error: {message}", file=sys.stderr)
         return 2
     finally:
         if in_main_thread:

@@ -132,8 +132,8 @@ class TuneConfig:
 # ----------------------------------------------------------------------------- search space
 def _landing(key: str, value) -> tuple[str, str, Any]:
     """(scope ``train`` | ``model`` | ``data``, field name, value as that field holds it) of
-    setting ``key``; the names are resolved by :func:`adirec.cli.apply_sets`, as ``--set`` does."""
-    from adirec.cli import apply_sets
+    setting ``key``; the names are resolved by :func:`adirec.arguments.apply_sets`, as ``--set`` does."""
+    from adirec.arguments import apply_sets
     targets = {"data": {}, "model": {}, "train": {}}
     try:
         apply_sets([(key, value)], **targets)
@@ -310,7 +310,7 @@ def trial_configs(model_name: str, model_overrides: dict, train_config: TrainCon
                   settings: dict) -> tuple[dict, TrainConfig]:
     """(model overrides, TrainConfig) of a trial: the base with ``settings`` applied the way
     ``--set`` applies them; both validated."""
-    from adirec.cli import apply_sets
+    from adirec.arguments import apply_sets
     from adirec.models.registry import build_config
     model, train = dict(model_overrides), asdict(train_config)
     apply_sets(list(settings.items()), data={}, model=model, train=train)
@@ -609,7 +609,7 @@ def format_best(report: dict, out: Path, top: int = 5) -> str:
 # ----------------------------------------------------------------------------- command line
 def register(subparsers) -> None:
     """Add the ``tune`` command to the ``adirec`` sub-command parsers."""
-    from adirec.cli import add_data_args, add_model_args, add_train_args
+    from adirec.arguments import add_data_args, add_model_args, add_train_args
     from adirec.options import add_options, parse_set
     p = subparsers.add_parser(
         "tune", help="hyper-parameter search (Optuna TPE) on validation data only",
@@ -629,14 +629,14 @@ def register(subparsers) -> None:
 
 
 def cmd_tune(args) -> int:
-    from adirec.cli import _train_plan
+    from adirec.arguments import train_plan
     from adirec.options import given_options
     given = given_options(args, TuneConfig, dest_prefix="tune_")
     if "out" not in given:
         raise ValueError("--out DIR is required: the study directory")
     config = TuneConfig(**given)
     space = SearchSpace.from_file(config.space) if config.space else None
-    spec, name, overrides, tcfg = _train_plan(args)
+    spec, name, overrides, tcfg = train_plan(args)
     report = tune(spec, name, config, model_overrides=overrides, train_config=tcfg, space=space)
     if report["best"] is None:
         print(f"adirec: error: no trial of {config.out} finished; the errors are in its trials.json",

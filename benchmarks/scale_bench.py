@@ -59,7 +59,8 @@ def _world(size: int):
 
 # ----------------------------------------------------------------------------- children
 def child_convert(args) -> dict:
-    from adirec.data.parquet import ParquetLayout, convert
+    from adirec.data.convert import convert
+    from adirec.data.parquet import ParquetLayout
     t0 = time.time()
     source = "synthetic:xl" if args.size == 0 else _world(args.size)
     convert(source, args.layout, overwrite=True)

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from adirec.data.build import DOMAIN_LIMIT, DataWarning, build_dataset, derived_count_tables
-from adirec.data.parquet import convert, load_parquet
+from adirec.data.convert import convert
+from adirec.data.parquet import load_parquet
 from adirec.data.sources import load_source
 from adirec.data.sources.table import load_table
 

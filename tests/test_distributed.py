@@ -16,7 +16,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from adirec.data.parquet import ParquetLayout, convert
+from adirec.data.convert import convert
+from adirec.data.parquet import ParquetLayout
 from adirec.data.sources.synthetic import load_synthetic
 from adirec.eval.protocols import SeenItems, evaluate
 from adirec.models.adi import TwoTowerModel

@@ -12,7 +12,8 @@ import torch
 from adirec.data.batches import Batch, FeatureStore, iterate_batches
 from adirec.data.build import RawCandidates, build_dataset
 from adirec.data.dataset import HIST_ALL, HIST_DOMAIN
-from adirec.data.parquet import ParquetLayout, convert, load_parquet
+from adirec.data.convert import convert
+from adirec.data.parquet import ParquetLayout, load_parquet
 from adirec.data.sources import load_source
 from adirec.data.sources.synthetic import PRESETS, load_synthetic
 from adirec.data.streaming import ParquetStream, iterate_parquet, row_group_units

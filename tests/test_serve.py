@@ -347,7 +347,7 @@ def test_cli_defaults_index_settings_and_loopback(capsys):
     text = " ".join(capsys.readouterr().out.split())
     d = IndexConfig()
     for v in (d.exact_max_items, d.ann, d.ivf_nprobe, d.hnsw_m, d.hnsw_ef_construction, d.hnsw_ef_search):
-        assert f"({v})" in text
+        assert f"(default: {v})" in text
     args = build_parser().parse_args(["serve", "B"])
     assert args.host == "127.0.0.1" and not args.enable_reload  # loopback only, no reload, by default
 

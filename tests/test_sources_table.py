@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from adirec.data.build import DataWarning
-from adirec.data.parquet import convert, load_parquet
+from adirec.data.convert import convert
+from adirec.data.parquet import load_parquet
 from adirec.data.sources import load_source
 from adirec.data.sources.table import load_table
 from adirec.data.spec import DataSpec

@@ -19,7 +19,7 @@ def _ease_lambda(text: str):
 def register(subparsers) -> None:
     """Add the ``bench`` command to the ``adirec`` sub-command parsers."""
     from adirec.bench.suites import SUITES
-    from adirec.cli import _csv, _csv_ints, add_data_args, add_train_args
+    from adirec.arguments import add_data_args, add_train_args, csv_ints, csv_list
     from adirec.options import parse_set
     p = subparsers.add_parser(
         "bench", help="run the paper's experiments (comparison, fusion, ablation, SE, experts)",
@@ -32,10 +32,11 @@ def register(subparsers) -> None:
     p.add_argument("--first-seed", type=int, default=0,
                    help="first training seed: runs seeds S..S+N-1 (default 0); bench processes with "
                         "different seeds may share one --out")
-    p.add_argument("--out", required=True, metavar="DIR")
-    p.add_argument("--methods", type=_csv, help="only these runs, by key (mmoe-k2), suite/key (paper/adi-se) or model "
+    p.add_argument("--out", required=True, metavar="DIR", help="benchmark directory: runs, results.json, "
+                   "results.md and figures")
+    p.add_argument("--methods", type=csv_list, help="only these runs, by key (mmoe-k2), suite/key (paper/adi-se) or model "
                         "name (mmoe: every run of that preset), comma-separated")
-    p.add_argument("--k", type=_csv_ints, help="cut-offs (default 10 with candidate lists, else 20,50,100)")
+    p.add_argument("--k", type=csv_ints, help="cut-offs (default 10 with candidate lists, else 20,50,100)")
     p.add_argument("--set", type=parse_set, action="append", default=[], metavar="KEY=VALUE",
                    help="model config field for every neural run, e.g. --set embedding_dim=16 "
                         "--set expert_hidden=64 (repeatable)")
@@ -48,7 +49,7 @@ def register(subparsers) -> None:
 def cmd_bench(args) -> int:
     from adirec.bench.runner import Bench, BenchConfig
     from adirec.bench.suites import parse_suites
-    from adirec.cli import data_spec, given_train
+    from adirec.arguments import data_spec, given_train
     spec = data_spec(args)
     train = given_train(args)
     threads, progress = train.pop("num_threads", None), train.pop("progress", True)

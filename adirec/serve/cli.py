@@ -12,13 +12,13 @@ def register(subparsers) -> None:
     p.add_argument("run_dir")
     p.add_argument("--out", required=True, metavar="BUNDLE", help="bundle directory to create")
     # index settings default to IndexConfig's (None = not given), so --help imports no FAISS
-    p.add_argument("--exact-max-items", type=int, help="corpora up to this size get an exact index (100000)")
-    p.add_argument("--ann", choices=["ivf", "hnsw"], help="approximate index above that size (ivf)")
-    p.add_argument("--ivf-nlist", type=int, help="IVF cells (0 = about 4*sqrt(n))")
-    p.add_argument("--ivf-nprobe", type=int, help="IVF cells searched per query (256)")
-    p.add_argument("--hnsw-m", type=int, help="HNSW neighbours per node (32)")
-    p.add_argument("--hnsw-ef-construction", type=int, help="HNSW build candidate list (64)")
-    p.add_argument("--hnsw-ef-search", type=int, help="HNSW search candidate list (256)")
+    p.add_argument("--exact-max-items", type=int, help="corpora up to this size get an exact index (default: 100000)")
+    p.add_argument("--ann", choices=["ivf", "hnsw"], help="approximate index above that size (default: ivf)")
+    p.add_argument("--ivf-nlist", type=int, help="IVF cells (default: 0 = about 4*sqrt(n))")
+    p.add_argument("--ivf-nprobe", type=int, help="IVF cells searched per query (default: 256)")
+    p.add_argument("--hnsw-m", type=int, help="HNSW neighbours per node (default: 32)")
+    p.add_argument("--hnsw-ef-construction", type=int, help="HNSW build candidate list (default: 64)")
+    p.add_argument("--hnsw-ef-search", type=int, help="HNSW search candidate list (default: 256)")
     p.add_argument("--data", metavar="SRC", help="the run's data source at another place (default: the one the "
                    "run recorded); it must hold the same data")
     p.add_argument("--allow-incomplete", action="store_true", help="export an unfinished run's best checkpoint "
@@ -29,12 +29,12 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser("recommend", help="top-K items of users in a domain, from a bundle")
     p.add_argument("bundle")
-    p.add_argument("--domain", required=True)
+    p.add_argument("--domain", required=True, help="the domain to recommend in")
     who = p.add_mutually_exclusive_group(required=True)
     who.add_argument("--user", help="one user: the id as in the training data (in a bundle with domain-scoped "
                      "keys, e.g. XMRec, the user's own id in --domain, or the stored '<domain>:<id>')")
     who.add_argument("--users", metavar="FILE", help="file of user ids, one per line (batch mode)")
-    p.add_argument("--k", type=int, default=100)
+    p.add_argument("--k", type=int, default=100, help="items to return per user")
     p.add_argument("--include-seen", action="store_true", help="keep the user's training positives")
     p.add_argument("--history", help="comma-separated item keys (oldest first) for --user")
     p.add_argument("--out", metavar="FILE", help="batch output: .jsonl or .parquet (default: JSONL on stdout)")
@@ -57,12 +57,12 @@ def register(subparsers) -> None:
                    help="every API endpoint needs the token, not only the admin ones")
     p.add_argument("--reload-root", metavar="DIR", help="reload loads bundles under DIR only "
                    "(default: the directory holding BUNDLE)")
-    p.add_argument("--max-k", type=int, default=1000)
-    p.add_argument("--max-batch", type=int, default=1000)
-    p.add_argument("--max-body-bytes", type=int, default=1 << 20)
+    p.add_argument("--max-k", type=int, default=1000, help="largest k a request may ask for")
+    p.add_argument("--max-batch", type=int, default=1000, help="most users in one batch request")
+    p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body (413 above)")
     p.add_argument("--threads", type=int, default=1, help="torch / FAISS threads per request (default 1)")
     p.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
-    p.add_argument("--access-log", action="store_true")
+    p.add_argument("--access-log", action="store_true", help="log every request")
     p.set_defaults(func=cmd_serve)
 
     p = subparsers.add_parser("index", help="change a bundle's item indexes")
@@ -77,7 +77,7 @@ def register(subparsers) -> None:
                        "value in --domain. A missing column means unknown (0) for ids and 0.0 (the training "
                        "mean) for dense values. New items use the model's unknown-id row for item_id.")
     p.add_argument("bundle")
-    p.add_argument("--domain", required=True)
+    p.add_argument("--domain", required=True, help="the domain whose index gets the items")
     p.add_argument("--items", required=True, metavar="FILE", help=".parquet or .csv")
     p.set_defaults(func=cmd_index_add)
 

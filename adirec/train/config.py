@@ -3,9 +3,11 @@
 by every layer that builds or records a run."""
 from __future__ import annotations
 
+import argparse
 import math
 from dataclasses import dataclass, field as dc_field
 
+from adirec.extras import MissingExtra, require
 from adirec.options import option
 
 
@@ -57,6 +59,15 @@ SOFTMAXES = ("auto", "full", "sampled")
 BATCHINGS = ("auto", "rows", "sequences")
 
 
+def _tensorboard_dir(text: str) -> str:
+    """``--tensorboard DIR``: refused at once, not after the first epoch, when TensorBoard is missing."""
+    try:
+        require("tensorboard", "--tensorboard")
+    except MissingExtra as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
 @dataclass
 class TrainConfig:
     """How a model is trained. Every field has a flag of ``adirec train`` / ``bench``."""
@@ -95,6 +106,9 @@ class TrainConfig:
     device: str = option("auto", "auto (this process's GPU when CUDA is available, cuda:LOCAL_RANK "
                          "under torchrun, else the CPU), cpu, cuda or cuda:N")
     progress: bool = option(True, "progress bars and one line per epoch")
+    tensorboard: str | None = option(None, "also write the per-epoch curves (loss, every validation metric, "
+                                     "samples/s) as TensorBoard scalars into DIR; needs adirec[tensorboard]",
+                                     metavar="DIR", parse=_tensorboard_dir)
 
     def __post_init__(self) -> None:
         if isinstance(self.self_training, dict):
@@ -134,6 +148,8 @@ class TrainConfig:
         for name in ("corpus_negatives_only", "progress"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.tensorboard is not None and (not isinstance(self.tensorboard, str) or not self.tensorboard.strip()):
+            raise ValueError(f"tensorboard must be a directory or None, got {self.tensorboard!r}")
         if self.early_stopping_metric is not None:
             name, _, k = str(self.early_stopping_metric).partition("@")
             if name not in ("recall", "ndcg") or not k.isdigit() or int(k) < 1:

@@ -32,8 +32,9 @@ How each piece of state stays right across ranks:
   training too, and a rank's shard is a uniformly random part of the global batch, so this is
   the same rule applied to a smaller sample (no extra communication per step).
 * **Evaluation.** Each rank scores the users with ``user % world_size == rank``; the raw
-  per-query results (``EvalResult.per_query``, ``query_domain``, ``query_user``) are gathered
-  and the metrics computed once from all of them (averaging per-rank metrics would weigh ranks,
+  per-query results (``EvalResult.per_query``, ``query_domain``, ``query_user``, and each
+  corpus item's best rank for coverage) are gathered (``EvalResult.concatenate``) and the
+  metrics computed once from all of them (averaging per-rank metrics would weigh ranks,
   not users). Every rank gets the same numbers, so early stopping agrees everywhere.
 * **Writes.** Rank 0 alone writes checkpoints, ``metrics.jsonl``, ``config.json`` and
   ``summary.json``.
@@ -242,6 +243,4 @@ def evaluate_across_ranks(scorer, data, *, split: str, protocol: str, ks: list[i
     parts = [p for p in parts if p is not None]
     if not parts:
         raise ValueError(f"{data.name}: split {split!r} has no positive interactions")
-    return EvalResult({k: np.concatenate([p.per_query[k] for p in parts]) for k in parts[0].per_query},
-                      np.concatenate([p.query_domain for p in parts]),
-                      np.concatenate([p.query_user for p in parts]))
+    return EvalResult.concatenate(parts)

@@ -24,6 +24,7 @@ from adirec.models.adi import TwoTowerModel
 from adirec.train.config import TrainConfig
 from adirec.train.objective import RetrievalObjective
 from adirec.train.sampler import NegativeSampler
+from adirec.train.tensorboard import TensorBoardCurves
 from adirec.train import distributed as ddp
 from adirec.utils import atomic_write_json, load_tensors, load_weights, read_json, save_tensors, save_weights
 
@@ -276,6 +277,8 @@ class Trainer:
             tqdm.write(f"epoch {row['epoch']}: loss {row['loss']:.4f}  valid {self.metric} "
                        f"{row[f'valid_{self.metric}']:.4f}{' *' if improved else ''}  "
                        f"{row['samples_per_second']:.0f} samples/s")
+        if self.config.tensorboard and self.rank == 0:
+            TensorBoardCurves(self.config.tensorboard).write(row)
 
     def _finish(self) -> dict:
         summary = {"best_epoch": self._best_epoch, "valid_metric": self.metric,

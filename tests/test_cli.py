@@ -1,0 +1,184 @@
+"""The first hour at the command line: help and defaults, --version, missing extras, the
+README's commands, and the import layers."""
+import argparse
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import adirec
+from adirec.cli import build_parser, main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices
+    return {}
+
+
+def _commands(parser=None, path=()):
+    """(command path, its parser) of every subcommand, nested ones included."""
+    parser = parser or build_parser()
+    for name, sub in _subparsers(parser).items():
+        yield (*path, name), sub
+        yield from _commands(sub, (*path, name))
+
+
+def _options(parser: argparse.ArgumentParser):
+    return [a for a in parser._actions if a.option_strings
+            and not isinstance(a, (argparse._HelpAction, argparse._VersionAction))]
+
+
+def test_every_option_has_help_that_shows_its_default():
+    missing, no_default = [], []
+    commands = list(_commands())
+    assert {("train",), ("evaluate",), ("data", "convert"), ("bench",), ("serve",), ("index", "add")} <= {
+        c for c, _ in commands}
+    for path, parser in commands:
+        for action in _options(parser):
+            where = f"adirec {' '.join(path)} {action.option_strings[0]}"
+            if not action.help:
+                missing.append(where)
+            elif action.default not in (None, False, [], argparse.SUPPRESS) and "default" not in action.help:
+                no_default.append(where)
+    assert missing == [] and no_default == []
+    # defaults are shown the way they are typed
+    help_text = _commands_by_path()[("evaluate",)].format_help()
+    assert "(default: 10,50)" in re.sub(r"\s+", " ", help_text)
+
+
+def _commands_by_path():
+    return dict(_commands())
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0 and capsys.readouterr().out.strip() == f"adirec {adirec.__version__}"
+    assert re.search(r'^dynamic = \["version"\]', (ROOT / "pyproject.toml").read_text(), re.M)
+
+
+def test_a_missing_extra_names_the_install_line(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "faiss", None)  # as if faiss-cpu were not installed
+    for name in [m for m in sys.modules if m.startswith("adirec.serve.") and m != "adirec.serve.cli"]:
+        monkeypatch.delitem(sys.modules, name)
+    # before: a ModuleNotFoundError traceback; now one line and exit status 2
+    assert main(["export", "some-run", "--out", "some-bundle"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == ("adirec: error: adirec export needs the optional dependency 'faiss', which is not "
+                           "installed: pip install 'adirec[serve]'")
+
+
+def test_tensorboard_without_its_extra_is_refused_before_training(monkeypatch, capsys, tmp_path):
+    monkeypatch.setitem(sys.modules, "tensorboard", None)
+    with pytest.raises(SystemExit) as stop:
+        main(["train", "--data", "synthetic:tiny", "--out", str(tmp_path / "run"), "--tensorboard", str(tmp_path)])
+    assert stop.value.code == 2
+    assert "pip install 'adirec[tensorboard]'" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_core_install_trains_and_evaluates_without_any_extra(tmp_path):
+    from adirec.extras import EXTRAS
+    blocked = sorted(m for modules in EXTRAS.values() for m in modules)
+    run = tmp_path / "run"
+    code = (f"import sys\nfor m in {blocked!r}: sys.modules[m] = None\n"
+            "from adirec.cli import main\n"
+            f"assert main(['train', '--data', 'synthetic:tiny', '--out', {str(run)!r}, '--epochs', '1', "
+            "'--embedding-dim', '8', '--batch-size', '128', '--negatives', '64', '--no-progress', '--threads', '1']) == 0\n"
+            f"assert main(['evaluate', {str(run)!r}, '--k', '10']) == 0\n"
+            f"assert main(['export', {str(run)!r}, '--out', {str(tmp_path / 'bundle')!r}]) == 2\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "hitrate@10" in done.stdout
+    assert "pip install 'adirec[serve]'" in done.stderr
+
+
+# ------------------------------------------------------------------ the README's commands
+def _readme_commands() -> list[str]:
+    """Every ``adirec ...`` command of the README: the lines of its fenced blocks (with their
+    continuation lines, and the part after ``-m adirec`` of torchrun lines) and its inline code."""
+    text = (ROOT / "README.md").read_text()
+    found = []
+    for lang, block in re.findall(r"```(\w*)\n(.*?)```", text, re.S):
+        if lang:
+            continue
+        command = None
+        for line in block.split("\n") + [""]:
+            if command is not None and (line.startswith((" ", "\t")) and "adirec" not in line):
+                command += " " + line.strip()
+                continue
+            if command is not None:
+                found.append(command)
+                command = None
+            m = re.search(r"(?:^|&& |-m )(adirec\b.*)$", line.rstrip(" \\"))
+            if m:
+                command = m.group(1)
+    found += re.findall(r"`(adirec [^`]+)`", text)
+    return [re.split(r"\s+#\s", c)[0].strip() for c in found]
+
+
+def test_readme_commands_exist_with_their_options(capsys):
+    commands = _readme_commands()
+    assert len(commands) >= 20 and "adirec --version" in commands
+    parsers = _commands_by_path()
+    top = build_parser()
+    checked = set()
+    for command in commands:
+        words = shlex.split(command.replace("[", " ").replace("]", " "))[1:]
+        path = ()
+        while words and (*path, words[0]) in parsers:
+            path += (words.pop(0),)
+        parser = parsers[path] if path else top
+        known = {s for a in parser._actions for s in a.option_strings}
+        unknown = [w for w in words if w.startswith("--") and w.split("=")[0] not in known]
+        assert unknown == [], f"README: `{command}`: {unknown} not options of adirec {' '.join(path)}"
+        if path and path not in checked:
+            checked.add(path)
+            with pytest.raises(SystemExit) as stop:
+                main([*path, "--help"])
+            assert stop.value.code == 0, command
+    assert {("train",), ("evaluate",), ("data", "inspect"), ("data", "convert"), ("export",), ("serve",),
+            ("bench",), ("demo",)} <= checked
+    capsys.readouterr()
+
+
+def test_readme_quotes_shell_sensitive_arguments():
+    text = (ROOT / "README.md").read_text()
+    # a comparison like rating>=4 outside quotes is a shell redirection
+    unquoted = [c for c in _readme_commands() if re.search(r"(?<!['\"\w])\w+[<>]=?[\w.]+", c)]
+    assert unquoted == []
+    assert re.findall(r"--positive [^'\"\s`]*[<>]", text) == []
+    assert "--positive 'rating>=4'" in text
+
+
+def test_readme_inspect_command_runs_on_synthetic_data(capsys):
+    assert main(["data", "inspect", "synthetic:tiny"]) == 0
+    assert "users in >= 2 domains" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ import layers
+@pytest.mark.skipif(shutil.which("lint-imports") is None and not (Path(sys.executable).parent / "lint-imports").exists(),
+                    reason="import-linter is not installed (pip install -e '.[test]')")
+def test_import_layers_hold(tmp_path):
+    exe = shutil.which("lint-imports") or str(Path(sys.executable).parent / "lint-imports")
+    done = subprocess.run([exe], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert "2 kept, 0 broken" in done.stdout
+    # the contract can fail: an upward import in a copy of the package is found
+    copy = tmp_path / "src"
+    shutil.copytree(ROOT / "adirec", copy / "adirec", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", copy / "pyproject.toml")
+    metrics = copy / "adirec" / "eval" / "metrics.py"
+    metrics.write_text(metrics.read_text() + "\n\ndef _upward():\n    from adirec.runs import train_run\n")
+    done = subprocess.run([exe], cwd=copy, capture_output=True, text=True,
+                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(copy)})
+    assert done.returncode != 0
+    assert "adirec.eval is not allowed to import adirec.runs" in done.stdout
