@@ -80,6 +80,8 @@ PRESETS = {
     "adi-va": ("linear", "domain", 1, 1, True),
     "adi-lt": ("linear", "domain", 1, 1, True),
     "adi-se-max": ("linear", "domain", 3, 1, True),
+    "adi-plus": ("linear", "domain", 1, 1, False),  # adirec's preset: ADI-SE's towers, own training
+    "dnn-plus": (None, None, 0, 0, False),
     "dnn": (None, None, 0, 0, False),
     "dnn-blind": (None, None, 0, 0, False),
     "dnn-single": (None, None, 0, 0, False),

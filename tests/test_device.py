@@ -65,12 +65,13 @@ def test_resolve_device_gives_each_torchrun_process_its_gpu(monkeypatch):
         resolve_device("cuda:3")
 
 
-def _trainer(data, name: str, report_split: str, protocol: str) -> Trainer:
+def _trainer(data, name: str, report_split: str, protocol: str, batching: str = "rows") -> Trainer:
     torch.manual_seed(0)
     model = build_model(name, data.schema, data.num_domains, build_config(name, **SMALL))
     if isinstance(model, PerDomainModel):  # each sub-model trains with its own Trainer, on its domain
         model, data = model.models[0], restrict_to_domain(data, 0)
-    cfg = TrainConfig(device="cpu", num_negatives=32, batch_size=128, progress=False)
+    cfg = TrainConfig(device="cpu", num_negatives=32, batch_size=128, progress=False, batching=batching,
+                      self_training={"enabled": batching == "rows"})
     return Trainer(model, data, cfg, report_split=report_split, protocol=protocol)
 
 
@@ -83,6 +84,19 @@ def test_training_step_creates_no_tensor_off_device(data, name):
         loss.backward()
     assert loss.device.type == "cpu" and torch.isfinite(loss)
     assert n_pseudo > 0 or trainer.data.num_domains == 1
+    grads = [p.grad for p in trainer.model.parameters() if p.grad is not None]
+    assert grads and all(g.device.type == "cpu" for g in grads)
+
+
+@pytest.mark.parametrize("softmax", ["full", "sampled"])
+def test_a_sequence_step_creates_no_tensor_off_device(data, softmax):
+    trainer = _trainer(data, "adi-plus", "test", "full", batching="sequences")
+    trainer.objective.full = softmax == "full"
+    batch = next(iter(trainer._epoch_batches(0)))
+    with torch.device("meta"):
+        loss, _ = trainer.loss(batch, 0.0)
+        loss.backward()
+    assert loss.device.type == "cpu" and torch.isfinite(loss)
     grads = [p.grad for p in trainer.model.parameters() if p.grad is not None]
     assert grads and all(g.device.type == "cpu" for g in grads)
 

@@ -110,7 +110,7 @@ def test_trainer_and_self_training_ask_for_time_consistent_histories():
     trainer = Trainer(model, data, cfg, report_split="test")
     store = _RecordingStore(trainer.train_data)
     store.seen = []
-    trainer.store = store
+    trainer.store = trainer.objective.store = store
     trainer.fit()
     tr = trainer.train_data.splits["train"]
     order = {}

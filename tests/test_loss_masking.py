@@ -15,6 +15,7 @@ def _trainer(corpus_only: bool):
     torch.manual_seed(0)
     model = TwoTowerModel(data.schema, data.num_domains, build_config("dnn", embedding_dim=8))
     cfg = TrainConfig(num_negatives=16, progress=False, device="cpu", corpus_negatives_only=corpus_only,
+                      softmax="sampled",
                       self_training={"enabled": False})
     return data, Trainer(model, data, cfg, report_split="test")
 

@@ -159,7 +159,7 @@ def test_an_ensemble_scores_the_weighted_sum_of_its_members(tmp_path):
     from adirec.data.spec import DataSpec
     from adirec.runs import ensemble_runs, load_run
     from adirec.train.loop import TwoTowerScorer
-    args = ["--data", "synthetic:tiny", "--epochs", "1", "--embedding-dim", "8", "--expert-hidden", "16",
+    args = ["--data", "synthetic:tiny", "--model", "adi-se", "--epochs", "1", "--embedding-dim", "8", "--expert-hidden", "16",
             "--expert-out", "8", "--forward-hidden", "8", "--output-dim", "8", "--no-progress", "--threads", "1",
             "--eval-ks", "10", "--early-stopping-metric", "recall@10", "--no-self-training"]
     runs = []

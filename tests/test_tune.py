@@ -202,7 +202,7 @@ def test_the_default_space_is_valid_for_every_preset():
         space.check(name, {}, config)
         keys = set(space.to_dict())
         assert set(tune_module.COMMON_SPACE) <= keys
-        assert ("self_training.p0" in keys) == name.startswith("adi"), name
+        assert ("self_training.p0" in keys) == train_defaults(name)["self_training"]["enabled"], name
     assert "self_training.p0" not in default_space(TrainConfig(self_training={"enabled": False})).to_dict()
 
 
