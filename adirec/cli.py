@@ -87,7 +87,8 @@ def cmd_ensemble(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from adirec.runs import evaluate_run
-    from adirec.utils import atomic_write_json
+    from adirec.utils import atomic_write_json, use_threads
+    use_threads(args.threads)
     report = evaluate_run(args.run_dir, protocol=args.protocol, split=args.split, ks=args.k, device=args.device,
                           data_source=args.data, allow_incomplete=args.allow_incomplete, history=args.history)
     print(format_metrics({report["model"]: report["metrics"]}, title=f"{report['data']} "
@@ -233,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "the run recorded); it must hold the same data")
     p.add_argument("--allow-incomplete", action="store_true", help="evaluate an unfinished run's best "
                    "checkpoint instead of refusing")
+    p.add_argument("--threads", type=int, help="torch threads (default: one per CPU not already busy)")
     p.add_argument("--history", choices=["train", "train+valid"], default="train",
                    help="what users' histories hold when the test split is ranked: the training positives "
                         "(default), or also the validation positives before them (leave-one-out as published "

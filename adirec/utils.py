@@ -162,3 +162,38 @@ def publish_directory(tmp: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, out)
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask; the machine's count where there is none)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def default_threads(cpus: int | None = None, load: float | None = None) -> int:
+    """The number of torch threads a computation uses when none is given (``--threads``).
+
+    Rule (measured: benchmarks/README.md, "Threads"): one thread per CPU that is not already busy,
+    at least one: ``max(1, cpus - round(load))``, with ``load`` the machine's one-minute load
+    average. On an idle machine every CPU works; beside a busy process, a thread that would have
+    to share a CPU with it is not started, because torch's threads wait for each other at every
+    operation and the slowest one, sharing its CPU, sets the pace of all.
+    """
+    cpus = available_cpus() if cpus is None else cpus
+    if load is None:
+        try:
+            load = os.getloadavg()[0]
+        except OSError:  # not available on this platform
+            load = 0.0
+    return max(1, min(cpus, cpus - int(round(load))))
+
+
+def use_threads(threads: int | None) -> int:
+    """Set torch's threads to ``threads``, or to :func:`default_threads` when None; returns the count."""
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"--threads must be an integer >= 1, got {threads!r}")
+    n = threads or default_threads()
+    torch.set_num_threads(n)
+    return n

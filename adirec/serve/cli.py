@@ -25,6 +25,8 @@ def register(subparsers) -> None:
                    "instead of refusing")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --out (only a "
                    "directory whose manifest says it is a bundle; anything else is refused)")
+    p.add_argument("--threads", type=int, help="torch threads for the item tower (default: one per CPU not "
+                   "already busy)")
     p.set_defaults(func=cmd_export)
 
     p = subparsers.add_parser("recommend", help="top-K items of users in a domain, from a bundle")
@@ -44,6 +46,7 @@ def register(subparsers) -> None:
     p.add_argument("--where", action="append", default=[], metavar="FIELD=V1,V2",
                    help="item attribute filter: FIELD's encoded value is one of V1,V2 (repeatable; all must hold)")
     p.add_argument("--item-features", action="store_true", help="add each item's stored (encoded) features")
+    p.add_argument("--threads", type=int, help="torch threads (default: one per CPU not already busy)")
     p.set_defaults(func=cmd_recommend)
 
     p = subparsers.add_parser("serve", help="serve a bundle over HTTP (FastAPI + uvicorn)")
@@ -83,6 +86,8 @@ def register(subparsers) -> None:
 
 
 def cmd_export(args) -> int:
+    from adirec.utils import use_threads
+    use_threads(args.threads)
     from adirec.serve.bundle import IndexConfig, export_bundle
     given = {k: getattr(args, k) for k in ("exact_max_items", "ann", "ivf_nlist", "ivf_nprobe", "hnsw_m",
                                            "hnsw_ef_construction", "hnsw_ef_search")}
@@ -118,6 +123,8 @@ def parse_filters(args):
 
 
 def cmd_recommend(args) -> int:
+    from adirec.utils import use_threads
+    use_threads(args.threads)
     from adirec.serve.service import Recommender
     rec = Recommender.from_path(args.bundle, max_k=max(args.k, 1))
     filters = parse_filters(args)

@@ -102,7 +102,8 @@ class TrainConfig:
                                      "fraction of users whose last training positive is held out to validate on")
     eval_ks: tuple[int, ...] = option((10, 50), "cut-offs computed during validation")
     seed: int = option(0, "seeds data order, negatives, initialisation and the hold-out")
-    num_threads: int | None = option(None, "torch intra-op threads (default: torch's)", flag="--threads")
+    num_threads: int | None = option(None, "torch intra-op threads (default: one per CPU not already busy, "
+                                     "see benchmarks/README.md, Threads)", flag="--threads")
     device: str = option("auto", "auto (this process's GPU when CUDA is available, cuda:LOCAL_RANK "
                          "under torchrun, else the CPU), cpu, cuda or cuda:N")
     progress: bool = option(True, "progress bars and one line per epoch")

@@ -26,7 +26,7 @@ from adirec.train.objective import RetrievalObjective
 from adirec.train.sampler import NegativeSampler
 from adirec.train.tensorboard import TensorBoardCurves
 from adirec.train import distributed as ddp
-from adirec.utils import atomic_write_json, load_tensors, load_weights, read_json, save_tensors, save_weights
+from adirec.utils import atomic_write_json, default_threads, load_tensors, load_weights, read_json, save_tensors, save_weights
 
 
 class TwoTowerScorer:
@@ -201,6 +201,8 @@ class Trainer:
         cfg = self.config
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
+        elif self.world_size == 1:  # under torchrun each process already has its share of the CPUs
+            torch.set_num_threads(default_threads())
         self._start = time.time()
         self._best, self._best_epoch, self._bad_epochs, self._best_state = -math.inf, -1, 0, None
         torch.manual_seed(cfg.seed + self.rank)
@@ -285,6 +287,7 @@ class Trainer:
                    f"best_valid_{self.metric}": self._best, "epochs_run": len(self.history),
                    "train_seconds": time.time() - self._start + self._resumed_seconds,
                    "params": self.model.num_parameters(), "device": str(self.device),
+                   "threads": torch.get_num_threads(),
                    "validation": {"split": "valid" if self.train_data is self.data else "holdout-from-train",
                                   "protocol": self.val_protocol}}
         if self._best_state is not None:  # leave the model at its best epoch, as saved on disk
