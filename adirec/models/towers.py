@@ -174,6 +174,17 @@ class FieldEmbeddings(nn.Module):
 _MEAN = HistoryEncoder()
 
 
+class IdentityBackbone(nn.Module):
+    """No backbone: the flattened field embeddings go straight to the head (``item_tower="linear"``)."""
+
+    def __init__(self, in_dim: int):
+        super().__init__()
+        self.out_dim = in_dim
+
+    def forward(self, x: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
+        return x  # (B, F*E)
+
+
 class Tower(nn.Module):
     """The user or the item tower: ``forward(features, domain (B,)) -> (B, output_dim)``.
 
@@ -208,10 +219,15 @@ class Tower(nn.Module):
         if config.uses_domain_embedding() and embeddings.domain is None:
             raise ValueError(f"the {config.backbone!r} backbone's gates read the domain embedding "
                              f"f_domain, but the shared embeddings have none (build them with num_domains)")
-        self.backbone = BACKBONES[config.backbone](config, n_fields * dim, num_domains,
-                                                   domain_embedding=embeddings.domain)
+        if side == "item" and config.item_tower == "linear":
+            self.backbone = IdentityBackbone(n_fields * dim)  # the head alone maps the fields
+        else:
+            self.backbone = BACKBONES[config.backbone](config, n_fields * dim, num_domains,
+                                                       domain_embedding=embeddings.domain)
         h = self.backbone.out_dim
-        if config.domain_forward:
+        if side == "item" and config.item_tower == "linear":
+            self.forward_net = MLP(h, (), num_domains)  # empty: the identity
+        elif config.domain_forward:
             # one forward network per domain, rows routed by domain like the domain experts
             self.forward_net = DomainExperts(h, config.forward_hidden, num_domains, config.dropout)
         else:
