@@ -15,6 +15,8 @@ towers (each tower has its own gate weights).
 """
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -84,16 +86,17 @@ class SharedEmbeddings(nn.Module):
     def embed(self, field: Field, x: torch.Tensor) -> torch.Tensor:
         """Embed one field's batch: categorical (B,), sequence (B, L) or dense (B, dim) -> (B, E)."""
         if field.kind == "categorical":
-            return self.tables[field.vocab_name](self.rows(field.vocab_name, x))  # (B, E), eq. 6
+            return self.tables[field.id_vocab](self.rows(field.id_vocab, x))  # (B, E), eq. 6
         if field.kind == "sequence":
-            e = self.tables[field.vocab_name](self.rows(field.vocab_name, x))  # (B, L, E)
+            e = self.tables[field.id_vocab](self.rows(field.id_vocab, x))  # (B, L, E)
             mask = (x != OOV).unsqueeze(-1).to(e.dtype)  # (B, L, 1)
             # mean over real entries only; an all-padding row divides 0 by 1 and stays zero
             count = mask.sum(dim=1).clamp(min=1.0)  # (B, 1)
             return (e * mask).sum(dim=1) / count  # (B, E), eq. 7
         if x.dim() == 1:
             x = x.unsqueeze(-1)  # a 1-wide dense field may come as (B,)
-        return self.dense[field.name](x.to(self.dense[field.name].weight.dtype))  # (B, E)
+        projection = cast(nn.Linear, self.dense[field.name])
+        return projection(x.to(projection.weight.dtype))  # (B, E)
 
 
 class FieldEmbeddings(nn.Module):
@@ -134,7 +137,7 @@ class FieldEmbeddings(nn.Module):
         for f in self.fields:
             if f.name in HISTORY_FIELDS:
                 x = self._drop(features[f.name])  # (B, L)
-                e = self.shared.tables[f.vocab_name](self.shared.rows(f.vocab_name, x))  # (B, L, E)
+                e = self.shared.tables[f.id_vocab](self.shared.rows(f.id_vocab, x))  # (B, L, E)
                 enc = self.encoder if f.name == HIST_ALL else _MEAN
                 out.append(enc.last(e, x != OOV))  # (B, E)
             else:
@@ -211,6 +214,7 @@ class Tower(nn.Module):
         self.backbone = BACKBONES[config.backbone](config, n_fields * dim, num_domains,
                                                    domain_embedding=embeddings.domain)
         h = self.backbone.out_dim
+        self.forward_net: DomainExperts | MLP
         if config.domain_forward:
             # one forward network per domain, rows routed by domain like the domain experts
             self.forward_net = DomainExperts(h, config.forward_hidden, num_domains, config.dropout)
