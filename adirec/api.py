@@ -93,7 +93,8 @@ def _in_memory_spec(options: dict) -> DataSpec:
     """What a run records of a table loaded from memory: the column mapping and the rules, without
     the tables themselves (feature tables given as files are kept)."""
     names = {f.name for f in dataclasses.fields(DataSpec)} - {"source"}
-    kept = {k: v for k, v in options.items() if k in names and (v is None or isinstance(v, (str, int, list, tuple)))}
+    kept: dict[str, Any] = {k: v for k, v in options.items()
+                            if k in names and (v is None or isinstance(v, (str, int, list, tuple)))}
     return DataSpec(source=IN_MEMORY, **kept)
 
 

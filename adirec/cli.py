@@ -25,7 +25,6 @@ from adirec.tune import register as register_tune
 
 
 def cmd_train(args) -> int:
-    from dataclasses import asdict
     from adirec.runs import read_run_config, train_run  # one process, or every rank under torchrun
     from adirec.train.config import TrainConfig
     if args.resume:

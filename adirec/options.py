@@ -16,7 +16,8 @@ import dataclasses
 import json
 import types
 import typing
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 _MISSING = dataclasses.MISSING
 

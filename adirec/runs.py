@@ -26,8 +26,10 @@ import hashlib
 import json
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
@@ -40,7 +42,7 @@ from adirec.data.split import history_view
 from adirec.eval.protocols import SeenItems, evaluate
 from adirec.models.adi import TwoTowerModel
 from adirec.models.config import TwoTowerConfig
-from adirec.models.ensemble import EnsembleModel
+from adirec.models.ensemble import EnsembleModel, RunModel
 from adirec.models.per_domain import PerDomainModel
 from adirec.models.registry import budget_matched_config, build_config, build_model
 from adirec.train import distributed as ddp
@@ -61,6 +63,8 @@ class RunError(ValueError):
 
 class TrainingInterrupted(KeyboardInterrupt):
     """Training stopped by Ctrl-C or SIGTERM; the run directory says where, and can be resumed."""
+
+    epoch: int | None  # None where no one run was stopped (a tuning study)
 
     def __init__(self, run_dir: Path, epoch: int):
         self.run_dir, self.epoch = run_dir, epoch
@@ -224,7 +228,7 @@ def _built_config(model, config: TwoTowerConfig) -> TwoTowerConfig:
     """The config a model was built with, its data-dependent values resolved (a per-domain model's
     config is its sub-models')."""
     if isinstance(model, PerDomainModel):
-        return model.models[0].config
+        return cast(TwoTowerModel, model.models[0]).config
     return model.config if isinstance(model, TwoTowerModel) else config
 
 
@@ -263,7 +267,8 @@ def resolve_spec(spec: DataSpec) -> DataSpec:
     """``spec`` with the source's location and every file it names made absolute, so that the run
     works from any directory."""
     kind, sep, location = spec.source.partition(":")
-    changes = {f: str(Path(getattr(spec, f)).expanduser().resolve()) for f in _PATH_FIELDS if getattr(spec, f)}
+    changes: dict[str, Any] = {f: str(Path(getattr(spec, f)).expanduser().resolve())
+                               for f in _PATH_FIELDS if getattr(spec, f)}
     if sep and kind != "synthetic" and location:
         changes["source"] = f"{kind}:{Path(location).expanduser().resolve()}"
     return dataclasses.replace(spec, **changes)
@@ -311,10 +316,11 @@ def check_complete(run: Path, allow_incomplete: bool) -> dict:
     if state == FINISHED:
         return status
     has_best = (run / "model.safetensors").is_file()
-    what = {RUNNING: "is still training, or was killed before it could say so",
-            INTERRUPTED: f"was interrupted after epoch {status.get('epoch')}",
-            FAILED: f"failed after epoch {status.get('epoch')}: {status.get('reason', 'unknown reason')}"}.get(
-        state, f"is in state {state!r}")
+    states: dict[str | None, str] = {
+        RUNNING: "is still training, or was killed before it could say so",
+        INTERRUPTED: f"was interrupted after epoch {status.get('epoch')}",
+        FAILED: f"failed after epoch {status.get('epoch')}: {status.get('reason', 'unknown reason')}"}
+    what = states.get(state, f"is in state {state!r}")
     if allow_incomplete and has_best:
         print(f"adirec: warning: {run} {what}; using its best checkpoint so far", file=sys.stderr)
         return status
@@ -346,7 +352,7 @@ def load_run(run_dir: str | Path, data: MultiDomainData | None = None, *, data_s
         raise RunError(f"{run}: data domains {data.domains} differ from the run's {cfg['domains']}")
     for side, keys in (("users", data.user_keys), ("items", data.item_keys)):
         stored = read_keys(run / "vocab" / f"{side}.parquet")
-        if len(stored) != len(keys) - 1 or any(a != b for a, b in zip(stored, keys[1:])):
+        if len(stored) != len(keys) - 1 or any(a != b for a, b in zip(stored, keys[1:], strict=True)):
             raise RunError(f"{run}: the {side} of the data at {spec.source} differ from the run's "
                            f"(vocab/{side}.parquet: {len(stored)}, data: {len(keys) - 1}); point the run at "
                            f"its own data with --data SRC")
@@ -356,7 +362,7 @@ def load_run(run_dir: str | Path, data: MultiDomainData | None = None, *, data_s
     return model, data, cfg
 
 
-def build_run_model(cfg: dict, schema, num_domains: int, *, source: str = "run config") -> torch.nn.Module:
+def build_run_model(cfg: dict, schema, num_domains: int, *, source: str = "run config") -> RunModel:
     """The architecture a run config describes (weights not loaded): a preset's model, or an
     ensemble of members (:func:`ensemble_runs`)."""
     if cfg["model"] == ENSEMBLE:
@@ -396,7 +402,8 @@ def ensemble_runs(runs: list[str | Path], out_dir: str | Path, *, weights: list[
     schema = Schema.from_dict(first["schema"])
     members = []
     for r, cfg in cfgs:
-        m = build_run_model(cfg, schema, len(first["domains"]), source=str(r / "config.json"))
+        m = build_model(cfg["model"], schema, len(first["domains"]),  # not an ensemble: checked above
+                        TwoTowerConfig.from_dict(cfg["model_config"], source=str(r / "config.json")))
         load_weights(m, r / "model.safetensors")
         members.append(m)
     model = EnsembleModel(members, weights)
@@ -418,7 +425,7 @@ def ensemble_runs(runs: list[str | Path], out_dir: str | Path, *, weights: list[
 
 
 def evaluate_run(run_dir: str | Path, *, protocol: str | None = None, split: str | None = None,
-                 ks: list[int] = (10, 50), data: MultiDomainData | None = None, device: str = "auto",
+                 ks: Sequence[int] = (10, 50), data: MultiDomainData | None = None, device: str = "auto",
                  data_source: str | None = None, allow_incomplete: bool = False, history: str = "train") -> dict:
     """Evaluate a run on ``device`` (see :func:`adirec.train.distributed.resolve_device`); the
     dict is what ``adirec evaluate --json`` writes. ``history``: what users' histories hold when

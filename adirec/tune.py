@@ -40,9 +40,10 @@ import math
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from adirec.data.spec import DataSpec
 from adirec.options import option
@@ -134,7 +135,7 @@ def _landing(key: str, value) -> tuple[str, str, Any]:
     """(scope ``train`` | ``model`` | ``data``, field name, value as that field holds it) of
     setting ``key``; the names are resolved by :func:`adirec.arguments.apply_sets`, as ``--set`` does."""
     from adirec.arguments import apply_sets
-    targets = {"data": {}, "model": {}, "train": {}}
+    targets: dict[str, dict] = {"data": {}, "model": {}, "train": {}}
     try:
         apply_sets([(key, value)], **targets)
     except ValueError as e:
@@ -203,13 +204,14 @@ class SearchSpace:
     source: str
 
     @classmethod
-    def from_dict(cls, entries, *, source: str) -> "SearchSpace":
+    def from_dict(cls, entries, *, source: str) -> SearchSpace:
         """Parse ``{"lr": {"log": [1e-4, 1e-2]}, ...}``; raise ValueError naming ``source``, the
         key and the problem."""
         if not isinstance(entries, dict) or not entries:
             raise ValueError(f"{source}: a search space is a JSON object of settings, e.g. "
                              f'{{"lr": {{"log": [1e-4, 1e-2]}}}}, got {json.dumps(entries)[:80]}')
-        dims, seen = [], {}
+        dims = []
+        seen: dict[tuple[str, str], str] = {}
         for key, entry in entries.items():
             dim = _parse_dimension(key, entry, source)
             scope, name, _ = _landing(key, dim.values[0])
@@ -220,7 +222,7 @@ class SearchSpace:
         return cls(tuple(sorted(dims, key=lambda d: d.key)), source)
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "SearchSpace":
+    def from_file(cls, path: str | Path) -> SearchSpace:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"search space file {path} does not exist")
@@ -523,6 +525,7 @@ def _run_trial(study, trial, out: Path, spec, model_name, overrides, tcfg, space
     try:
         mcfg, trial_tcfg = trial_configs(model_name, overrides, tcfg, settings)
         summary = train_run(spec, model_name, run, model_overrides=mcfg, train_config=trial_tcfg, data=data)
+        assert summary is not None, "a study trains in one process, whose summary train_run returns"
         metric, value = _objective(summary)
         if not math.isfinite(value):
             raise FloatingPointError(f"no finite validation value ({metric} {value})")

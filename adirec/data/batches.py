@@ -6,8 +6,9 @@ yield :class:`Batch` objects; models never know where the rows came from.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -30,7 +31,7 @@ class Batch:
     def __len__(self) -> int:
         return len(self.user)
 
-    def to(self, device: torch.device | str) -> "Batch":
+    def to(self, device: torch.device | str) -> Batch:
         """The batch on ``device`` (itself when it is already there)."""
         if self.user.device == torch.device(device):
             return self
@@ -38,7 +39,7 @@ class Batch:
                        (self.user, self.item, self.domain, self.weight, self.timestamp)))
 
     @classmethod
-    def from_interactions(cls, it: Interactions, index: np.ndarray | slice | None = None) -> "Batch":
+    def from_interactions(cls, it: Interactions, index: np.ndarray | slice | None = None) -> Batch:
         if index is not None:
             it = it.take(index)
         return cls(torch.from_numpy(it.user), torch.from_numpy(it.item), torch.from_numpy(it.domain),
@@ -88,7 +89,7 @@ class SequenceBatch:
     def __len__(self) -> int:  # training rows
         return int((self.target > 0).sum())
 
-    def to(self, device: torch.device | str) -> "SequenceBatch":
+    def to(self, device: torch.device | str) -> SequenceBatch:
         if self.user.device == torch.device(device):
             return self
         return SequenceBatch(*(t.to(device, non_blocking=True) for t in
@@ -119,7 +120,7 @@ class SequenceBatches:
         ends = np.r_[starts[1:], len(users)]
         # window k of a user covers targets (end - (k+1) L, end - k L], never the user's first positive
         spans = []
-        for s, e in zip(starts, ends):
+        for s, e in zip(starts, ends, strict=True):
             stop = e
             while stop - 1 > s:
                 spans.append((users[s], max(s + 1, stop - length), stop))
@@ -149,7 +150,10 @@ class SequenceBatches:
         has_target = slot >= first[:, None]
         src = slot - 1  # the item at position t precedes the target at t
         has_item = (src >= 0) & (src >= first[:, None] - 1)
-        take = lambda a, idx, ok, fill=0: np.where(ok, a[np.clip(idx, 0, len(a) - 1)], fill)
+
+        def take(a: np.ndarray, idx: np.ndarray, ok: np.ndarray, fill: float = 0) -> np.ndarray:
+            return np.where(ok, a[np.clip(idx, 0, len(a) - 1)], fill)
+
         window = take(self.items, src, has_item)
         window_domain = take(self.domains, src, has_item)
         target = take(self.items, slot, has_target)
@@ -167,6 +171,14 @@ def _order_keys(keys: np.ndarray, times: np.ndarray, items: np.ndarray) -> np.nd
     out = np.empty(len(keys), dtype=_ORDER)
     out["key"], out["time"], out["item"] = keys, times, items
     return out
+
+
+class _RecentPositives(Protocol):
+    """Where the feature store finds behaviour histories: the training split's positives
+    (:class:`_Histories`) or a Parquet layout's windows of recent positives."""
+
+    def recent(self, keys: np.ndarray, length: int, exclude: np.ndarray | None,
+               before: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray: ...
 
 
 class _Histories:
@@ -233,8 +245,9 @@ class FeatureStore:
         pos = train.weight > 0
         u, i, d, t = train.user[pos], train.item[pos], train.domain[pos], train.timestamp[pos]
         self.time_ordered = bool(np.any(t != t[0])) if len(t) else False
-        self._hist_all = _Histories(u, i, t, data.num_users + 1)
-        self._hist_domain = _Histories(u * self.num_domains + d, i, t, (data.num_users + 1) * self.num_domains)
+        self._hist_all: _RecentPositives = _Histories(u, i, t, data.num_users + 1)
+        self._hist_domain: _RecentPositives = _Histories(u * self.num_domains + d, i, t,
+                                                         (data.num_users + 1) * self.num_domains)
         self._user_fields = self.schema.side("user")
         self._item_fields = self.schema.side("item")
 

@@ -79,7 +79,7 @@ class RawColumn:
     sequence values are lists of tokens, dense values are floats ``(n,)`` or ``(n, k)``."""
 
     kind: str
-    values: object
+    values: np.ndarray | list
     max_len: int = 8  # sequences only
 
 
@@ -280,13 +280,13 @@ def build_dataset(
         item_table |= _feature_table(items, "item", item_vocab, tr.item, fields, vocab_sizes)
     user_domain_table = {"user_domain_activity": _log_count_table(tr.domain, tr.user, D, U1)}
     item_domain_table = {"item_domain_popularity": _log_count_table(tr.domain, tr.item, D, I1)}
-    for side, raw, vocab, ids, table in (("user", users, user_vocab, tr.user, user_domain_table),
-                                         ("item", items, item_vocab, tr.item, item_domain_table)):
+    for side, features, vocab, ids, table in (("user", users, user_vocab, tr.user, user_domain_table),
+                                              ("item", items, item_vocab, tr.item, item_domain_table)):
         extra = user_domain_dense if side == "user" else item_domain_dense
         if extra:
-            if raw is None:
+            if features is None:
                 raise ValueError(f"{name}: {side}-domain features need the {side} table's keys")
-            table |= _domain_dense_tables(extra, raw.keys, side, vocab, ids, D, fields)
+            table |= _domain_dense_tables(extra, features.keys, side, vocab, ids, D, fields)
     if corpus == "domain":
         corp = [np.unique(tr.item[tr.domain == d]) for d in range(D)]
     else:

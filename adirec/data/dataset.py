@@ -54,18 +54,18 @@ class Interactions:
         return len(self.user)
 
     @classmethod
-    def empty(cls) -> "Interactions":
+    def empty(cls) -> Interactions:
         z = np.zeros(0, dtype=np.int64)
         return cls(z, z, z, z.astype(np.float32), z)
 
-    def take(self, index: np.ndarray) -> "Interactions":
+    def take(self, index: np.ndarray | slice) -> Interactions:
         return Interactions(
             self.user[index], self.item[index], self.domain[index],
             self.weight[index], self.timestamp[index],
         )
 
     @staticmethod
-    def concat(parts: list["Interactions"]) -> "Interactions":
+    def concat(parts: list[Interactions]) -> Interactions:
         parts = [p for p in parts if len(p)]
         if not parts:
             return Interactions.empty()
@@ -158,10 +158,12 @@ class MultiDomainData:
                 raise ValueError(f"{self.name}: item feature {name!r} has {len(t)} rows, expected {I1}")
         for name, t in self.user_domain_table.items():
             if t.shape[:2] != (D, U1):
-                raise ValueError(f"{self.name}: user-domain feature {name!r} has shape {t.shape}, expected ({D}, {U1}, ...)")
+                raise ValueError(f"{self.name}: user-domain feature {name!r} has shape {t.shape}, "
+                                 f"expected ({D}, {U1}, ...)")
         for name, t in self.item_domain_table.items():
             if t.shape[:2] != (D, I1):
-                raise ValueError(f"{self.name}: item-domain feature {name!r} has shape {t.shape}, expected ({D}, {I1}, ...)")
+                raise ValueError(f"{self.name}: item-domain feature {name!r} has shape {t.shape}, "
+                                 f"expected ({D}, {I1}, ...)")
         for table in (self.user_table, self.item_table, self.user_domain_table, self.item_domain_table):
             for name, t in table.items():
                 if t.dtype.kind == "f" and not np.all(np.isfinite(t)):

@@ -163,7 +163,7 @@ class _Writer:
         pq.write_table(table, path, row_group_size=row_group_rows or max(len(table), 1))
         self.files[rel] = {"rows": table.num_rows, "bytes": path.stat().st_size}
 
-    def interactions(self, split: str) -> "_SplitWriter":
+    def interactions(self, split: str) -> _SplitWriter:
         return _SplitWriter(self, f"interactions/{split}.parquet")
 
 
@@ -299,7 +299,7 @@ class TrainingView:
     data: MultiDomainData
     store: LayoutFeatureStore
     item_counts: np.ndarray
-    batches: "object"
+    batches: object
 
 
 class ParquetLayout:

@@ -65,6 +65,14 @@ class Field:
             return None
         return self.vocab or self.name
 
+    @property
+    def id_vocab(self) -> str:
+        """The vocabulary of a categorical or sequence field (:attr:`vocab_name`, for code that
+        has already ruled out dense fields)."""
+        if self.vocab_name is None:
+            raise ValueError(f"field {self.name!r} is dense and has no vocabulary")
+        return self.vocab_name
+
 
 @dataclass
 class Schema:
@@ -102,5 +110,5 @@ class Schema:
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Schema":
+    def from_dict(cls, d: dict) -> Schema:
         return cls([Field(**f) for f in d["fields"]], dict(d["vocab_sizes"]))

@@ -18,9 +18,9 @@ yields; without shuffling and with a single reader the batches are identical to 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pyarrow.dataset as pds
@@ -83,7 +83,8 @@ class _Reader:
         lo, hi = unit.bounds
         if (lo, hi) != (0, unit.rows):
             table = table.slice(lo, hi - lo)
-        return tuple(table.column(c).to_numpy().astype(t, copy=True) for c, t in zip(_COLUMNS, _DTYPES))  # writable
+        return tuple(table.column(c).to_numpy().astype(t, copy=True)  # writable
+                     for c, t in zip(_COLUMNS, _DTYPES, strict=True))
 
 
 def _take(cols: tuple[np.ndarray, ...], index: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -106,7 +107,7 @@ def _shuffled(chunks: Iterator[tuple[np.ndarray, ...]], capacity: int,
             buf = [np.empty(capacity, dtype=c.dtype) for c in cols]
         n = len(cols[0])
         fill = min(capacity - held, n)  # filling up: nothing leaves yet
-        for b, c in zip(buf, cols):
+        for b, c in zip(buf, cols, strict=True):
             b[held:held + fill] = c[:fill]
         held += fill
         if fill == n:
@@ -117,7 +118,7 @@ def _shuffled(chunks: Iterator[tuple[np.ndarray, ...]], capacity: int,
             part = tuple(c[lo:lo + capacity] for c in rest)
             slots = rng.choice(capacity, len(part[0]), replace=False)  # random order too
             yield tuple(b[slots] for b in buf)
-            for b, c in zip(buf, part):
+            for b, c in zip(buf, part, strict=True):
                 b[slots] = c
     if buf is not None and held:
         order = rng.permutation(held)
@@ -132,13 +133,13 @@ def _batched(chunks: Iterator[tuple[np.ndarray, ...]], batch_size: int, drop_las
         held += len(cols[0])
         if held < batch_size:
             continue
-        cols = tuple(np.concatenate(p) for p in zip(*pending)) if len(pending) > 1 else pending[0]
+        cols = tuple(np.concatenate(p) for p in zip(*pending, strict=True)) if len(pending) > 1 else pending[0]
         stop = held - held % batch_size
         for start in range(0, stop, batch_size):
             yield _batch(cols, slice(start, start + batch_size))
         pending, held = [tuple(c[stop:] for c in cols)], held - stop
     if held and not drop_last:
-        cols = tuple(np.concatenate(p) for p in zip(*pending))
+        cols = tuple(np.concatenate(p) for p in zip(*pending, strict=True))
         yield _batch(cols, slice(0, held))
 
 
@@ -156,7 +157,7 @@ def iterate_parquet(path: str | Path, batch_size: int, *, shuffle: bool, seed: i
         raise ValueError(f"shuffle_buffer must be >= 0, got {shuffle_buffer}")
     units = shard_units(row_group_units(path, num_readers), reader, num_readers, shuffle=shuffle, seed=seed)
     r = _Reader(path)
-    chunks = (r.read(u) for u in units)
+    chunks: Iterator[tuple[np.ndarray, ...]] = (r.read(u) for u in units)
     if shuffle:
         chunks = _shuffled(chunks, shuffle_buffer, np.random.default_rng([seed, reader]))
     return _batched(chunks, batch_size, drop_last)
@@ -190,7 +191,8 @@ class ParquetStream:
                  num_workers: int = 0):
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
-        self.path, self.shuffle, self.shuffle_buffer, self.num_workers = Path(path), shuffle, shuffle_buffer, num_workers
+        self.path, self.shuffle = Path(path), shuffle
+        self.shuffle_buffer, self.num_workers = shuffle_buffer, num_workers
         if not self.path.exists():
             raise FileNotFoundError(f"no Parquet data at {self.path}")
         self.num_rows = sum(u.rows for u in row_group_units(self.path))

@@ -11,8 +11,9 @@ them before aggregating (:meth:`EvalResult.concatenate`).
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -63,20 +64,21 @@ class EvalResult:
         return out | rows
 
     @classmethod
-    def concatenate(cls, parts: list["EvalResult"]) -> "EvalResult":
+    def concatenate(cls, parts: list[EvalResult]) -> EvalResult:
         """One result of the results of disjoint sets of queries (e.g. one per process)."""
         if not parts:
             raise ValueError("no results to concatenate")
+        ranks = [p.best_rank for p in parts if p.best_rank is not None]
         best = None
-        if all(p.best_rank is not None for p in parts):
-            best = [np.minimum.reduce([p.best_rank[d] for p in parts]) for d in range(len(parts[0].best_rank))]
+        if len(ranks) == len(parts):
+            best = [np.minimum.reduce([r[d] for r in ranks]) for d in range(len(ranks[0]))]
         return cls({k: np.concatenate([p.per_query[k] for p in parts]) for k in parts[0].per_query},
                    np.concatenate([p.query_domain for p in parts]), np.concatenate([p.query_user for p in parts]),
                    best, parts[0].ks)
 
 
 def evaluate(scorer: Scorer, data: MultiDomainData, *, split: str, protocol: str, ks: list[int],
-             seen: "SeenItems | None" = None, batch_users: int = 512) -> EvalResult:
+             seen: SeenItems | None = None, batch_users: int = 512) -> EvalResult:
     """Rank items for every (user, domain) with relevant items in ``split``."""
     _check_request(data, split, protocol, ks)
     kmax = max(ks)
@@ -138,7 +140,7 @@ class _DomainQueries:
     counts: np.ndarray  # (Q,) relevant items per query
 
     @classmethod
-    def of(cls, split: Interactions, domain: int) -> "_DomainQueries | None":
+    def of(cls, split: Interactions, domain: int) -> _DomainQueries | None:
         m = (split.domain == domain) & (split.weight > 0)
         if not m.any():
             return None
@@ -171,7 +173,7 @@ def _lists_of(cands: Candidates, queries: _DomainQueries, data: MultiDomainData,
 
 # ------------------------------------------------------------------ step 3: ranking
 def rank_full(scorer: Scorer, corpus: np.ndarray, users: np.ndarray, domain: int, kmax: int,
-              seen: "SeenItems | None") -> np.ndarray:
+              seen: SeenItems | None) -> np.ndarray:
     """(n, kmax) item ids: each user's top ``kmax`` of the domain's corpus, training positives
     removed when ``seen`` is given."""
     s = _scores(scorer.score(users, domain, corpus)).clone()
@@ -221,7 +223,7 @@ class _Collector:
         self.users: list[np.ndarray] = []
         self.best_rank = [np.full(len(c), NOT_RANKED, dtype=np.int32) for c in data.corpus]
         self._order = [np.argsort(c, kind="stable") for c in data.corpus]
-        self._sorted = [np.asarray(c)[o] for c, o in zip(data.corpus, self._order)]
+        self._sorted = [np.asarray(c)[o] for c, o in zip(data.corpus, self._order, strict=True)]
 
     def add(self, domain: int, users: np.ndarray, top_items: np.ndarray, target_row: np.ndarray,
             target_item: np.ndarray, counts: np.ndarray) -> None:

@@ -8,6 +8,8 @@ product (section 4.3). Training (sampled softmax, self training) lives in adirec
 """
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn as nn
 
@@ -38,7 +40,7 @@ class TwoTowerModel(nn.Module):
         if self.config.item_bias:
             if "item_id" not in self.embeddings.tables:
                 raise ValueError("item_bias needs the item_id field: do not exclude it")
-            rows = self.embeddings.tables["item_id"].num_embeddings
+            rows = cast(nn.Embedding, self.embeddings.tables["item_id"]).num_embeddings
             self.item_bias = nn.Parameter(torch.zeros(num_domains, rows))  # (D, I + 1); row 0 stays 0
         # the width of the vectors scored by inner product: the towers' O, plus the bias entry
         self.vector_dim = self.config.output_dim + int(self.item_bias is not None)

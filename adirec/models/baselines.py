@@ -26,7 +26,8 @@ for every method. Shapes: B batch, D domains, K experts, H expert output width.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Iterable, Sequence
+from typing import cast
 
 import torch
 import torch.nn as nn
@@ -96,10 +97,10 @@ class CrossStitchBackbone(nn.Module):
 
     def forward(self, x: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
         # x: (B, in), domain: (B,)
-        h = [x] * self.num_domains
+        h: list[torch.Tensor] | tuple[torch.Tensor, ...] = [x] * self.num_domains
         for i, alpha in enumerate(self.stitch):
             a = torch.stack([col.after_linear(i, col.linears[i](h_c), domain)
-                             for col, h_c in zip(self.columns, h)])  # (D, B, H_i)
+                             for col, h_c in zip(cast(Iterable[MLP], self.columns), h, strict=True)])  # (D, B, H_i)
             h = torch.einsum("ce,ebh->cbh", alpha, a).unbind(0)  # D x (B, H_i), cross-stitch
         out = torch.stack(h, dim=1)  # (B, D, H)
         return out[torch.arange(x.shape[0], device=x.device), domain]  # (B, H): own column
@@ -147,11 +148,12 @@ class CGCLayer(nn.Module):
 
     A row of domain d mixes the Ks shared experts (run on the shared input) and domain d's Kd
     experts (run on the row's domain input) with domain d's gate, ``softmax(W_d x)`` on its
-    domain input (PLE's gate; ``gate="linear"`` normalises as eq. 8 of ADI instead). Levels before the last also give a shared output for the next level: a gate shared by
-    all domains mixes the same Ks + Kd experts on the shared input. (In multi-task PLE every
-    sample runs every task's experts and the shared gate mixes them all; a row here belongs to one
-    domain, so it runs only that domain's experts.) Gate weights of the last call:
-    ``last_weights`` (B, Ks + Kd), shared experts first.
+    domain input (PLE's gate; ``gate="linear"`` normalises as eq. 8 of ADI instead). Levels before
+    the last also give a shared output for the next level: a gate shared by all domains mixes the
+    same Ks + Kd experts on the shared input. (In multi-task PLE every sample runs every task's
+    experts and the shared gate mixes them all; a row here belongs to one domain, so it runs only
+    that domain's experts.) Gate weights of the last call: ``last_weights`` (B, Ks + Kd), shared
+    experts first.
     """
 
     def __init__(
@@ -169,14 +171,15 @@ class CGCLayer(nn.Module):
         super().__init__()
         if num_shared < 1 or num_specific < 1:
             raise ValueError(f"PLE needs >= 1 shared and >= 1 specific expert, got {num_shared}, {num_specific}")
-        self.shared = nn.ModuleList(MLP(in_dim, layers, num_domains, dsbn, dropout) for _ in range(num_shared))
+        shared = [MLP(in_dim, layers, num_domains, dsbn, dropout) for _ in range(num_shared)]
+        self.shared = nn.ModuleList(shared)
         # slot k holds expert k of every domain; DomainExperts routes each row to its own domain's
         self.specific = nn.ModuleList(DomainExperts(in_dim, layers, num_domains, dropout)
                                       for _ in range(num_specific))
         n = num_shared + num_specific
         self.gate = DomainGate(n, num_domains, gate, source="features", in_dim=in_dim)
         self.shared_gate = DomainGate(n, 1, gate, source="features", in_dim=in_dim) if shared_output else None
-        self.out_dim = self.shared[0].out_dim
+        self.out_dim = shared[0].out_dim
         self.last_weights: torch.Tensor | None = None
 
     def forward(
@@ -223,7 +226,7 @@ class PLEBackbone(nn.Module):
 
     @property
     def last_gate_weights(self) -> torch.Tensor | None:
-        return self.levels[-1].last_weights  # (B, Ks + Kd)
+        return cast(CGCLayer, self.levels[-1]).last_weights  # (B, Ks + Kd)
 
     def forward(self, x: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
         x_domain, x_shared = x, x  # (B, in) each: every path starts from the same input
@@ -261,18 +264,19 @@ class StarBackbone(nn.Module):
             raise ValueError("STAR layer sizes must not be empty")
         self.num_domains = num_domains
         self.shared = MLP(in_dim, layers, num_domains, dsbn, dropout)
+        linears = cast(Iterable[nn.Linear], self.shared.linears)
         self.domain_weight = nn.ParameterList(
-            nn.Parameter(torch.ones(num_domains, *lin.weight.shape)) for lin in self.shared.linears  # (D, out, in)
+            nn.Parameter(torch.ones(num_domains, *lin.weight.shape)) for lin in linears  # (D, out, in)
         )
         self.domain_bias = nn.ParameterList(
-            nn.Parameter(torch.zeros(num_domains, lin.out_features)) for lin in self.shared.linears  # (D, out)
+            nn.Parameter(torch.zeros(num_domains, lin.out_features)) for lin in linears  # (D, out)
         )
         self.out_dim = self.shared.out_dim
 
     def forward(self, x: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
         groups = domain_groups(domain, self.num_domains)
         h = x  # (B, in)
-        for i, lin in enumerate(self.shared.linears):
+        for i, lin in enumerate(cast(Iterable[nn.Linear], self.shared.linears)):
             z = h.new_empty(h.shape[0], lin.out_features)  # (B, out)
             for d, idx in groups:
                 w = lin.weight * self.domain_weight[i][d]  # (out, in), eq. 16

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, fields
+from typing import Any
 
 import adirec.models.baselines  # noqa: F401  (registers the comparison backbones in BACKBONES)
 from adirec.models.experts import BACKBONES, FUSIONS, GATE_INPUTS, GATES
@@ -145,7 +146,7 @@ class TwoTowerConfig:
     def __post_init__(self) -> None:
         self.validate()
 
-    def validate(self) -> "TwoTowerConfig":
+    def validate(self) -> TwoTowerConfig:
         """Check every field; raise ValueError naming the bad value. Returns self."""
         self.expert_hidden = tuple(self.expert_hidden)
         self.forward_hidden = tuple(self.forward_hidden)
@@ -204,14 +205,14 @@ class TwoTowerConfig:
             return True
         return self.backbone in _DOMAIN_GATED and self.gate_input == "domain"
 
-    def resolved(self, num_domains: int, schema=None) -> "TwoTowerConfig":
+    def resolved(self, num_domains: int, schema=None) -> TwoTowerConfig:
         """This config with the values that depend on the data made explicit: ``shared_experts=
         "domains+1"`` -> ``num_domains + 1``, and, given the data's ``schema``,
         ``history_encoder="auto"`` -> ``"transformer"`` when the behaviour history is in time order
         (``Field.ordered``), else ``"mean"``. Self when there is nothing to resolve."""
         if not isinstance(num_domains, int) or num_domains < 1:
             raise ValueError(f"num_domains must be an int >= 1, got {num_domains!r}")
-        changes = {}
+        changes: dict[str, Any] = {}
         if self.shared_experts == DOMAINS_PLUS_ONE:
             changes["shared_experts"] = num_domains + 1
         if self.history_encoder == AUTO and schema is not None:
@@ -224,7 +225,7 @@ class TwoTowerConfig:
         return [f.name for f in fields(cls)]
 
     @classmethod
-    def from_dict(cls, values: dict, *, source: str = "model config") -> "TwoTowerConfig":
+    def from_dict(cls, values: dict, *, source: str = "model config") -> TwoTowerConfig:
         """The config saved as ``values`` (``dataclasses.asdict``); unknown fields (e.g. from a run
         written by another version of adirec) are an error that names them and ``source``."""
         unknown = sorted(set(values) - set(cls.field_names()))

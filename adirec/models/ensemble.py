@@ -8,14 +8,25 @@ trained with different seeds; they must have been trained on the same data.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+from typing import cast
+
 import torch
 import torch.nn as nn
+
+from adirec.models.adi import TwoTowerModel
+from adirec.models.per_domain import PerDomainModel
+
+#: what an ensemble holds: the models the presets build
+Member = TwoTowerModel | PerDomainModel
 
 
 class EnsembleModel(nn.Module):
     """Members scored as one; see the module docstring."""
 
-    def __init__(self, members: list[nn.Module], weights: list[float] | None = None):
+    weights: torch.Tensor  # (K,) buffer
+
+    def __init__(self, members: Sequence[Member], weights: list[float] | None = None):
         super().__init__()
         if not members:
             raise ValueError("an ensemble needs at least one member")
@@ -34,15 +45,22 @@ class EnsembleModel(nn.Module):
         self.vector_dim = sum(m.vector_dim for m in members)
 
     def user_embedding(self, features: dict[str, torch.Tensor], domain: torch.Tensor) -> torch.Tensor:
-        return torch.cat([w * m.user_embedding(features, domain) for w, m in zip(self.weights, self.members)],
-                         dim=1)  # (B, sum O_k)
+        return torch.cat([w * m.user_embedding(features, domain)
+                          for w, m in zip(self.weights, self._members(), strict=True)], dim=1)  # (B, sum O_k)
 
     def item_embedding(self, features: dict[str, torch.Tensor], domain: torch.Tensor) -> torch.Tensor:
-        return torch.cat([m.item_embedding(features, domain) for m in self.members], dim=1)  # (B, sum O_k)
+        return torch.cat([m.item_embedding(features, domain) for m in self._members()], dim=1)  # (B, sum O_k)
 
     @staticmethod
     def score(user_emb: torch.Tensor, item_emb: torch.Tensor) -> torch.Tensor:
         return (user_emb * item_emb).sum(dim=-1)
 
     def num_parameters(self) -> int:
-        return sum(m.num_parameters() for m in self.members)
+        return sum(m.num_parameters() for m in self._members())
+
+    def _members(self) -> Iterable[Member]:
+        return cast(Iterable[Member], self.members)  # an nn.ModuleList is typed as holding any module
+
+
+#: the model of a run: a preset's model, or an ensemble of them
+RunModel = TwoTowerModel | PerDomainModel | EnsembleModel

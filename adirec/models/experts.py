@@ -16,7 +16,8 @@ Shapes: B batch, D domains, K shared experts, H expert output width, E width of 
 from __future__ import annotations
 
 import math
-from typing import Callable, Protocol, Sequence, runtime_checkable
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol, cast, runtime_checkable
 
 import torch
 import torch.nn as nn
@@ -32,6 +33,9 @@ class Backbone(Protocol):
     out_dim: int
 
     def forward(self, x: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:  # (B, in) -> (B, out_dim)
+        ...
+
+    def __call__(self, x: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:  # nn.Module's, runs forward
         ...
 
 
@@ -108,7 +112,7 @@ class DomainGate(nn.Module):
 
     def logits(self, x: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
         """``g = W^(d) input`` of each row (B, K), before normalisation."""
-        if self.source == "domain":
+        if self.domain_embedding is not None:  # source "domain"
             return domain_projection(self.weight, self.domain_embedding)[domain]  # (B, K), eq. 8
         B = x.shape[0]
         # all D gates on every row is cheaper than gathering a (B, K, in) weight per row
@@ -158,12 +162,11 @@ class SharedExperts(nn.Module):
         if len(tuple(hidden)) == 0:
             raise ValueError("expert hidden sizes must not be empty")
         self.num_domains = num_domains
-        self.experts = nn.ModuleList(
-            MLP(in_dim, hidden, num_domains, dsbn, dropout, se_reduction) for _ in range(num_experts)
-        )
+        experts = [MLP(in_dim, hidden, num_domains, dsbn, dropout, se_reduction) for _ in range(num_experts)]
+        self.experts = nn.ModuleList(experts)
         self.gate = DomainGate(num_experts, num_domains, gate, source=gate_input, in_dim=in_dim,
                                domain_embedding=domain_embedding)
-        self.out_dim = self.experts[0].out_dim
+        self.out_dim = experts[0].out_dim
         self.last_weights: torch.Tensor | None = None
 
     def expert_outputs(self, x: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
@@ -192,11 +195,10 @@ class DomainExperts(nn.Module):
         if num_domains < 1:
             raise ValueError(f"num_domains must be >= 1, got {num_domains}")
         self.num_domains = num_domains
-        self.nets = nn.ModuleList(
-            MLP(in_dim, hidden, num_domains=1, dsbn=True, dropout=dropout, se_reduction=se_reduction)
-            for _ in range(num_domains)
-        )
-        self.out_dim = self.nets[0].out_dim
+        nets = [MLP(in_dim, hidden, num_domains=1, dsbn=True, dropout=dropout, se_reduction=se_reduction)
+                for _ in range(num_domains)]
+        self.nets = nn.ModuleList(nets)
+        self.out_dim = nets[0].out_dim
 
     def forward(self, x: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
         out = x.new_empty(x.shape[0], self.out_dim)  # (B, H)
@@ -220,7 +222,7 @@ class NetMulExperts(SharedExperts):
     def __init__(self, in_dim: int, hidden: Sequence[int], num_experts: int, num_domains: int,
                  gate: str = "linear", dsbn: bool = True, dropout: float = 0.0, **kwargs):
         super().__init__(in_dim, hidden, num_experts, num_domains, gate, dsbn, dropout, **kwargs)
-        linears = self.experts[0].linears
+        linears = cast(Iterable[nn.Linear], cast(MLP, self.experts[0]).linears)
         self.domain_weight = nn.ParameterList(
             nn.Parameter(torch.ones(num_domains, *lin.weight.shape)) for lin in linears  # (D, out, in)
         )
@@ -231,9 +233,9 @@ class NetMulExperts(SharedExperts):
     def expert_outputs(self, x: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
         groups = domain_groups(domain, self.num_domains)
         outs = []
-        for expert in self.experts:
+        for expert in cast(Iterable[MLP], self.experts):
             h = x  # (B, in)
-            for i, lin in enumerate(expert.linears):
+            for i, lin in enumerate(cast(Iterable[nn.Linear], expert.linears)):
                 z = h.new_empty(h.shape[0], lin.out_features)  # (B, out)
                 for d, idx in groups:
                     w = lin.weight * self.domain_weight[i][d]  # (out, in), eq. 16
@@ -291,7 +293,8 @@ class SumFusion(nn.Module):
         self.out_dim = width
 
     def gate(self, domain: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(domain_projection(self.w_gate, self.domain_embedding) + self.bias)[domain]  # (B, H), eq. 14
+        # (B, H), eq. 14
+        return torch.sigmoid(domain_projection(self.w_gate, self.domain_embedding) + self.bias)[domain]
 
     def forward(self, shared: torch.Tensor, specific: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
         alpha = self.gate(domain)  # (B, H)
@@ -299,7 +302,7 @@ class SumFusion(nn.Module):
 
 
 #: fusions that combine two outputs; "netmul" instead fuses the networks' weights (NetMulExperts)
-OUTPUT_FUSIONS: dict[str, type[nn.Module]] = {"concat": ConcatFusion, "sum": SumFusion}
+OUTPUT_FUSIONS: dict[str, type[ConcatFusion | SumFusion]] = {"concat": ConcatFusion, "sum": SumFusion}
 FUSIONS = (*OUTPUT_FUSIONS, "netmul")
 
 
@@ -340,19 +343,23 @@ class ADIBackbone(nn.Module):
         super().__init__()
         if fusion not in FUSIONS:
             raise ValueError(f"unknown fusion {fusion!r}; known: {FUSIONS}")
-        if fusion in OUTPUT_FUSIONS and domain_embedding is None:
-            raise ValueError(f"{fusion!r} fusion gates on the domain indicator's embedding f_domain "
-                             f"(eq. 11-15): pass domain_embedding")
         layers = (*hidden, out)
         inner_se = se_reduction if se_in_experts else None
-        shared = dict(gate_input=gate_input, domain_embedding=domain_embedding, se_reduction=inner_se)
+        shared: dict[str, Any] = dict(gate_input=gate_input, domain_embedding=domain_embedding,
+                                      se_reduction=inner_se)
         self.fusion_kind = fusion
+        self.shared: SharedExperts
+        self.specific: DomainExperts | None
+        self.fusion: ConcatFusion | SumFusion | None
         if fusion == "netmul":
             self.shared = NetMulExperts(in_dim, layers, num_experts, num_domains, gate, dsbn, dropout, **shared)
             self.specific = None  # lives inside self.shared as the per-domain factors
             self.fusion = None
             self.out_dim = self.shared.out_dim
         else:
+            if domain_embedding is None:
+                raise ValueError(f"{fusion!r} fusion gates on the domain indicator's embedding f_domain "
+                                 f"(eq. 11-15): pass domain_embedding")
             self.shared = SharedExperts(in_dim, layers, num_experts, num_domains, gate, dsbn, dropout, **shared)
             self.specific = DomainExperts(in_dim, layers, num_domains, dropout, inner_se)
             self.fusion = OUTPUT_FUSIONS[fusion](self.shared.out_dim, num_domains, domain_embedding)
@@ -365,7 +372,7 @@ class ADIBackbone(nn.Module):
     def forward(self, x: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
         # x: (B, in_dim), domain: (B,)
         h_shared = self.shared(x, domain)  # (B, H), eq. 8-9 (16-17 with netmul)
-        if self.fusion is None:
+        if self.fusion is None or self.specific is None:  # netmul: nothing left to fuse
             return h_shared
         h_specific = self.specific(x, domain)  # (B, H), eq. 10
         return self.fusion(h_shared, h_specific, domain)  # (B, out_dim), eq. 11-15

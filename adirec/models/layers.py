@@ -10,7 +10,8 @@ A domain indicator is always a (B,) long tensor with values in [0, D).
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
+from typing import cast
 
 import torch
 import torch.nn as nn
@@ -74,7 +75,7 @@ class DomainSpecificBatchNorm(nn.Module):
         # x: (B, H), domain: (B,)
         out = torch.empty_like(x)
         for d, idx in domain_groups(domain, self.num_domains):
-            bn = self.norms[d]
+            bn = cast(nn.BatchNorm1d, self.norms[d])
             xd = x[idx]  # (n_d, H)
             if self.training and xd.shape[0] == 1:
                 yd = F.batch_norm(
@@ -278,8 +279,8 @@ class MLP(nn.Module):
         self.dsbn = dsbn
         self.out_dim = hidden[-1] if hidden else in_dim
         dims = (in_dim, *hidden)
-        self.linears = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
-        self.norms = nn.ModuleList(
+        self.linears = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:], strict=True))
+        self.norms: nn.ModuleList | None = nn.ModuleList(
             DomainSpecificBatchNorm(h, num_domains) if dsbn else nn.BatchNorm1d(h) for h in hidden
         )
         self.dropout = nn.Dropout(dropout)

@@ -14,6 +14,9 @@ can be served and evaluated with the full data's :class:`~adirec.data.batches.Fe
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import cast
+
 import torch
 import torch.nn as nn
 
@@ -38,8 +41,9 @@ class PerDomainModel(nn.Module):
         self.config = (config or TwoTowerConfig()).validate()
         self.schema = schema
         self.num_domains = num_domains
-        self.models = nn.ModuleList(TwoTowerModel(schema, 1, self.config) for _ in range(num_domains))
-        self.vector_dim = self.models[0].vector_dim
+        models = [TwoTowerModel(schema, 1, self.config) for _ in range(num_domains)]
+        self.models = nn.ModuleList(models)
+        self.vector_dim = models[0].vector_dim
 
     def _route(self, side: str, features: dict[str, torch.Tensor], domain: torch.Tensor) -> torch.Tensor:
         if domain.dim() != 1:
@@ -49,7 +53,7 @@ class PerDomainModel(nn.Module):
             part = {k: v[idx] for k, v in features.items()}
             if side == "user" and HIST_ALL in part:
                 part[HIST_ALL] = part[HIST_DOMAIN]  # the sub-model's world is its domain alone
-            model = self.models[d]
+            model = cast(TwoTowerModel, self.models[d])
             only = torch.zeros_like(idx)  # each sub-model has a single domain, index 0
             emb = model.user_embedding(part, only) if side == "user" else model.item_embedding(part, only)
             if out is None:
@@ -71,4 +75,4 @@ class PerDomainModel(nn.Module):
         return self.user_embedding(features, domain), self.item_embedding(features, domain)
 
     def num_parameters(self) -> int:
-        return sum(m.num_parameters() for m in self.models)
+        return sum(m.num_parameters() for m in cast(Iterable[TwoTowerModel], self.models))

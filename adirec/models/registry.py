@@ -37,12 +37,12 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 import torch
-import torch.nn as nn
 
 from adirec.data.schema import Schema
 from adirec.models.config import DOMAINS_PLUS_ONE, TwoTowerConfig
@@ -173,7 +173,8 @@ def train_defaults(name: str) -> dict:
     return copy.deepcopy(dict(_preset(name).train))
 
 
-def build_model(name: str, schema: Schema, num_domains: int, config: TwoTowerConfig | None = None) -> nn.Module:
+def build_model(name: str, schema: Schema, num_domains: int,
+                config: TwoTowerConfig | None = None) -> TwoTowerModel | PerDomainModel:
     """The model of preset ``name`` (``config`` defaults to the preset's own)."""
     preset = _preset(name)
     config = config if config is not None else build_config(name, num_domains)

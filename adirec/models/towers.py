@@ -15,13 +15,15 @@ towers (each tower has its own gate weights).
 """
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from adirec.data.dataset import HIST_ALL, HIST_DOMAIN
 from adirec.data.schema import OOV, Field, Schema
-from adirec.models.experts import BACKBONES, DomainExperts
+from adirec.models.experts import BACKBONES, Backbone, DomainExperts
 from adirec.models.config import TwoTowerConfig
 from adirec.models.layers import MLP, make_adaptation
 from adirec.models.sequence import HistoryEncoder, make_history_encoder
@@ -84,16 +86,17 @@ class SharedEmbeddings(nn.Module):
     def embed(self, field: Field, x: torch.Tensor) -> torch.Tensor:
         """Embed one field's batch: categorical (B,), sequence (B, L) or dense (B, dim) -> (B, E)."""
         if field.kind == "categorical":
-            return self.tables[field.vocab_name](self.rows(field.vocab_name, x))  # (B, E), eq. 6
+            return self.tables[field.id_vocab](self.rows(field.id_vocab, x))  # (B, E), eq. 6
         if field.kind == "sequence":
-            e = self.tables[field.vocab_name](self.rows(field.vocab_name, x))  # (B, L, E)
+            e = self.tables[field.id_vocab](self.rows(field.id_vocab, x))  # (B, L, E)
             mask = (x != OOV).unsqueeze(-1).to(e.dtype)  # (B, L, 1)
             # mean over real entries only; an all-padding row divides 0 by 1 and stays zero
             count = mask.sum(dim=1).clamp(min=1.0)  # (B, 1)
             return (e * mask).sum(dim=1) / count  # (B, E), eq. 7
         if x.dim() == 1:
             x = x.unsqueeze(-1)  # a 1-wide dense field may come as (B,)
-        return self.dense[field.name](x.to(self.dense[field.name].weight.dtype))  # (B, E)
+        projection = cast(nn.Linear, self.dense[field.name])
+        return projection(x.to(projection.weight.dtype))  # (B, E)
 
 
 class FieldEmbeddings(nn.Module):
@@ -134,7 +137,7 @@ class FieldEmbeddings(nn.Module):
         for f in self.fields:
             if f.name in HISTORY_FIELDS:
                 x = self._drop(features[f.name])  # (B, L)
-                e = self.shared.tables[f.vocab_name](self.shared.rows(f.vocab_name, x))  # (B, L, E)
+                e = self.shared.tables[f.id_vocab](self.shared.rows(f.id_vocab, x))  # (B, L, E)
                 enc = self.encoder if f.name == HIST_ALL else _MEAN
                 out.append(enc.last(e, x != OOV))  # (B, E)
             else:
@@ -219,12 +222,14 @@ class Tower(nn.Module):
         if config.uses_domain_embedding() and embeddings.domain is None:
             raise ValueError(f"the {config.backbone!r} backbone's gates read the domain embedding "
                              f"f_domain, but the shared embeddings have none (build them with num_domains)")
+        self.backbone: Backbone
         if side == "item" and config.item_tower == "linear":
             self.backbone = IdentityBackbone(n_fields * dim)  # the head alone maps the fields
         else:
             self.backbone = BACKBONES[config.backbone](config, n_fields * dim, num_domains,
                                                        domain_embedding=embeddings.domain)
         h = self.backbone.out_dim
+        self.forward_net: DomainExperts | MLP
         if side == "item" and config.item_tower == "linear":
             self.forward_net = MLP(h, (), num_domains)  # empty: the identity
         elif config.domain_forward:

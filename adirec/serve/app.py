@@ -31,6 +31,7 @@ import hmac
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field as dc_field
 from importlib import resources
 from pathlib import Path
@@ -82,7 +83,8 @@ class FilterSpec(BaseModel):
                           "see GET /v1/metadata filter_fields")
 
     def to_filters(self) -> Filters:
-        return Filters(list(self.exclude_items or []), self.allow_items, dict(self.attributes or {}))
+        attributes = {k: v if isinstance(v, list) else [v] for k, v in (self.attributes or {}).items()}
+        return Filters(list(self.exclude_items or []), self.allow_items, attributes)
 
 
 class RecommendRequest(BaseModel):
@@ -207,7 +209,7 @@ class ServeConfig:
             raise ValueError(f"--require-token needs a token: set {TOKEN_ENV} or pass --token-file")
 
 
-def read_token(token_file: str | Path | None, environ: dict) -> str | None:
+def read_token(token_file: str | Path | None, environ: Mapping[str, str]) -> str | None:
     """The API token from ``token_file`` (surrounding whitespace dropped) or ``environ[TOKEN_ENV]``."""
     if token_file is not None:
         path = Path(token_file)
@@ -230,10 +232,11 @@ class _Served:
         self.reload_lock = threading.Lock()
 
 
-_ERRORS = {401: {"model": ErrorBody, "description": "missing or wrong token"},
-           404: {"model": ErrorBody, "description": "unknown domain"},
-           413: {"model": ErrorBody, "description": "request body too large"},
-           422: {"model": ErrorBody, "description": "invalid request"}}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "missing or wrong token"},
+    404: {"model": ErrorBody, "description": "unknown domain"},
+    413: {"model": ErrorBody, "description": "request body too large"},
+    422: {"model": ErrorBody, "description": "invalid request"}}
 
 
 def create_app(recommender: Recommender, config: ServeConfig | None = None) -> FastAPI:
@@ -416,7 +419,7 @@ class BodyGuard:
             return await self.app(scope, receive, send)
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
-            return await self._reject(send, 413, f"request body too large (declared size "
+            return await self._reject(receive, send, 413, f"request body too large (declared size "
                                       f"{declared[:40].decode(errors='replace')}); the limit is {self.max_bytes} bytes")
         messages, chunks, size = [], [], 0
         while True:
@@ -428,14 +431,15 @@ class BodyGuard:
             chunks.append(chunk)
             size += len(chunk)
             if size > self.max_bytes:
-                return await self._reject(send, 413, f"request body too large (more than {size} bytes); "
-                                                     f"the limit is {self.max_bytes} bytes")
+                return await self._reject(receive, send, 413, f"request body too large (more than {size} bytes); "
+                                                              f"the limit is {self.max_bytes} bytes")
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
         # fewer opening brackets than the limit cannot nest deeper: skip the scan (most bodies)
         if body.count(b"[") + body.count(b"{") > self.max_depth and json_depth(body) > self.max_depth:
-            return await self._reject(send, 422, f"request JSON is nested more than {self.max_depth} levels deep")
+            return await self._reject(receive, send, 422,
+                                      f"request JSON is nested more than {self.max_depth} levels deep")
         replay = iter(messages)
 
         async def replayed():
@@ -444,8 +448,8 @@ class BodyGuard:
         await self.app(scope, replayed, send)
 
     @staticmethod
-    async def _reject(send, status: int, detail: str) -> None:
-        await JSONResponse({"detail": detail}, status_code=status)({"type": "http"}, None, send)
+    async def _reject(receive, send, status: int, detail: str) -> None:
+        await JSONResponse({"detail": detail}, status_code=status)({"type": "http"}, receive, send)
 
 
 # ----------------------------------------------------------------------- metrics
@@ -483,7 +487,7 @@ class MetricsMiddleware:
 
     def __init__(self, app, metrics: Metrics):
         self.app, self.metrics = app, metrics
-        self._paths: set[str] | None = None
+        self._paths: set[str | None] | None = None
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":

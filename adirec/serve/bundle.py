@@ -41,6 +41,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import cast
 
 import faiss
 import numpy as np
@@ -52,9 +53,7 @@ from safetensors.numpy import load_file as load_np, save_file as save_np
 from adirec.data.batches import FeatureStore
 from adirec.data.dataset import Interactions, MultiDomainData
 from adirec.data.schema import Schema
-from adirec.models.config import TwoTowerConfig
-from adirec.models.adi import TwoTowerModel
-from adirec.models.ensemble import EnsembleModel
+from adirec.models.ensemble import EnsembleModel, RunModel
 from adirec.utils import atomic_write_json, load_weights, publish_directory, save_weights, write_keys
 
 FORMAT = "adirec-bundle"
@@ -122,23 +121,25 @@ def build_index(vectors: np.ndarray, config: IndexConfig) -> tuple[faiss.Index, 
     n, dim = vectors.shape
     kind = config.kind_for(n)
     x = np.ascontiguousarray(vectors, dtype=np.float32)
+    index: faiss.Index
+    info: dict[str, str | int]
     if kind == "flat":
         index = faiss.IndexFlatIP(dim)
         info = {"kind": "flat"}
     elif kind == "hnsw":
-        index = faiss.IndexHNSWFlat(dim, config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = config.hnsw_ef_construction
-        index.hnsw.efSearch = config.hnsw_ef_search
+        index = hnsw = faiss.IndexHNSWFlat(dim, config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        hnsw.hnsw.efConstruction = config.hnsw_ef_construction
+        hnsw.hnsw.efSearch = config.hnsw_ef_search
         info = {"kind": "hnsw", "m": config.hnsw_m, "ef_construction": config.hnsw_ef_construction,
                 "ef_search": config.hnsw_ef_search}
     else:
         nlist = config.nlist_for(n)
-        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        index = ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
         sample = min(n, nlist * config.ivf_train_points)
         rows = np.sort(np.random.default_rng(config.seed).choice(n, sample, replace=False))
-        index.train(x[rows])
-        index.nprobe = min(config.ivf_nprobe, nlist)
-        info = {"kind": "ivf", "nlist": nlist, "nprobe": int(index.nprobe)}
+        ivf.train(x[rows])
+        ivf.nprobe = min(config.ivf_nprobe, nlist)
+        info = {"kind": "ivf", "nlist": nlist, "nprobe": int(ivf.nprobe)}
     index.add(x)
     return index, info
 
@@ -160,7 +161,7 @@ def export_bundle(run_dir: str | Path, out: str | Path, *, index_config: IndexCo
 
 
 @torch.no_grad()
-def write_bundle(out: str | Path, model: TwoTowerModel, data: MultiDomainData, *, model_name: str,
+def write_bundle(out: str | Path, model: RunModel, data: MultiDomainData, *, model_name: str,
                  run_config: dict | None = None, index_config: IndexConfig | None = None,
                  item_vectors: list[np.ndarray] | None = None, overwrite: bool = False,
                  extra: dict | None = None) -> Path:
@@ -214,11 +215,13 @@ def write_bundle(out: str | Path, model: TwoTowerModel, data: MultiDomainData, *
         for d, name in enumerate(data.domains):
             corpus = np.asarray(data.corpus[d], dtype=np.int64)
             if item_vectors is None:
+                assert scorer is not None  # made above when no vectors are given
                 vec = scorer.item_matrix(d)[torch.from_numpy(corpus).to(scorer.device)].cpu().numpy()  # (n, O)
             else:
                 vec = np.asarray(item_vectors[d], dtype=np.float32)
                 if vec.shape[0] != len(corpus):
-                    raise ValueError(f"item_vectors[{d}] has {vec.shape[0]} rows, domain {name!r} has {len(corpus)} items")
+                    raise ValueError(f"item_vectors[{d}] has {vec.shape[0]} rows, domain {name!r} has "
+                                     f"{len(corpus)} items")
             vec = np.ascontiguousarray(vec, dtype=np.float32)
             if not np.all(np.isfinite(vec)):
                 raise ValueError(f"domain {name!r}: item vectors contain NaN or infinity")
@@ -336,7 +339,7 @@ class KeyIndex:
         """(n,) int64 ids of ``keys`` (any of str / int), 0 where unknown."""
         return np.fromiter((self.get(k) for k in keys), dtype=np.int64, count=len(keys))
 
-    def decode(self, ids: np.ndarray) -> list:
+    def decode(self, ids: np.ndarray | list[int]) -> list:
         """Raw keys of ids >= 1 (Python ints or strings, as exported)."""
         return self._native[np.asarray(ids, dtype=np.int64) - 1].tolist()
 
@@ -373,7 +376,7 @@ class Bundle:
     path: Path
     manifest: dict
     config: dict
-    model: TwoTowerModel
+    model: RunModel
     data: MultiDomainData  # training split + feature tables only (valid/test are empty)
     store: FeatureStore
     users: KeyIndex
@@ -420,7 +423,8 @@ def verify_bundle(path: str | Path) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise BundleError(f"{mpath}: manifest is not valid JSON ({e})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise BundleError(f"{mpath}: not an {FORMAT} manifest (format={manifest.get('format') if isinstance(manifest, dict) else None!r})")
+        found = manifest.get("format") if isinstance(manifest, dict) else None
+        raise BundleError(f"{mpath}: not an {FORMAT} manifest (format={found!r})")
     version = manifest.get("format_version")
     if version not in READABLE_VERSIONS:
         raise BundleError(f"{mpath}: format_version {version!r} is not supported (this adirec reads "
@@ -467,13 +471,15 @@ def migrate_manifest(manifest: dict) -> dict:
     (it had no added items) and ``revision``."""
     if manifest.get("format_version") == 1:
         manifest = dict(manifest)
-        manifest.setdefault("user_key_scope", "domain" if str(manifest.get("data", "")).startswith("xmrec:") else "global")
+        xmrec = str(manifest.get("data", "")).startswith("xmrec:")
+        manifest.setdefault("user_key_scope", "domain" if xmrec else "global")
         manifest.setdefault("model_items", manifest.get("num_items"))
         manifest.setdefault("revision", 0)
         manifest["migrated_from"] = 1
         manifest["format_version"] = FORMAT_VERSION
     if manifest.get("user_key_scope") not in KEY_SCOPES:
-        raise BundleError(f"manifest: user_key_scope must be one of {KEY_SCOPES}, got {manifest.get('user_key_scope')!r}")
+        raise BundleError(f"manifest: user_key_scope must be one of {KEY_SCOPES}, "
+                          f"got {manifest.get('user_key_scope')!r}")
     return manifest
 
 
@@ -510,7 +516,7 @@ def _load(root: Path, manifest: dict) -> Bundle:
     train = Interactions(*(t.column(c).to_numpy() for c in ("user", "item", "domain", "weight", "timestamp")))
     dom: list[DomainIndex] = []
     corpus = []
-    for d, name in enumerate(domains):
+    for name in domains:
         info = manifest["domain_info"][name]
         arrays = load_np(str(root / info["dir"] / "items.safetensors"))
         index = faiss.read_index(str(root / info["dir"] / "index.faiss"))
@@ -555,6 +561,6 @@ def _load(root: Path, manifest: dict) -> Bundle:
 
 def _apply_search_params(index: faiss.Index, info: dict) -> None:
     if info.get("kind") == "hnsw" and "ef_search" in info:
-        faiss.downcast_index(index).hnsw.efSearch = int(info["ef_search"])
+        cast(faiss.IndexHNSW, faiss.downcast_index(index)).hnsw.efSearch = int(info["ef_search"])
     elif info.get("kind") == "ivf" and "nprobe" in info:
         faiss.extract_index_ivf(index).nprobe = int(info["nprobe"])

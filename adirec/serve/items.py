@@ -115,8 +115,9 @@ def add_items(bundle_dir: str | Path, domain: str, items_file: str | Path) -> di
         manifest.setdefault("added_items", []).append(
             {"domain": domain, "count": m, "first_id": int(new_ids[0]),
              "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
-        manifest["files"] = {**manifest["files"], **{rel: {"sha256": _sha256(tmp / rel), "bytes": (tmp / rel).stat().st_size}
-                                                     for rel in changed}}
+        manifest["files"] = {**manifest["files"],
+                             **{rel: {"sha256": _sha256(tmp / rel), "bytes": (tmp / rel).stat().st_size}
+                                for rel in changed}}
         atomic_write_json(tmp / MANIFEST, manifest)
         _publish_permissions(tmp)
         _fsync_dir(tmp)
@@ -137,6 +138,7 @@ def _new_keys(bundle: Bundle, table: pa.Table, path) -> list:
     column = table.column(KEY_COLUMN)
     if column.null_count:
         raise ValueError(f"{path}: column {KEY_COLUMN!r} has {column.null_count} empty values")
+    keys: list[int] | list[str]
     if bundle.items.is_int:
         if not pa.types.is_integer(column.type):
             raise ValueError(f"{path}: this bundle's item keys are integers; column {KEY_COLUMN!r} is {column.type}")
@@ -145,7 +147,8 @@ def _new_keys(bundle: Bundle, table: pa.Table, path) -> list:
         keys = [str(k) for k in column.to_pylist()]
         long = [k for k in keys if len(k) > MAX_KEY_CHARS]
         if long:
-            raise ValueError(f"{path}: {len(long)} key(s) longer than {MAX_KEY_CHARS} characters, e.g. {long[0][:40]!r}...")
+            raise ValueError(f"{path}: {len(long)} key(s) longer than {MAX_KEY_CHARS} characters, "
+                             f"e.g. {long[0][:40]!r}...")
     seen, dup = set(), []
     for k in keys:
         if k in seen:

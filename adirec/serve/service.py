@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field as dc_field
+from pathlib import Path
+from typing import cast
 
 import faiss
-from pathlib import Path
-
 import numpy as np
 import torch
 
@@ -96,7 +96,7 @@ class Filters:
     attributes: dict[str, list[int]] = dc_field(default_factory=dict)
 
     @classmethod
-    def parse(cls, raw) -> "Filters | None":
+    def parse(cls, raw) -> Filters | None:
         """From a request's ``filters`` object (None stays None); RequestError on bad values."""
         if raw is None or isinstance(raw, Filters):
             return raw
@@ -159,7 +159,7 @@ class Recommender:
         self.example_users = bundle.users.decode(np.argsort(-activity[1:], kind="stable")[:20] + 1)
 
     @classmethod
-    def from_path(cls, path: str | Path, **kw) -> "Recommender":
+    def from_path(cls, path: str | Path, **kw) -> Recommender:
         return cls(load_bundle(path), **kw)
 
     @property
@@ -218,12 +218,13 @@ class Recommender:
             finite = np.all(np.isfinite(query), axis=1)
             for j in known[~finite]:
                 out[j] = self._popular(user_ids[j], d, k, [*shared_notes, "the user's vector is not finite (a defect "
-                                       "of the bundle): the domain's most popular items"], filt, include_features, int(uids[j]))
+                                       "of the bundle): the domain's most popular items"], filt, include_features,
+                                       int(uids[j]))
             known, query = known[finite], query[finite]
         if len(known):
             excluded = [self._excluded(int(u), d.position, None, exclude_seen, filt) for u in uids[known]]
             found = self._search(d, query, k, excluded, filt.allowed, shared_notes)
-            for (ids, scores), j in zip(found, known):
+            for (ids, scores), j in zip(found, known, strict=True):
                 notes = list(shared_notes)
                 if len(ids) < k:
                     notes.append(f"only {len(ids)} items remain for k={k} after excluding seen and filtered items")
@@ -232,7 +233,7 @@ class Recommender:
         for j in np.flatnonzero(uids == OOV):
             out[j] = self._popular(user_ids[j], d, k, [*shared_notes, f"user {user_ids[j]!r} is unknown: the "
                                    f"domain's most popular items"], filt, include_features)
-        return out
+        return cast(list[Recommendation], out)  # every user is either known or unknown: no row left None
 
     def resolve_users(self, user_ids: list, domain: str) -> np.ndarray:
         """(n,) encoded ids of request keys in ``domain`` (0 = unknown). A key is looked up as
@@ -278,11 +279,11 @@ class Recommender:
         """Per item: its stored features (encoded values: vocabulary indices and standardised
         numbers; sequences without padding; per-domain fields in ``domain``)."""
         data = self.bundle.data
-        out = [{} for _ in range(len(ids))]
+        out: list[dict] = [{} for _ in range(len(ids))]
         for name, f in self.item_fields.items():
             table = data.item_domain_table[name][domain] if f.per_domain else data.item_table[name]
             values = table[np.asarray(ids, dtype=np.int64)]
-            for row, v in zip(out, values):
+            for row, v in zip(out, values, strict=True):
                 if f.kind == "categorical":
                     row[name] = int(v)
                 elif f.kind == "sequence":
@@ -376,8 +377,8 @@ class Recommender:
                 raise RequestError(f"filters.attributes: {_short(name)} is not a filterable item field; "
                                    f"allowed: {sorted(self.filter_fields)}")
             column = self.bundle.data.item_table[name][d.item_ids]  # (n,) or (n, L)
-            match = np.isin(column, np.asarray(values, dtype=np.int64))
-            match = match.any(axis=1) if match.ndim == 2 else match
+            hits = np.isin(column, np.asarray(values, dtype=np.int64))
+            match = cast(np.ndarray, hits.any(axis=1)) if hits.ndim == 2 else hits  # (n,) either way
             allowed = match if allowed is None else allowed & match
         return _Compiled(None if allowed is None else np.flatnonzero(allowed), excluded)
 
@@ -439,12 +440,17 @@ class Recommender:
         bits = np.packbits(mask, bitorder="little")
         sel = faiss.IDSelectorBitmap(d.size, faiss.swig_ptr(bits))
         kind = d.index_info.get("kind")
+        # faiss's stubs know neither SearchParametersHNSW nor the keyword arguments that its Python
+        # wrapper gives the search-parameter classes (which also keep `sel` referenced)
+        params: faiss.SearchParameters
         if kind == "ivf":
-            params = faiss.SearchParametersIVF(sel=sel, nprobe=int(faiss.extract_index_ivf(d.index).nprobe))
+            nprobe = int(faiss.extract_index_ivf(d.index).nprobe)
+            params = faiss.SearchParametersIVF(sel=sel, nprobe=nprobe)  # type: ignore[call-arg]
         elif kind == "hnsw":
-            params = faiss.SearchParametersHNSW(sel=sel, efSearch=int(faiss.downcast_index(d.index).hnsw.efSearch))
+            ef_search = int(cast(faiss.IndexHNSW, faiss.downcast_index(d.index)).hnsw.efSearch)
+            params = faiss.SearchParametersHNSW(sel=sel, efSearch=ef_search)  # type: ignore[attr-defined]
         else:
-            params = faiss.SearchParameters(sel=sel)
+            params = faiss.SearchParameters(sel=sel)  # type: ignore[call-arg]
         return params, (bits, sel)
 
     def _popular(self, user_id, d: DomainIndex, k: int, notes: list[str], filt: _Compiled,
@@ -507,9 +513,10 @@ class Recommender:
             if len(vals) != f.dim or not all(_is_number(v) and math.isfinite(v) and abs(v) <= DENSE_BOUND
                                              for v in vals):
                 raise RequestError(f"feature {name!r} is dense, in the standardised scale of training: give "
-                                   f"{f.dim} finite number(s) in [-{DENSE_BOUND:g}, {DENSE_BOUND:g}], got {_short(value)}")
+                                   f"{f.dim} finite number(s) in [-{DENSE_BOUND:g}, {DENSE_BOUND:g}], "
+                                   f"got {_short(value)}")
             return torch.tensor([vals], dtype=torch.float32)  # (1, dim)
-        size = self.bundle.data.schema.vocab_sizes[f.vocab_name]
+        size = self.bundle.data.schema.vocab_sizes[f.id_vocab]
         if f.kind == "categorical":
             if not _is_int(value) or not 0 <= value < size:
                 raise RequestError(f"feature {name!r} is categorical: give its encoded value, an integer "
@@ -532,7 +539,8 @@ def _append_history(current: torch.Tensor, new: np.ndarray) -> torch.Tensor:
 
 def _short(value, limit: int = 80) -> str:
     """repr of a request value, cut so that an error message never echoes a huge input."""
-    text = repr(value) if not (isinstance(value, int) and abs(value) > 10 ** 40) else f"<{value.bit_length()}-bit integer>"
+    huge = isinstance(value, int) and abs(value) > 10 ** 40
+    text = f"<{value.bit_length()}-bit integer>" if huge else repr(value)
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 

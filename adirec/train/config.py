@@ -152,7 +152,7 @@ class TrainConfig:
         if self.tensorboard is not None and (not isinstance(self.tensorboard, str) or not self.tensorboard.strip()):
             raise ValueError(f"tensorboard must be a directory or None, got {self.tensorboard!r}")
         if self.early_stopping_metric is not None:
-            name, _, k = str(self.early_stopping_metric).partition("@")
-            if name not in ("recall", "ndcg") or not k.isdigit() or int(k) < 1:
+            name, _, cutoff = str(self.early_stopping_metric).partition("@")
+            if name not in ("recall", "ndcg") or not cutoff.isdigit() or int(cutoff) < 1:
                 raise ValueError(f"early_stopping_metric must look like recall@50 or ndcg@10, "
                                  f"got {self.early_stopping_metric!r}")

@@ -50,6 +50,7 @@ import contextlib
 import dataclasses
 import inspect
 import os
+from typing import Any
 
 import numpy as np
 import torch
@@ -166,7 +167,7 @@ class LossModule(nn.Module):
         return self._loss_fn(*args, **kwargs)
 
 
-def wrap(model: nn.Module, loss_fn, device: torch.device | None = None) -> nn.Module:
+def wrap(model: nn.Module, loss_fn, device: torch.device | None = None) -> nn.parallel.DistributedDataParallel:
     """The DDP module whose forward(*args) returns ``loss_fn(*args)``; ``model`` must already be
     on ``device`` (a GPU gives DDP its ``device_ids``).
 
@@ -175,18 +176,19 @@ def wrap(model: nn.Module, loss_fn, device: torch.device | None = None) -> nn.Mo
     """
     DDP = nn.parallel.DistributedDataParallel
     # torch >= 2.13 names the per-forward buffer broadcast `forward_sync_buffers`
-    no_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DDP).parameters
-               else {"broadcast_buffers": False})
-    on_gpu = device is not None and device.type == "cuda"
-    if on_gpu and dist.get_backend() == "nccl" and any(
+    no_sync: dict[str, Any] = ({"forward_sync_buffers": False}
+                               if "forward_sync_buffers" in inspect.signature(DDP).parameters
+                               else {"broadcast_buffers": False})
+    gpu = device if device is not None and device.type == "cuda" else None
+    if gpu is not None and dist.get_backend() == "nccl" and any(
             isinstance(m, nn.Embedding) and m.sparse for m in model.modules()):
         raise ValueError("sparse embedding gradients cannot be all-reduced by NCCL across GPU processes; "
                          "use --no-sparse-embeddings, or --device cpu")
     return DDP(LossModule(model, loss_fn), find_unused_parameters=True,
-               device_ids=[device.index] if on_gpu else None, **no_sync)
+               device_ids=[gpu.index] if gpu is not None else None, **no_sync)
 
 
-def join(ddp_module: nn.Module | None):
+def join(ddp_module: nn.parallel.DistributedDataParallel | None):
     """Context in which ranks with fewer batches shadow the others' collectives (uneven shares)."""
     if ddp_module is None:
         return contextlib.nullcontext()

@@ -21,19 +21,22 @@ from adirec.data.dataset import MultiDomainData
 from adirec.data.split import holdout_split, sample_candidates
 from adirec.eval.protocols import SeenItems
 from adirec.models.adi import TwoTowerModel
+from adirec.models.ensemble import RunModel
 from adirec.train.config import TrainConfig
 from adirec.train.objective import RetrievalObjective
 from adirec.train.sampler import NegativeSampler
 from adirec.train.tensorboard import TensorBoardCurves
 from adirec.train import distributed as ddp
-from adirec.utils import atomic_write_json, default_threads, load_tensors, load_weights, read_json, save_tensors, save_weights
+from adirec.utils import (
+    atomic_write_json, default_threads, load_tensors, load_weights, read_json, save_tensors, save_weights,
+)
 
 
 class TwoTowerScorer:
     """Scores (users x items) in a domain with a two-tower model; item vectors cached per domain.
     Scores are computed on the model's device and returned there."""
 
-    def __init__(self, model: TwoTowerModel, store: FeatureStore, num_items: int, chunk: int = 8192):
+    def __init__(self, model: RunModel, store: FeatureStore, num_items: int, chunk: int = 8192):
         self.model, self.store, self.num_items, self.chunk = model, store, num_items, chunk
         self.device = next(model.parameters()).device
         self._items: dict[int, torch.Tensor] = {}
@@ -69,7 +72,7 @@ class SparseDenseAdam:
     Weight decay applies to the dense parameters only (SparseAdam has none)."""
 
     def __init__(self, sparse: list[nn.Parameter], dense: list[nn.Parameter], lr: float, weight_decay: float):
-        self.optimizers = [torch.optim.SparseAdam(sparse, lr=lr)]
+        self.optimizers: list[torch.optim.Optimizer] = [torch.optim.SparseAdam(sparse, lr=lr)]
         if dense:
             self.optimizers.append(torch.optim.Adam(dense, lr=lr, weight_decay=weight_decay))
 
@@ -204,7 +207,8 @@ class Trainer:
         elif self.world_size == 1:  # under torchrun each process already has its share of the CPUs
             torch.set_num_threads(default_threads())
         self._start = time.time()
-        self._best, self._best_epoch, self._bad_epochs, self._best_state = -math.inf, -1, 0, None
+        self._best, self._best_epoch, self._bad_epochs = -math.inf, -1, 0
+        self._best_state: dict[str, torch.Tensor] | None = None
         torch.manual_seed(cfg.seed + self.rank)
         first = self._restore() if resume else 0
         for epoch in range(first, cfg.epochs):
@@ -213,7 +217,7 @@ class Trainer:
             improved = self._track(epoch, row)
             self._report(row, improved)
             if self.out_dir is not None and self.rank == 0:
-                self._checkpoint(epoch + 1, improved, row)
+                self._checkpoint(self.out_dir, epoch + 1, improved, row)
             if cfg.patience and self._bad_epochs >= cfg.patience:
                 break
         return self._finish()
@@ -247,16 +251,18 @@ class Trainer:
         bar.close()
         if self.world_size > 1:  # one model everywhere before validating and saving
             ddp.average_buffers(self.model)
-            total, n_rows, n_pseudo, self.objective.pseudo_candidates = ddp.all_reduce_sums(
+            total, rows_sum, pseudo_sum, candidates_sum = ddp.all_reduce_sums(
                 [total, n_rows, n_pseudo, self.objective.pseudo_candidates])
-            n_rows, n_pseudo = int(n_rows), int(n_pseudo)
+            n_rows, n_pseudo = int(rows_sum), int(pseudo_sum)
+            self.objective.pseudo_candidates = int(candidates_sum)
         seconds = time.time() - t0
         if p > 0 and self.objective.pseudo_candidates == 0 and main and not self._said_nothing_to_label:
             tqdm.write("self-training has nothing to label: no training item of one domain is in another "
                        "domain's corpus (the domains' catalogues are disjoint)", file=sys.stderr)
             self._said_nothing_to_label = True
         return {"epoch": epoch + 1, "loss": total / max(n_rows, 1), "pseudo_fraction": p,
-                "pseudo_rows": n_pseudo, "pseudo_candidates": int(self.objective.pseudo_candidates), "epoch_seconds": seconds,
+                "pseudo_rows": n_pseudo, "pseudo_candidates": int(self.objective.pseudo_candidates),
+                "epoch_seconds": seconds,
                 "samples_per_second": n_rows / max(seconds, 1e-9)}
 
     def _validate_epoch(self, row: dict) -> dict:
@@ -326,15 +332,15 @@ class Trainer:
                                rank=rank, world_size=world)
 
     # ------------------------------------------------------------------ checkpoints
-    def _checkpoint(self, epoch: int, improved: bool, row: dict) -> None:
+    def _checkpoint(self, out_dir: Path, epoch: int, improved: bool, row: dict) -> None:
         """Weights of the epoch, the best weights, the metrics row, and the state to resume from
         (written last: a run interrupted while checkpointing resumes from the epoch before)."""
-        ckpt = self.out_dir / "checkpoints"
+        ckpt = out_dir / "checkpoints"
         ckpt.mkdir(parents=True, exist_ok=True)
         save_weights(self.model, ckpt / f"epoch_{epoch:03d}.safetensors")
         if improved:
-            save_weights(self.model, self.out_dir / "model.safetensors")
-        with open(self.out_dir / "metrics.jsonl", "a") as fh:
+            save_weights(self.model, out_dir / "model.safetensors")
+        with open(out_dir / "metrics.jsonl", "a") as fh:
             fh.write(json.dumps(row) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
@@ -353,10 +359,10 @@ class Trainer:
 
     def _restore(self) -> int:
         """Load the state saved after the last completed epoch; returns the next epoch (0-based)."""
-        ckpt = self.out_dir / "checkpoints" if self.out_dir is not None else None
-        if ckpt is None or not (ckpt / RESUME_STATE).is_file():
+        if self.out_dir is None or not (self.out_dir / "checkpoints" / RESUME_STATE).is_file():
             raise FileNotFoundError(f"{self.out_dir}: no completed epoch to resume from "
                                     f"({RESUME_STATE} missing); start the run again")
+        ckpt = self.out_dir / "checkpoints"
         state = read_json(ckpt / RESUME_STATE)
         tensors, meta = load_tensors(ckpt / RESUME_TENSORS)
         if meta.get("epoch") != str(state["epoch"]):
@@ -402,7 +408,8 @@ def _split_state(state, prefix: str = "") -> tuple[object, dict[str, torch.Tenso
             tensors[path] = x.detach().cpu().contiguous()
             return {"__tensor__": path}
         if isinstance(x, dict):
-            return {"__dict__": [[walk(k, f"{path}.k{i}"), walk(v, f"{path}.{i}")] for i, (k, v) in enumerate(x.items())]}
+            return {"__dict__": [[walk(k, f"{path}.k{i}"), walk(v, f"{path}.{i}")]
+                                 for i, (k, v) in enumerate(x.items())]}
         if isinstance(x, (list, tuple)):
             return {"__list__": [walk(v, f"{path}.{i}") for i, v in enumerate(x)], "tuple": isinstance(x, tuple)}
         return x

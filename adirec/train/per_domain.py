@@ -6,9 +6,11 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import cast
 
 from adirec.data.dataset import MultiDomainData
 from adirec.data.split import restrict_to_domain
+from adirec.models.adi import TwoTowerModel
 from adirec.models.per_domain import PerDomainModel
 from adirec.train.config import TrainConfig
 from adirec.train.loop import Trainer
@@ -37,7 +39,7 @@ def fit_per_domain(
     start = time.time()
     per_domain: dict[str, dict] = {}
     for d, name in enumerate(data.domains):
-        trainer = Trainer(model.models[d], restrict_to_domain(data, d), config,
+        trainer = Trainer(cast(TwoTowerModel, model.models[d]), restrict_to_domain(data, d), config,
                           report_split=report_split, protocol=protocol, out_dir=None)
         per_domain[name] = trainer.fit()
         if out is not None:

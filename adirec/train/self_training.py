@@ -136,7 +136,7 @@ def pseudo_positives(model, store, user: torch.Tensor, item: torch.Tensor, domai
             times = None if timestamp is None else timestamp[rows]
             confidence = _scores_in_domain(model, store, user[rows], item[rows], j, times) if p > 0 else None
             for i, idx in domain_groups(domain[rows], num_domains):  # idx: positions within rows
-                top = select_top_fraction(confidence[idx], p) if p > 0 else idx[:0]
+                top = select_top_fraction(confidence[idx], p) if confidence is not None else idx[:0]
                 keep = rows[idx[top]]
                 pairs[(i, j)] = (len(idx), len(keep))
                 sources.append(keep)

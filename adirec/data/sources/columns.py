@@ -22,9 +22,9 @@ applies to every feature table that has the column.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from collections.abc import Callable, Collection, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -83,7 +83,7 @@ def parse_time_text(text: str) -> int:
     offset or fractional seconds); a time without a zone is taken as UTC."""
     t = datetime.fromisoformat(text.strip())
     if t.tzinfo is None:
-        t = t.replace(tzinfo=timezone.utc)
+        t = t.replace(tzinfo=UTC)
     return int(np.floor(t.timestamp()))
 
 
@@ -224,6 +224,13 @@ def _token_values(a: pa.Array) -> np.ndarray:
     return np.asarray(["" if x is None else str(x) for x in a.to_pylist()], dtype=object)
 
 
+def _missing_as_none(tokens: np.ndarray) -> np.ndarray:
+    """Copy of the object array ``tokens`` with its missing values ("") as None."""
+    out = tokens.astype(object)
+    out[tokens == ""] = None
+    return out
+
+
 def _sequences(a: pa.Array) -> list[list[str]]:
     if pa.types.is_list(a.type) or pa.types.is_large_list(a.type) or pa.types.is_fixed_size_list(a.type):
         return [[str(x) for x in (v or []) if x is not None] for v in a.to_pylist()]
@@ -264,8 +271,8 @@ def _dense(values: np.ndarray, column: str, how: dict) -> RawColumn:
     return RawColumn("dense", values)
 
 
-def feature_columns(table: pa.Table, declared: dict[str, str], *, key: str | tuple[str, ...], where: Where,
-                    kinds: dict[str, str] | None = None, skip: set[str] = frozenset()
+def feature_columns(table: pa.Table, declared: Mapping[str, str | None], *, key: str | tuple[str, ...], where: Where,
+                    kinds: dict[str, str] | None = None, skip: Collection[str] = frozenset()
                     ) -> tuple[dict[str, RawColumn], dict[str, str]]:
     """Typed feature columns of ``table`` (every column but ``key`` and ``skip``) and how each
     was typed (``{"age": "categorical (whole-number codes)", "zip": "skipped: ..."}``).
@@ -288,7 +295,7 @@ def feature_columns(table: pa.Table, declared: dict[str, str], *, key: str | tup
             continue
         if kind == "categorical":
             raw = _token_values(a)
-            cols[name] = RawColumn("categorical", np.where(raw == "", None, raw).astype(object))
+            cols[name] = RawColumn("categorical", _missing_as_none(raw))
             how[name] = "categorical (feature-types file)"
         elif kind == "sequence":
             cols[name] = RawColumn("sequence", _sequences(a), max_len=SEQ_MAX_LEN)
@@ -310,7 +317,7 @@ def feature_columns(table: pa.Table, declared: dict[str, str], *, key: str | tup
                 cols[name] = RawColumn("sequence", [s.split() for s in raw], max_len=SEQ_MAX_LEN)
                 how[name] = "sequence (space-separated tokens)"
             else:
-                cols[name] = RawColumn("categorical", np.where(raw == "", None, raw).astype(object))
+                cols[name] = RawColumn("categorical", _missing_as_none(raw))
                 how[name] = "categorical (text)"
         elif typ == "token_seq":
             cols[name] = RawColumn("sequence", _sequences(a), max_len=SEQ_MAX_LEN)

@@ -96,9 +96,10 @@ def load_recbole(prefix: str | Path, *, domain_by: str | None = None, positive: 
         ts, time_kind, meta["order"] = np.arange(n, dtype=np.int64), "rows", "the file's row order (--row-order)"
     else:
         ts, time_kind, meta["order"] = None, None, "none (no timestamp column)"
+    label_col = rule.column if rule.kind == "column" else None
     rows = Rows(text_keys(inter["user_id"], "user_id", where), text_keys(inter["item_id"], "item_id", where),
                 np.zeros(n, np.int64), np.ones(n, np.float32), ts, np.arange(n, dtype=np.int64),
-                split_labels(inter[rule.column], rule.column, where) if rule.kind == "column" else None)
+                split_labels(inter[label_col], label_col, where) if label_col else None)
     positive_rows = positive_mask(numbers(inter[pfield], pfield, where), positive)
     count(meta, "not_positive", int((~positive_rows).sum()))
     rows = rows.take(np.flatnonzero(positive_rows))
@@ -115,7 +116,7 @@ def load_recbole(prefix: str | Path, *, domain_by: str | None = None, positive: 
             keys = text_keys(table[f"{s}_id"], f"{s}_id", _where(path))
             check_unique_keys(keys, f"{s}_id", _where(path))
             tables[s] = (table, typs, keys, path)
-    skip = {"user": set(), "item": set()}
+    skip: dict[str, set[str]] = {"user": set(), "item": set()}
     if domain_by is None:
         names, rule_text = [ONE_DOMAIN], "no --domain-by rule (one domain)"
     else:

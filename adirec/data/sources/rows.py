@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import operator
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -76,7 +76,7 @@ def parse_domain_rule(rule: str) -> tuple[str, str, list[float] | None]:
 def bucket_names(field: str, edges: list[float]) -> list[str]:
     fmt = lambda x: f"{x:g}"  # noqa: E731
     names = [f"{field}<{fmt(edges[0])}"]
-    names += [f"{field}[{fmt(a)},{fmt(b)})" for a, b in zip(edges[:-1], edges[1:])]
+    names += [f"{field}[{fmt(a)},{fmt(b)})" for a, b in zip(edges[:-1], edges[1:], strict=True)]
     return names + [f"{field}>={fmt(edges[-1])}"]
 
 
@@ -98,7 +98,7 @@ class SplitRule:
     column: str | None = None
 
     @classmethod
-    def parse(cls, text: str | None) -> "SplitRule":
+    def parse(cls, text: str | None) -> SplitRule:
         text = (text or "last").strip()
         if text in ("last", "last-per-domain"):
             return cls(text)
@@ -175,7 +175,7 @@ class Rows:
     def __len__(self) -> int:
         return len(self.user)
 
-    def take(self, index: np.ndarray) -> "Rows":
+    def take(self, index: np.ndarray) -> Rows:
         pick = lambda a: None if a is None else a[index]  # noqa: E731
         return Rows(self.user[index], self.item[index], self.domain[index], self.weight[index],
                     pick(self.time), self.origin[index], pick(self.label))
@@ -199,10 +199,10 @@ def attribute_domains(keys: np.ndarray, values: pa.ChunkedArray | pa.Array, *, a
         return bucket_names(attribute, edges), np.searchsorted(np.asarray(edges), vals, side="right")
     a = plain(values)
     if pa.types.is_list(a.type) or pa.types.is_large_list(a.type):
-        first = [str(v[0]) if v else "" for v in a.to_pylist()]
+        tokens = [str(v[0]) if v else "" for v in a.to_pylist()]
     else:
-        first = [(str(v).split() or [""])[0] if v is not None else "" for v in a.to_pylist()]
-    first = np.asarray(first, dtype=object)
+        tokens = [(str(v).split() or [""])[0] if v is not None else "" for v in a.to_pylist()]
+    first = np.asarray(tokens, dtype=object)
     if np.any(first == ""):
         i = int(np.flatnonzero(first == "")[0])
         raise ValueError(f"{where(i)}: column {attribute!r} is empty (key {keys[i]!r}); --domain-by needs a "
@@ -293,7 +293,7 @@ def collapse_duplicates(rows: Rows, meta: dict, describe: Callable[[int], str]) 
     return rows.take(order[first])
 
 
-def _cutoffs(rule: SplitRule, times: np.ndarray, time_kind: str, name: str) -> list[int]:
+def _cutoffs(rule: SplitRule, times: np.ndarray, time_kind: str | None, name: str) -> list[int]:
     values = []
     for text in rule.cutoffs:
         value, iso = _cutoff_number(text)
@@ -309,7 +309,11 @@ def _cutoffs(rule: SplitRule, times: np.ndarray, time_kind: str, name: str) -> l
 
 def split_codes(name: str, rows: Rows, rule: SplitRule, time_kind: str | None) -> np.ndarray:
     """Step 4: the split code (0 train, 1 valid, 2 test) of every row."""
-    if rule.kind in ("last", "last-per-domain", "time") and rows.time is None:
+    if rule.kind == "column":
+        assert rows.label is not None, "the sources read the split column of a column rule"
+        return rows.label
+    time = rows.time
+    if time is None:  # the leave-last-out and time rules
         raise ValueError(
             f"{name}: --split {rule.text} needs the time of each interaction, and there is no time column; "
             f"give one (a table's --time-col COL, a RecBole file's timestamp:float column), split by a column "
@@ -317,16 +321,14 @@ def split_codes(name: str, rows: Rows, rule: SplitRule, time_kind: str | None) -
     if rule.kind == "time":
         if time_kind == "rows":
             raise ValueError(f"{name}: --split {rule.text} needs real times; --row-order gives row numbers")
-        cut = _cutoffs(rule, rows.time, time_kind, name)
+        cut = _cutoffs(rule, time, time_kind, name)
         if len(cut) == 1:
-            return np.where(rows.time >= cut[0], 2, 0).astype(np.int8)
-        return ((rows.time >= cut[0]).astype(np.int8) + (rows.time >= cut[1]).astype(np.int8))
-    if rule.kind == "column":
-        return rows.label
+            return np.where(time >= cut[0], 2, 0).astype(np.int8)
+        return (time >= cut[0]).astype(np.int8) + (time >= cut[1]).astype(np.int8)
     u = Vocabulary(rows.user).encode(rows.user)
     group = u if rule.kind == "last" else u * (int(rows.domain.max()) + 1) + rows.domain
     item_rank = Vocabulary(rows.item).encode(rows.item)
-    order = np.lexsort((item_rank, rows.time, group))
+    order = np.lexsort((item_rank, time, group))
     g = group[order]
     end = np.flatnonzero(np.r_[g[1:] != g[:-1], True])  # last row of each group, in order
     sizes = np.diff(np.r_[-1, end])
@@ -361,7 +363,7 @@ def split_rows(name: str, rows: Rows, rule: SplitRule, meta: dict, *, time_kind:
         ts = rows.time[m] if rows.time is not None else np.zeros(int(m.sum()), np.int64)
         out[split] = RawInteractions(rows.user[m], rows.item[m], rows.domain[m], rows.weight[m].astype(np.float32),
                                      ts.astype(np.int64))
-    info = {"rule": rule.text, "description": rule.describe()}
+    info: dict[str, str | int] = {"rule": rule.text, "description": rule.describe()}
     info |= {s: len(r) for s, r in out.items()}
     meta["split"] = info
     count(meta, "kept", sum(len(r) for r in out.values()))

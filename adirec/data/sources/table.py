@@ -33,9 +33,10 @@ the column. UTF-8 byte-order marks and CRLF line ends are read as plain text.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -115,10 +116,11 @@ def _read_file(path: Path, text_columns: set[str]) -> pa.Table:
         raise ValueError(f"{path}: cannot read as {'TSV' if SUFFIXES[suffix] == chr(9) else 'CSV'}: {e}") from None
 
 
-def read_source(source: Any, what: str, text_columns: set[str]) -> Source:
+def read_source(source: Any, what: str, text_columns: set[str | None]) -> Source:
     """Read ``source`` (a file, a folder of files with the same columns, a ``pyarrow.Table`` or a
-    pandas DataFrame); ``text_columns`` are read as text from CSV/TSV."""
-    text_columns = {c for c in text_columns if c}
+    pandas DataFrame); ``text_columns`` are read as text from CSV/TSV (None and "" stand for a
+    column not given)."""
+    text_names = {c for c in text_columns if c}
     if isinstance(source, pa.Table):
         return _checked(Source(source, f"the in-memory {what} table", [(f"the in-memory {what} table", "memory", 0)]))
     if type(source).__module__.split(".")[0] == "pandas":
@@ -139,16 +141,19 @@ def read_source(source: Any, what: str, text_columns: set[str]) -> Source:
         names = [path]
     else:
         raise FileNotFoundError(f"{what} file or folder {path} does not exist")
-    tables, files, start = [], [], 0
+    tables: list[pa.Table] = []
+    files: list[tuple[str, str, int]] = []
+    start = 0
     for p in names:
-        t = _read_file(p, text_columns)
+        t = _read_file(p, text_names)
         if tables and sorted(t.column_names) != sorted(tables[0].column_names):
             raise ValueError(f"{p}: columns {t.column_names} differ from those of {names[0]} "
                              f"({tables[0].column_names}); every file of a folder has the same columns")
         if tables:
             t = t.select(tables[0].column_names)
         tables.append(t)
-        files.append((str(p), "parquet" if SUFFIXES[_data_suffix(p)] is None else "csv", start))
+        suffix = _data_suffix(p)  # known: _read_file has read it
+        files.append((str(p), "parquet" if suffix is not None and SUFFIXES[suffix] is None else "csv", start))
         start += t.num_rows
     try:
         table = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
@@ -220,7 +225,7 @@ def load_table(source: Any, *, user_col: str | None = None, item_col: str | None
     if len(src) == 0:
         raise ValueError(f"{src.label}: no rows")
     ends = [f[2] for f in src.files[1:]] + [len(src)]
-    for (file, _, start), end in zip(src.files, ends):  # a file of a folder without rows is a mistake
+    for (file, _, start), end in zip(src.files, ends, strict=True):  # a file of a folder without rows is a mistake
         if start == end:
             raise ValueError(f"{file}: no rows")
     t, where, n = src.table, src.where, len(src)
@@ -248,11 +253,12 @@ def load_table(source: Any, *, user_col: str | None = None, item_col: str | None
         bad = ~np.isfinite(w) | (w < 0)
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
-            raise ValueError(f"{where(i)}: column {weight_col!r} (weight) holds {w[i]}; weights are finite numbers >= 0")
+            raise ValueError(f"{where(i)}: column {weight_col!r} (weight) holds {w[i]}; "
+                             f"weights are finite numbers >= 0")
         weight = w.astype(np.float32)
         keep &= w > 0
         count(meta, "zero_weight", int((w == 0).sum()))
-    if positive:
+    if positive and pfield is not None:
         ok = positive_mask(numbers(t[pfield], pfield, where), positive)
         count(meta, "not_positive", int((keep & ~ok).sum()))
         keep &= ok
@@ -273,7 +279,7 @@ def load_table(source: Any, *, user_col: str | None = None, item_col: str | None
         sides["user"] = _feature_source(user_features, user_col, "user feature", "--user-col")
     if item_features is not None:
         sides["item"] = _feature_source(item_features, item_col, "item feature", "--item-col")
-    skip = {"user": set(), "item": set()}
+    skip: dict[str, set[str]] = {"user": set(), "item": set()}
     by_user = False
     if domain_col:
         rule_text = f"--domain-col {domain_col}"
@@ -337,7 +343,8 @@ def _domain_features(spec, side: str, key_col: str, dcol: str, all_domains: list
     unknown = sorted(set(names.tolist()) - set(all_domains))
     if unknown:
         i = int(np.flatnonzero(names == unknown[0])[0])
-        raise ValueError(f"{src.where(i)}: unknown domain {unknown[0]!r} in column {dcol!r}; known domains: {all_domains}")
+        raise ValueError(f"{src.where(i)}: unknown domain {unknown[0]!r} in column {dcol!r}; "
+                         f"known domains: {all_domains}")
     pair = np.char.add(np.char.add(keys.astype(str), "\x1f"), names.astype(str))
     check_unique_keys(pair.astype(object), f"({key_col}, {dcol})", src.where)
     value_cols = [c for c in src.table.column_names if c not in (key_col, dcol)]
@@ -367,7 +374,8 @@ def _domain_features(spec, side: str, key_col: str, dcol: str, all_domains: list
         table[d[inside], row[inside]] = v[inside]
         missing = np.isnan(table)
         fill = np.nanmean(table) if (~missing).any() else 0.0
-        how[c] = f"dense per domain; {int(missing.sum())} of {missing.size} (domain, key) pairs missing, filled with the mean"
+        how[c] = (f"dense per domain; {int(missing.sum())} of {missing.size} (domain, key) pairs missing, "
+                  f"filled with the mean")
         out[c] = np.where(missing, fill, table)
     return out, raw, how
 
@@ -437,8 +445,8 @@ def _candidates(spec, user_col: str, dcol: str, all_domains: list[str], kept: li
             examples = ", ".join(f"{u!r} in {kept[int(d)]!r}" for u, d in pairs)
             raise ValueError(f"{src.label}: {len(lacking)} {split} queries (user, domain) have no candidate list "
                              f"(e.g. {examples}); the sampled protocol ranks each query's list")
-        listed = {k: set(lists[r]) for k, r in zip(key.tolist(), rows.tolist())}
-        missed = sum(1 for k, it in zip(qkey.tolist(), held.item.tolist()) if str(it) not in listed[k])
+        listed = {k: set(lists[r]) for k, r in zip(key.tolist(), rows.tolist(), strict=True)}
+        missed = sum(1 for k, it in zip(qkey.tolist(), held.item.tolist(), strict=True) if str(it) not in listed[k])
         if missed:
             note(meta, f"{missed} of {len(held)} {split} interactions are not in their query's candidate list; "
                        f"they count as misses in the sampled protocol")

@@ -86,10 +86,11 @@ def load_xmrec(directory: str | Path, domains: list[str] | None = None, *,
     for extra in ("valid_qrel.tsv", "valid_run.tsv"):
         present = [(root / m / extra).is_file() for m in domains]
         if any(present) and not all(present):
-            missing = [str(root / m / extra) for m, ok in zip(domains, present) if not ok]
+            missing = [str(root / m / extra) for m, ok in zip(domains, present, strict=True) if not ok]
             raise ValueError(f"{', '.join(missing)} missing: the other markets have {extra}, and one protocol "
                              f"applies to all domains; add it or leave the market out with --domains")
-    train_parts, valid_parts, cands = [], [], {"u": [], "d": [], "items": []}
+    train_parts, valid_parts = [], []
+    cands: dict[str, list] = {"u": [], "d": [], "items": []}
     for d, market in enumerate(domains):
         path = root / market / train_file
         t = _read_tsv(path, ["userId", "itemId", "rating"], header=True)
@@ -123,10 +124,11 @@ def load_xmrec(directory: str | Path, domains: list[str] | None = None, *,
         u, i, d, w = (np.concatenate([p[k] for p in parts]) for k in range(4))
         return RawInteractions(u.astype(object), i.astype(object), d, (w > 0).astype(np.float32))
 
-    meta = {"source": "xmrec", "location": str(root), "train_file": train_file,
-            # user keys are "<market>:<userId>"; serving maps a request's (user, domain) back to them
-            "user_key_scope": "domain",
-            "order": "none (XMRec files have no time): histories list a user's items in item-id order"}
+    meta: dict[str, object] = {
+        "source": "xmrec", "location": str(root), "train_file": train_file,
+        # user keys are "<market>:<userId>"; serving maps a request's (user, domain) back to them
+        "user_key_scope": "domain",
+        "order": "none (XMRec files have no time): histories list a user's items in item-id order"}
     train = raw(train_parts)
     count(meta, "read", len(train))
     train_pos = train.weight > 0
