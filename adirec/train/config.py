@@ -85,9 +85,10 @@ class TrainConfig:
     corpus_negatives_only: bool = option(
         True, "a row of domain d has as negatives only items of d's corpus (its domain's softmax); "
         "the logQ correction is unchanged: it describes how the columns were drawn")
-    softmax: str = option("auto", "full: each row against its domain's whole corpus (eq. 2-3); sampled: "
-                          "in-batch + sampled negatives with logQ correction (eq. 4-5); auto: full when the "
-                          "corpora hold at most --full-softmax-max-items items together", choices=SOFTMAXES)
+    softmax: str = option("sampled", "sampled: in-batch + sampled negatives with logQ correction (eq. 4-5, the "
+                          "paper's training); full: each row against its domain's whole corpus (eq. 2-3); auto: "
+                          "full when the corpora hold at most --full-softmax-max-items items together, else "
+                          "sampled (adi-plus, dnn-plus)", choices=SOFTMAXES)
     full_softmax_max_items: int = option(20_000, "the largest total corpus size that auto trains with the full "
                                          "softmax")
     batching: str = option("auto", "rows: batches of interactions; sequences: batches of users' time-ordered "
