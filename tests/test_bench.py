@@ -336,3 +336,11 @@ def test_plus_presets_join_their_suite_once_registered(tmp_path, monkeypatch):
     tasks = bench.plan()
     assert [(t.spec.key, t.seed) for t in tasks] == [("adi-plus", 0), ("adi-plus", 1)]
     assert bench.skipped == [{"suite": "plus", "key": "dnn-plus", "reason": "model 'dnn-plus' is not registered"}]
+
+
+def test_a_reference_choice_is_made_again_when_its_grid_changes():
+    from adirec.bench.runner import _grid_of
+    # as earlier versions wrote it (the hold-out scores only), and as this one does
+    assert _grid_of({"lam": 500, "holdout": {"100": 0.1, "500": 0.2}}) == ({100.0, 500.0}, {1.0})
+    assert _grid_of({"lam": 500, "decay": 0.9, "holdout": {"500,0.9": 0.2, "500,1": 0.1}}) == ({500.0}, {0.9, 1.0})
+    assert _grid_of({"lam": 5, "lambdas": [5, 50], "decays": [0.8]}) == ({5, 50}, {0.8})

@@ -13,8 +13,10 @@ domain and mean, so that no neural row is read without the floor it has to clear
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
+import os
 import math
 from pathlib import Path
 
@@ -128,6 +130,7 @@ def publish(out: str | Path, dest: str | Path) -> list[str]:
     dest.parent.mkdir(parents=True, exist_ok=True)
     import tempfile
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.tmp-"))
+    os.chmod(tmp, 0o755)  # mkdtemp's directory is private; a published one is for everyone to read
     try:
         for n in names:
             (tmp / n).write_bytes((out / n).read_bytes())
@@ -177,7 +180,10 @@ def _reference_name(row: dict) -> str:
 
 def _header(meta: dict, records: list[dict], provenance: dict | None) -> list[str]:
     data, summary = meta.get("data") or {}, meta.get("data_summary") or {}
-    spec = ", ".join(f"{k}={v}" for k, v in data.items() if k != "source" and v not in (None, False, 0, 50, []))
+    from adirec.data.spec import DataSpec
+    defaults = {f.name: f.default for f in dataclasses.fields(DataSpec)}
+    spec = ", ".join(f"{k}={','.join(map(str, v)) if isinstance(v, list) else v}" for k, v in data.items()
+                     if k != "source" and v != defaults.get(k))
     lines = [f"- **Data**: `{data.get('source', meta['data_name'])}`" + (f" ({spec})" if spec else "")]
     if summary:
         rows = summary.get("rows") or {}
@@ -239,7 +245,8 @@ def markdown(meta: dict, summary: dict, figures: list[str], skipped: list, faile
     metrics = meta.get("table_metrics") or [f"recall@{k}" for k in meta["ks"]]
     lines = [f"# Benchmark on {meta['data_name']}", ""] + _header(meta, records or [], provenance) + [
         "", "Params: all parameters / the dense ones (without embedding tables; the budget of the fair "
-        "comparison). Time: training + evaluation seconds per run (mean over seeds).", ""]
+        "comparison). Time: training + evaluation seconds per run (mean over seeds; a reference's hold-out "
+        "choice of its settings not included).", ""]
     for suite in SUITES:
         if suite not in summary:
             continue

@@ -63,7 +63,7 @@ EASE_GRID = (100.0, 200.0, 500.0, 1000.0, 2000.0)
 #: recency decays tried for the recency-weighted references (1.0 = no weighting)
 DECAY_GRID = (0.8, 0.9, 0.95, 0.98, 1.0)
 #: lambdas tried for seq-linear (its Gram matrix counts transitions, fewer than co-occurrences)
-SEQ_LINEAR_GRID = (50.0, 100.0, 200.0, 500.0, 1000.0)
+SEQ_LINEAR_GRID = (100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0)
 #: key of each tuned reference's choice in OUT/ease_lambda.json (the plain EASE keys are the ones
 #: earlier versions wrote)
 _CHOICE_KEY = {"ease": "domain", "ease-pooled": "pooled", "ease-recency": "domain-recency",
@@ -315,7 +315,7 @@ class Bench:
                 continue
             done.setdefault(request_hash(record["request"]), record)
             main = record["metrics"].get(self.meta["main_metric"], {}).get("mean", float("nan"))
-            if status == "trained":
+            if status in ("trained", "fitted"):
                 ran += 1
             elapsed = time.time() - start
             left = len(tasks) - n
@@ -361,7 +361,7 @@ class Bench:
             rec = {**base, **self._run_neural(task, request, h)}
         rec["run_dir"] = str(task.run_dir.relative_to(self.cfg.out))
         atomic_write_json(path, rec)
-        return rec, "trained"
+        return rec, "fitted" if task.spec.kind == "reference" else "trained"
 
     # ---------------------------------------------------------- requests
     def _request(self, task: Task) -> dict:
@@ -424,15 +424,16 @@ class Bench:
         key = _CHOICE_KEY[name] + ("" if fixed is None else f"-lam{fixed:g}")
         path = self.cfg.out / "ease_lambda.json"
         chosen = json.loads(path.read_text()) if path.is_file() else {}
-        if key not in chosen:
-            metric = self._selection_metric()
-            grid = SEQ_LINEAR_GRID if name == "seq-linear" else EASE_GRID
-            lambdas = grid if fixed is None else (fixed,)
-            decays = DECAY_GRID if recency else (1.0,)
+        metric = self._selection_metric()
+        lambdas = (SEQ_LINEAR_GRID if name == "seq-linear" else EASE_GRID) if fixed is None else (fixed,)
+        decays = DECAY_GRID if recency else (1.0,)
+        if key not in chosen or _grid_of(chosen[key]) != (set(lambdas), set(decays)):
+            if key in chosen:
+                self.log(f"the grid of {name} changed since its settings were chosen: choosing again")
             self.log(f"choosing the settings of {name} on a hold-out from training, {metric}, lambdas "
                      f"{list(lambdas)}" + (f", decays {list(decays)}" if recency else "") + " ...")
             lam, decay, scores = select_settings(self.data, name, lambdas, decays, metric=metric)
-            entry = {"lam": lam, "metric": metric}
+            entry = {"lam": lam, "metric": metric, "lambdas": list(lambdas), "decays": list(decays)}
             if recency:
                 entry["decay"] = decay
                 entry["holdout"] = {f"{la:g},{de:g}": v for (la, de), v in scores.items()}
@@ -554,6 +555,15 @@ def request_difference(old: dict, new: dict) -> dict:
         return out
     a, b = flat(normal_request(old)), flat(normal_request(new))
     return {k: (a.get(k), b.get(k)) for k in set(a) | set(b) if a.get(k) != b.get(k)}
+
+
+def _grid_of(entry: dict) -> tuple[set, set]:
+    """(lambdas, decays) a recorded choice was made from (earlier versions recorded only the
+    hold-out scores, keyed "lam" or "lam,decay")."""
+    if "lambdas" in entry:
+        return set(entry["lambdas"]), set(entry.get("decays", [1.0]))
+    keys = [k.split(",") for k in entry.get("holdout", {})]
+    return {float(k[0]) for k in keys}, {float(k[1]) if len(k) > 1 else 1.0 for k in keys}
 
 
 def _one_relevant_per_query(data: MultiDomainData, split: str) -> bool:
