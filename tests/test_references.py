@@ -317,6 +317,17 @@ def test_seq_linear_by_hand(timed):
         assert torch.allclose(fitted.weights[0], direct.weights[0], atol=1e-6), (lam_, decay_)
 
 
+def test_ease_grid_builds_the_same_models_as_direct_fits(timed):
+    data, _, users = timed
+    items, u = np.arange(1, data.num_items + 1), np.array([users["u1"], users["u2"]])
+    for scope in ("domain", "pooled"):
+        for lam, decay, fitted in EASE(scope=scope).fit_grid(data, (0.5, 4.0), (0.5, 1.0)):
+            direct = EASE(lam, scope=scope, decay=decay).fit(data)
+            for m in range(len(direct.weights)):
+                assert torch.allclose(fitted.weights[m], direct.weights[m], atol=1e-6)
+            assert torch.allclose(fitted.raw_score(u, 1, items), direct.raw_score(u, 1, items), atol=1e-6)
+
+
 def test_select_settings_tries_every_pair_on_the_holdout():
     from adirec.data.sources import load_source
     from adirec.models.references import select_settings

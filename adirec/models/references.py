@@ -226,6 +226,11 @@ class ItemItemModel(Reference):
         if self.needs_time and self._timeless:
             raise ValueError(f"{self.name}: recency weighting (decay {self.decay:g}) needs timestamps; "
                              f"{data.name} has none. Use the reference without recency")
+        self.weights = [self.weight_matrix(gram).to(torch.float32).contiguous() for gram in self._grams(u, i, d, data)]
+        self._fit_histories(data)
+
+    def _grams(self, u, i, d, data):
+        """Yield each matrix's float64 Gram matrix ``X^T X`` (I_m, I_m), setting its items and columns."""
         n_u, n_i, D = data.num_users + 1, data.num_items + 1, data.num_domains
         groups = [d == m for m in range(D)] if self.scope == "domain" else [np.ones(len(u), dtype=bool)]
         self.matrix_of_domain = list(range(D)) if self.scope == "domain" else [0] * D
@@ -245,9 +250,22 @@ class ItemItemModel(Reference):
             with warnings.catch_warnings():  # torch calls its sparse product "beta"; it is exact
                 warnings.simplefilter("ignore", UserWarning)
                 gram = torch.sparse.mm(x.t().coalesce(), x).to_dense()  # (I_m, I_m) co-occurrence counts
-            self.weights.append(self.weight_matrix(gram).to(torch.float32).contiguous())
+            yield gram
             del gram
+
+    def fit_grid(self, data: MultiDomainData, lambdas, decays):
+        """Yield ``(lam, decay, fitted model)`` for every pair: the Gram matrices are built once,
+        the matrix once per lambda, and the decay only weighs the scoring row. For models with a
+        ``lam`` (EASE)."""
+        u, i, d = self._fit_counts(data)
+        self._timeless = not _has_time(data)
+        grams = list(self._grams(u, i, d, data))
         self._fit_histories(data)
+        for lam in lambdas:
+            self.lam = float(lam)
+            self.weights = [self.weight_matrix(g.clone()).to(torch.float32).contiguous() for g in grams]
+            for decay in decays:
+                yield float(lam), _check_decay(decay), self.set_decay(decay)
 
     def _fit_histories(self, data: MultiDomainData) -> None:
         """User histories as CSR over user ids with recency ranks: per domain, and over all domains."""
@@ -467,16 +485,9 @@ def has_time(data: MultiDomainData) -> bool:
 
 def _grid(name: str, data: MultiDomainData, lambdas, decays):
     """``(lam, decay, fitted model)`` for every pair of the grid, fitting as little as the model
-    allows: EASE once per lambda (the decay only weighs the scoring row), seq-linear once per
-    decay."""
-    model = build_reference(name)
-    if isinstance(model, SequentialLinear):
-        yield from model.fit_grid(data, lambdas, decays)
-        return
-    for lam in lambdas:
-        fitted = build_reference(name, lam=float(lam), decay=1.0).fit(data)
-        for decay in decays:
-            yield float(lam), _check_decay(decay), fitted.set_decay(decay)
+    allows: EASE's Gram matrices once (the decay only weighs the scoring row), seq-linear's window
+    products once per decay."""
+    yield from build_reference(name, decay=1.0).fit_grid(data, lambdas, decays)
 
 
 def select_settings(data: MultiDomainData, name: str, lambdas: tuple[float, ...] = (50, 100, 200, 500, 1000, 2000),
