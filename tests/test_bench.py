@@ -113,7 +113,7 @@ def test_bench_end_to_end_resume_and_guards(tmp_path, capsys):
     md = (out / "results.md").read_text()
     header = md.split("## ")[0]
     for words in ("**Data**: `synthetic:tiny`", "**Protocol**: full ranking", "split `test`", "**Seeds**: neural runs 0",
-                  "**Split**: ", "torch " + prov["versions"]["torch"], "logical cores", "**Runs**: "):
+                  "**Split**: leave-last-out per user by time", "torch " + prov["versions"]["torch"], "logical cores", "**Runs**: "):
         assert words in header, words
     # every table ends with the strongest reference of the directory, named, with its numbers
     summary = res["summary"]

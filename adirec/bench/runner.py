@@ -578,11 +578,15 @@ def _one_relevant_per_query(data: MultiDomainData, split: str) -> bool:
 def _data_summary(data: MultiDomainData) -> dict:
     """Sizes for the report header: users, items, rows per split, corpus size per domain, and
     how the source split the rows."""
-    split = (data.meta or {}).get("split") or {}
+    meta = data.meta or {}
+    split = (meta.get("split") or {}).get("description")
+    if split is None and meta.get("source") == "synthetic":  # the generator splits as it writes
+        split = ("leave-last-out per user by time: last -> test, second last -> valid, the rest -> train "
+                 "(users with fewer than 3 interactions keep all in train)")
     return {"users": data.num_users, "items": data.num_items,
             "rows": {name: len(it) for name, it in data.splits.items()},
             "corpus": {d: int(len(c)) for d, c in zip(data.domains, data.corpus)},
-            "split_rule": split.get("description"), "source_meta": {k: v for k, v in (data.meta or {}).items()
+            "split_rule": split, "source_meta": {k: v for k, v in (data.meta or {}).items()
                                                                     if k in ("source", "preset", "seed", "positive",
                                                                              "domain_by", "protocol")}}
 

@@ -715,10 +715,7 @@ def load_synthetic(preset: str | SyntheticConfig = "default", *, seed: int = 0,
         parts[s] = RawInteractions(rows.user[m], rows.item[m], rows.domain[m],
                                    np.ones(int(m.sum()), np.float32), rows.timestamp[m])
     extra = {"item_domain_dense": world.item_domain_dense()} if cfg.item_domain_dense else {}
-    meta = {"source": "synthetic", "preset": name, "seed": int(seed), "config": cfg.to_dict(),
-            "split": {"rule": "last", "description": "leave-last-out per user by time: last -> test, second "
-                      "last -> valid, the rest -> train (users with fewer than 3 interactions keep all in train)",
-                      **{s: len(p) for s, p in parts.items()}}}
+    meta = {"source": "synthetic", "preset": name, "seed": int(seed), "config": cfg.to_dict()}
     return build_dataset(
         f"synthetic-{name}", cfg.domains, parts["train"], parts["valid"], parts["test"],
         users=world.user_table(), items=world.item_table(), history_len=history_len,
