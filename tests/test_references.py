@@ -338,8 +338,11 @@ def test_select_settings_tries_every_pair_on_the_holdout():
     # the decay-1 column is plain EASE's choice on the same hold-out
     plain_lam, plain = select_ease_lambda(data, grid=(10.0, 100.0), scope="pooled")
     assert plain == {k[0]: v for k, v in found.items() if k[1] == 1.0}
-    lam, decay, found = select_settings(data, "seq-linear", (10.0,), (0.8,))
-    assert (lam, decay) == (10.0, 0.8) and 0.0 <= found[(10.0, 0.8)] <= 1.0
+    # seq-linear: the decays at the middle lambda, then the lambdas at the best decay
+    lam, decay, found = select_settings(data, "seq-linear", (1.0, 10.0, 100.0), (0.5, 0.9))
+    assert {(10.0, 0.5), (10.0, 0.9)} <= set(found) and len(found) == 2 + 2
+    assert {la for la, de in found if de == decay} == {1.0, 10.0, 100.0}
+    assert found[(lam, decay)] == max(found.values()) and all(0.0 <= v <= 1.0 for v in found.values())
     with pytest.raises(ValueError, match="no lambda"):
         select_settings(data, "itemknn")
 

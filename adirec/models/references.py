@@ -406,25 +406,30 @@ class SequentialLinear(ItemItemModel):
         self.items = [items]
 
     def _transition_products(self, decay: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """(X^T X, X^T Y), float64 (I_m, I_m), for the windows weighted by ``decay``."""
+        """(X^T X, X^T Y), float64 (I_m, I_m), for the windows weighted by ``decay``.
+
+        Summed lag pair by lag pair with counts over flat (row, column) cells: a position that
+        has a preceding item at lag ``l2`` has one at every smaller lag (a user's positions are
+        contiguous), and the pair (l1, l2) adds ``decay^(l1-1) decay^(l2-1)`` times the count of
+        (item at t-l1, item at t-l2)."""
         su, cols = self._seq_user, self._col[0, self._seq_item]
         n, m = len(su), len(self.items[0])
-        rows, xcols, vals = [], [], []
-        for lag in range(1, self.window + 1):
-            t = np.flatnonzero(su[lag:] == su[:-lag]) + lag if n > lag else np.zeros(0, dtype=np.int64)
-            rows.append(t)
-            xcols.append(cols[t - lag])
-            vals.append(np.full(len(t), decay ** (lag - 1)))
-        rows, xcols, vals = np.concatenate(rows), np.concatenate(xcols), np.concatenate(vals)
-        targets = np.unique(rows)  # positions with at least one preceding item
-        x = torch.sparse_coo_tensor(np.stack([rows, xcols]), torch.from_numpy(vals), (n, m),
-                                    check_invariants=False).coalesce()
-        y = torch.sparse_coo_tensor(np.stack([targets, cols[targets]]), torch.ones(len(targets), dtype=torch.float64),
-                                    (n, m), check_invariants=False).coalesce()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            xt = x.t().coalesce()
-            return torch.sparse.mm(xt, x).to_dense(), torch.sparse.mm(xt, y).to_dense()
+        valid = [np.flatnonzero(su[lag:] == su[:-lag]) + lag if n > lag else np.zeros(0, dtype=np.int64)
+                 for lag in range(1, self.window + 1)]
+        xtx = np.zeros(m * m)
+        xty = np.zeros(m * m)
+        for l1 in range(1, self.window + 1):
+            t1 = valid[l1 - 1]
+            xty += decay ** (l1 - 1) * np.bincount(cols[t1 - l1] * m + cols[t1], minlength=m * m)
+            for l2 in range(l1, self.window + 1):
+                t = valid[l2 - 1]
+                if not len(t):
+                    continue
+                c = np.bincount(cols[t - l1] * m + cols[t - l2], minlength=m * m).astype(np.float64)
+                if l2 != l1:  # the pair (l2, l1) is the transpose
+                    c += c.reshape(m, m).T.ravel()
+                xtx += decay ** (l1 + l2 - 2) * c
+        return torch.from_numpy(xtx.reshape(m, m)), torch.from_numpy(xty.reshape(m, m))
 
     @staticmethod
     def _solve(xtx: torch.Tensor, xty: torch.Tensor, lam: float) -> torch.Tensor:
@@ -495,9 +500,10 @@ def select_settings(data: MultiDomainData, name: str, lambdas: tuple[float, ...]
                     seed: int = 0) -> tuple[float, float, dict[tuple[float, float], float]]:
     """Choose the lambda and recency decay of reference ``name`` (an EASE or ``seq-linear``) on a
     hold-out from training: the last positive of ``fraction`` of the users, ranked against the
-    full corpus, as the trainer validates. The reported split is never looked at. Returns (best
-    lam, best decay, {(lam, decay): mean metric}); ties go to the larger lam, then the larger
-    decay (the simpler model)."""
+    full corpus, as the trainer validates. The reported split is never looked at. EASE tries
+    every pair; ``seq-linear`` the decays at the middle lambda, then the lambdas at the best
+    decay. Returns (best lam, best decay, {(lam, decay): mean metric} of the pairs tried); ties
+    go to the larger lam, then the larger decay (the simpler model)."""
     from adirec.eval.protocols import SeenItems, evaluate
     from adirec.data.split import holdout_split
 
@@ -518,11 +524,26 @@ def select_settings(data: MultiDomainData, name: str, lambdas: tuple[float, ...]
     reduced.candidates = {}
     seen = SeenItems(reduced)
     found: dict[tuple[float, float], float] = {}
-    for lam, decay, model in _grid(name, reduced, lambdas, decays):
-        result = evaluate(model, reduced, split="valid", protocol="full", ks=[int(k)], seen=seen)
-        found[(lam, decay)] = result.metrics(data.domains)[metric]["mean"]
-    best = max(found, key=lambda key: (found[key], key[0], key[1]))
-    return best[0], best[1], found
+
+    def best() -> tuple[float, float]:
+        return max(found, key=lambda key: (found[key], key[0], key[1]))
+
+    def score(lambdas_, decays_) -> None:
+        for lam, decay, model in _grid(name, reduced, lambdas_, decays_):
+            if (lam, decay) not in found:
+                result = evaluate(model, reduced, split="valid", protocol="full", ks=[int(k)], seen=seen)
+                found[(lam, decay)] = result.metrics(data.domains)[metric]["mean"]
+
+    if name == "seq-linear":
+        # every (lambda, decay) is a new least-squares solve: the decay at the middle lambda
+        # first, then the lambda at that decay (len(lambdas) + len(decays) - 1 solves, not their product)
+        middle = sorted(lambdas)[len(lambdas) // 2]
+        score((middle,), decays)
+        score(lambdas, (best()[1],))
+    else:
+        score(lambdas, decays)
+    lam, decay = best()
+    return lam, decay, found
 
 
 def select_ease(data: MultiDomainData, lambdas: tuple[float, ...] = (50, 100, 200, 500, 1000, 2000),
