@@ -39,14 +39,15 @@ def _git(*args: str, cwd: Path) -> str | None:
 @functools.lru_cache(maxsize=1)
 def git_state() -> dict | None:
     """``{"commit", "dirty"}`` of the checkout the adirec package is imported from, or None when
-    it is not a git checkout (an installed wheel). ``dirty``: tracked files differ from the
-    commit (untracked files are not counted)."""
+    it is not a git checkout (an installed wheel). ``dirty``: a tracked file of the package, or
+    ``pyproject.toml`` (the pinned dependencies), differs from the commit: the code that computes
+    the numbers, not the notes or tests beside it."""
     import adirec
     here = Path(adirec.__file__).resolve().parent
     commit = _git("rev-parse", "HEAD", cwd=here)
     if commit is None:
         return None
-    status = _git("status", "--porcelain", "--untracked-files=no", cwd=here)
+    status = _git("status", "--porcelain", "--untracked-files=no", "--", ".", "../pyproject.toml", cwd=here)
     return {"commit": commit.strip(), "dirty": bool(status and status.strip())}
 
 
@@ -98,7 +99,7 @@ def describe(env: dict) -> str:
     """One line: ``adirec 0.1.0 at 1a2b3c4d5e6f (uncommitted changes); Python ..., torch ...; CPU ...``."""
     v, m, git = env.get("versions", {}), env.get("machine", {}), env.get("git")
     code = f"adirec {v.get('adirec')}"
-    code += (f" at commit {git['commit'][:12]}" + (" with uncommitted changes" if git.get("dirty") else "")
+    code += (f" at commit {git['commit'][:12]}" + (" with uncommitted changes to the code" if git.get("dirty") else "")
              if git else " (not a git checkout)")
     libs = ", ".join(f"{name} {v.get(name)}" for name in ("python", "torch", "numpy", "pyarrow", "faiss"))
     gpus = ", ".join(m.get("gpus") or []) or "no GPU"

@@ -225,7 +225,7 @@ def _header(meta: dict, records: list[dict], provenance: dict | None) -> list[st
         if not p:
             unknown += 1
             continue
-        c = (p.get("commit") or "no git checkout")[:12] + (" (uncommitted changes)" if p.get("dirty") else "")
+        c = (p.get("commit") or "no git checkout")[:12] + (" (with uncommitted changes to the code)" if p.get("dirty") else "")
         commits[c] = commits.get(c, 0) + 1
         d = f"{p.get('device') or 'cpu'} on {p.get('cpu')}"
         devices[d] = devices.get(d, 0) + 1
