@@ -113,28 +113,61 @@ def format_metrics(reports: dict[str, dict], title: str = "") -> str:
     return "\n".join(lines)
 
 
-def cmd_demo(args) -> int:
+#: what ``adirec demo`` trains: ADI-SE, the same network that knows nothing of domains, and the
+#: DNN that reads the per-domain features; at a size and length that take about a minute on two
+#: cores. Every model gets the same inputs, size fields and training settings (its preset's
+#: self-training switch aside: self-training is part of ADI)
+DEMO_MODELS = ("adi-se", "dnn-blind", "dnn")
+DEMO_SIZE = dict(embedding_dim=32, expert_hidden=(128,), expert_out=64, forward_hidden=(64,), output_dim=32)
+DEMO_TRAIN = dict(batch_size=1024, num_negatives=256)
+DEMO_HISTORY = 20
+
+
+def demo_runs(out: Path, *, preset: str = "demo", seed: int = 0, epochs: int = 2, threads: int | None = None,
+              models: tuple[str, ...] = DEMO_MODELS, progress: bool = False, data=None, log=print) -> dict:
+    """Train and evaluate the demo's models on ``synthetic:PRESET`` into ``out/<model>``:
+    ``{model: evaluate_run report}`` (full ranking, Recall@20/50)."""
     from adirec.data.spec import DataSpec
+    from adirec.models.registry import train_defaults
     from adirec.runs import evaluate_run, train_run
     from adirec.train.config import TrainConfig
-    out = Path(args.out) / time.strftime("%Y%m%d-%H%M%S")
-    spec = DataSpec(source=f"synthetic:{args.preset}", seed=args.seed)
-    t0 = time.time()
-    data = spec.load()
-    print(f"data {data.name}: {data.num_users} users, {data.num_items} items, "
-          f"{len(data.splits['train'])} training interactions in domains {data.domains} "
-          f"({time.time() - t0:.1f}s)")
+    spec = DataSpec(source=f"synthetic:{preset}", history_len=DEMO_HISTORY)
+    data = data if data is not None else spec.load()
     reports = {}
-    for name in ("adi-se", "dnn"):
-        print(f"training {name} ...")
-        cfg = TrainConfig(epochs=args.epochs, seed=args.seed, progress=not args.no_progress)
-        train_run(spec, name, out / name, train_config=cfg, data=data)
+    for name in models:
+        t0 = time.time()
+        cfg = TrainConfig(epochs=epochs, seed=seed, progress=progress, num_threads=threads,
+                          **{**train_defaults(name), **DEMO_TRAIN})
+        train_run(spec, name, out / name, model_overrides=DEMO_SIZE, train_config=cfg, data=data)
         reports[name] = evaluate_run(out / name, ks=[20, 50], data=data)
+        log(f"trained {name} in {time.time() - t0:.0f}s: mean Recall@50 "
+            f"{reports[name]['metrics']['recall@50']['mean']:.4f}")
+    return reports
+
+
+def cmd_demo(args) -> int:
+    from adirec.data.spec import DataSpec
+    out = Path(args.out) / time.strftime("%Y%m%d-%H%M%S")
+    t0 = time.time()
+    data = DataSpec(source=f"synthetic:{args.preset}", history_len=DEMO_HISTORY).load()
+    print(f"data {data.name}: {data.num_users} users, {data.num_items} items, "
+          f"{len(data.splits['train'])} training interactions in domains {data.domains}; the same users "
+          f"like different item groups in different domains ({time.time() - t0:.1f}s)")
+    reports = demo_runs(out, preset=args.preset, seed=args.seed, epochs=args.epochs, threads=args.threads,
+                        progress=not args.no_progress, data=data)
     print()
     r = next(iter(reports.values()))
     print(format_metrics({k: {m: v for m, v in rep["metrics"].items() if m.startswith("recall")}
                           for k, rep in reports.items()},
                          title=f"Recall on {data.name} ({r['protocol']} ranking, split {r['split']})"))
+    mean = {k: rep["metrics"]["recall@50"]["mean"] for k, rep in reports.items()}
+    print()
+    if "adi-se" in mean and "dnn-blind" in mean:
+        print(f"What the table shows: ranking each domain's items for the same users, ADI-SE finds "
+              f"{mean['adi-se']:.1%} of the held-out items in its top 50 against {mean['dnn-blind']:.1%} for "
+              f"the same-sized network that does not know the domain (dnn-blind), because these users "
+              f"like different item groups in different domains; dnn, which sees the per-domain "
+              f"features but has no domain-specific network, reaches {mean.get('dnn', float('nan')):.1%}.")
     print(f"\nruns saved under {out}  (total {time.time() - t0:.0f}s)")
     return 0
 
@@ -184,11 +217,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"adirec {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("demo", help="train adi-se and dnn on synthetic data and compare them")
-    p.add_argument("--preset", default="small", help="synthetic preset (small: 50k interactions)")
-    p.add_argument("--epochs", type=int, default=5, help="training epochs per model")
-    p.add_argument("--seed", type=int, default=0, help="seed of the data and of training")
-    p.add_argument("--out", default="runs/demo", help="the runs go to OUT/<date-time>/<model>")
+    p = sub.add_parser("demo", help="train adi-se and a domain-blind dnn on synthetic data and compare them",
+                       description="Train ADI-SE, a DNN that does not know the domain (dnn-blind) and a DNN that "
+                                   "reads the per-domain features (dnn) on a synthetic world where the same users "
+                                   "like different item groups in different domains, and print per-domain recall.")
+    p.add_argument("--preset", default="demo", help="synthetic preset (default: demo, 60k interactions)")
+    p.add_argument("--epochs", type=int, default=2, help="training epochs per model (default: 2)")
+    p.add_argument("--seed", type=int, default=0, help="training seed (default: 0)")
+    p.add_argument("--threads", type=int, help="torch threads (default: one per CPU not already busy)")
+    p.add_argument("--out", default="runs/demo", help="where the runs are saved (default: runs/demo)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)
 

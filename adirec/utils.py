@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -172,22 +173,44 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def default_threads(cpus: int | None = None, load: float | None = None) -> int:
+def busy_cpus(sample_seconds: float = 0.2) -> float:
+    """How many CPUs other processes keep busy now: the machine's non-idle share of CPU time over
+    ``sample_seconds`` (``/proc/stat``, read twice while this process sleeps, so its own earlier
+    work does not count), times the machine's CPU count. Where ``/proc/stat`` is missing, the
+    one-minute load average (which lags by a minute and counts this process's recent work)."""
+    def read() -> tuple[int, int] | None:
+        try:
+            with open("/proc/stat") as f:
+                values = [int(v) for v in f.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
+        return sum(values[:8]), idle  # user nice system idle iowait irq softirq steal (guest is in user)
+    first = read()
+    if first is not None:
+        time.sleep(sample_seconds)
+        second = read()
+        if second is not None and second[0] > first[0]:
+            total, idle = second[0] - first[0], second[1] - first[1]
+            return max(0.0, (total - idle) / total) * (os.cpu_count() or 1)
+    try:
+        return os.getloadavg()[0]
+    except OSError:  # not available on this platform
+        return 0.0
+
+
+def default_threads(cpus: int | None = None, busy: float | None = None) -> int:
     """The number of torch threads a computation uses when none is given (``--threads``).
 
     Rule (measured: benchmarks/README.md, "Threads"): one thread per CPU that is not already busy,
-    at least one: ``max(1, cpus - round(load))``, with ``load`` the machine's one-minute load
-    average. On an idle machine every CPU works; beside a busy process, a thread that would have
-    to share a CPU with it is not started, because torch's threads wait for each other at every
-    operation and the slowest one, sharing its CPU, sets the pace of all.
+    at least one: ``max(1, cpus - round(busy))``, with ``busy`` from :func:`busy_cpus`. On an idle
+    machine every CPU works; beside a busy process, a thread that would have to share a CPU with
+    it is not started, because torch's threads wait for each other at every operation and the
+    slowest one, sharing its CPU, sets the pace of all.
     """
     cpus = available_cpus() if cpus is None else cpus
-    if load is None:
-        try:
-            load = os.getloadavg()[0]
-        except OSError:  # not available on this platform
-            load = 0.0
-    return max(1, min(cpus, cpus - int(round(load))))
+    busy = busy_cpus() if busy is None else busy
+    return max(1, min(cpus, cpus - int(round(busy))))
 
 
 def use_threads(threads: int | None) -> int:

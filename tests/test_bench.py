@@ -14,12 +14,13 @@ TINY = ["--set", "embedding_dim=8", "--set", "expert_hidden=16", "--set", "exper
 # every suite, a few runs each: a per-domain model, budget-matched baselines, all reference
 # kinds, a run shared by two suites (ablation/adi-se = paper/adi-se), an experts sweep with two
 # values of K, an SE placement and a fusion variant
-METHODS = ("paper/adi-se,dnn,dnn-single,popularity,domain-popularity,itemknn,ease-pooled,"
-           "sum,ablation/adi-se,no-st-dial-dsbn,3-se,mmoe-k1,mmoe-k2")
+METHODS = ("paper/adi-se,paper/dnn,dnn-single,paper/popularity,paper/domain-popularity,paper/itemknn,"
+           "paper/ease-pooled,paper/ease-pooled-recency,sum,ablation/adi-se,no-st-dial-dsbn,3-se,mmoe-k1,mmoe-k2,"
+           "references/ease-pooled")
 PLANNED = {("paper", k) for k in ("adi-se", "dnn", "dnn-single", "popularity", "domain-popularity", "itemknn",
-                                  "ease-pooled")} | {("fusion", "sum"), ("ablation", "adi-se"),
-                                                     ("ablation", "no-st-dial-dsbn"), ("se", "3-se"),
-                                                     ("experts", "mmoe-k1"), ("experts", "mmoe-k2")}
+                                  "ease-pooled", "ease-pooled-recency")} | {
+    ("fusion", "sum"), ("ablation", "adi-se"), ("ablation", "no-st-dial-dsbn"), ("se", "3-se"),
+    ("experts", "mmoe-k1"), ("experts", "mmoe-k2"), ("references", "ease-pooled")}
 
 
 def _bench(out, *extra, methods=METHODS):
@@ -29,10 +30,19 @@ def _bench(out, *extra, methods=METHODS):
 
 
 def test_suites_hold_the_papers_runs():
-    paper = {r.key for r in suite_runs("paper")}
-    assert {"dnn-single", "dnn", "shared-bottom", "cross-stitch", "mmoe", "ple", "star", "adi-lt", "adi-va",
-            "adi-se", "adi-se-max", "popularity", "domain-popularity", "itemknn", "ease"} <= paper
-    assert all(r.match_budget for r in suite_runs("paper") if r.kind == "neural")
+    paper = {r.key: r for r in suite_runs("paper")}
+    assert {"dnn-single", "dnn", "dnn-blind", "shared-bottom", "cross-stitch", "mmoe", "ple", "star", "adi-lt",
+            "adi-va", "adi-se", "adi-se-max", "popularity", "domain-popularity", "itemknn", "ease",
+            "ease-pooled-recency", "seq-linear"} <= set(paper)
+    # every neural row is budget-matched but ADI-SE (MAX) at its natural size, which says so
+    unmatched = [k for k, r in paper.items() if r.kind == "neural" and not r.match_budget]
+    assert unmatched == ["adi-se-max-natural"]
+    assert paper["adi-se-max-natural"].model == paper["adi-se-max"].model == "adi-se-max"
+    assert "natural size" in paper["adi-se-max-natural"].label and "fair budget" in paper["adi-se-max"].label
+    # baselines keep their presets' training (no self-training) but the one row labelled +ST
+    with_st = [r for r in paper.values() if r.self_training]
+    assert [(r.key, r.model, r.label) for r in with_st] == [("dnn+st", "dnn", "DNN +ST")]
+    assert all(r.self_training is None for r in paper.values() if r.key != "dnn+st")
     assert [r.override_dict()["fusion"] for r in suite_runs("fusion")] == ["sum", "netmul", "concat"]
     abl = {r.key: r for r in suite_runs("ablation")}
     assert abl["adi-se"].self_training is None and abl["no-st"].self_training is False  # None: the preset's
@@ -41,18 +51,25 @@ def test_suites_hold_the_papers_runs():
     experts = suite_runs("experts")
     assert sorted({(r.group, r.x) for r in experts}) == sorted((g, k) for g in ("ADI", "MMoE", "PLE") for k in range(1, 6))
     assert all(r.match_budget and r.override_dict()["shared_experts"] == r.x for r in experts)
+    # references only; and the plus presets beside the references
+    refs = suite_runs("references")
+    assert refs and all(r.kind == "reference" for r in refs)
+    assert [r.key for r in refs] == [r.key for r in paper.values() if r.kind == "reference"]
+    assert [r.model for r in suite_runs("plus") if r.kind == "neural"] == ["adi-plus", "dnn-plus"]
     assert parse_suites("all") == list(SUITES) and parse_suites("se,fusion") == ["se", "fusion"]
     with pytest.raises(ValueError, match="unknown suite"):
         parse_suites("tables")
     assert [r.key for r in select(suite_runs("experts"), ["mmoe"])] == [f"mmoe-k{k}" for k in range(1, 6)]
     assert [r.key for r in select(suite_runs("paper"), ["paper/adi-se"])] == ["adi-se"]
+    assert select(suite_runs("paper"), ["references"]) == [r for r in suite_runs("paper") if r.kind == "reference"]
+    assert [r.key for r in select(suite_runs("paper"), ["dnn"])] == ["dnn", "dnn+st"]
 
 
 def test_bench_end_to_end_resume_and_guards(tmp_path, capsys):
     out = tmp_path / "bench"
     assert _bench(out) == 0
     log = capsys.readouterr().out
-    assert "[13/13]" in log and "FAILED" not in log
+    assert f"[{len(PLANNED)}/{len(PLANNED)}]" in log and "FAILED" not in log
     res = json.loads((out / "results.json").read_text())
     runs = {(r["suite"], r["key"]): r for r in res["runs"]}
     assert set(runs) == PLANNED and not res["failed"]
@@ -74,9 +91,19 @@ def test_bench_end_to_end_resume_and_guards(tmp_path, capsys):
     # the same computation in two suites runs once
     assert runs[("ablation", "adi-se")]["reused_from"] == "runs/paper/adi-se/seed0"
     assert runs[("ablation", "adi-se")]["metrics"] == runs[("paper", "adi-se")]["metrics"]
-    # references: evaluated directly, EASE's lambda chosen on the hold-out
-    lam = json.loads((out / "ease_lambda.json").read_text())["pooled"]
-    assert runs[("paper", "ease-pooled")]["config"] == {"lam": lam["lam"]}
+    # references: evaluated directly, EASE's lambda (and the recency decay) chosen on the hold-out
+    chosen = json.loads((out / "ease_lambda.json").read_text())
+    assert runs[("paper", "ease-pooled")]["config"] == {"lam": chosen["pooled"]["lam"]}
+    assert runs[("paper", "ease-pooled-recency")]["config"] == {k: chosen["pooled-recency"][k] for k in ("lam", "decay")}
+    assert len(chosen["pooled-recency"]["holdout"]) == 5 * 5  # lambdas x decays
+    assert runs[("references", "ease-pooled")]["reused_from"] == "runs/paper/ease-pooled/reference"
+    # provenance: the code, the libraries and the machine; per run the device
+    prov = res["provenance"]
+    assert set(prov["versions"]) == {"adirec", "python", "torch", "numpy", "pyarrow", "faiss"}
+    assert prov["machine"]["cores"] >= 1 and prov["machine"]["cpu"] and prov["machine"]["os"]
+    assert prov["git"] is None or (len(prov["git"]["commit"]) == 40 and isinstance(prov["git"]["dirty"], bool))
+    for r in runs.values():
+        assert r["provenance"]["device"] == "cpu" and r["provenance"]["torch"] == prov["versions"]["torch"]
     # DIAL weights per domain and field, drawn as a heat map; the experts sweep as a line plot
     w = runs[("paper", "adi-se")]["dial_weights"]["user"]
     assert np.asarray(w["weights"]).shape == (len(domains), len(w["fields"]))
@@ -84,9 +111,21 @@ def test_bench_end_to_end_resume_and_guards(tmp_path, capsys):
     for png in ("experts.png", "dial_paper.png", "dial_ablation.png", "dial_se.png", "dial_fusion.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
     md = (out / "results.md").read_text()
+    header = md.split("## ")[0]
+    for words in ("**Data**: `synthetic:tiny`", "**Protocol**: full ranking", "split `test`", "**Seeds**: neural runs 0",
+                  "**Split**: leave-last-out per user by time", "torch " + prov["versions"]["torch"], "logical cores", "**Runs**: "):
+        assert words in header, words
+    # every table ends with the strongest reference of the directory, named, with its numbers
+    summary = res["summary"]
+    for metric in ("recall@20", "recall@50", "recall@100"):
+        best = max((row for rows in summary.values() for row in rows.values() if row["kind"] == "reference"),
+                   key=lambda row: row["metrics"][metric]["mean"]["mean"])
+        line = next(l for l in md.splitlines() if l.startswith(f"Strongest reference (Recall@{metric[7:]})"))
+        assert best["label"] in line and f"mean {best['metrics'][metric]['mean']['mean']:.4f}" in line
+        assert md.count(f"Strongest reference (Recall@{metric[7:]})") == sum(1 for _ in summary)  # one per table
     for r in runs.values():
         assert f"| {r['label']} |" in md
-    for suite in SUITES:
+    for suite in {suite for suite, _ in PLANNED}:
         assert f"## {suite}:" in md
     assert "![experts.png](experts.png)" in md and "vs budget" in md
 
@@ -94,7 +133,7 @@ def test_bench_end_to_end_resume_and_guards(tmp_path, capsys):
     stamp = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/*/*/bench.json")}
     assert _bench(out) == 0
     log = capsys.readouterr().out
-    assert log.count("done before") == len(PLANNED) and "trained in" not in log
+    assert log.count("done before") == len(PLANNED) and "trained in" not in log and "choosing" not in log
     assert {p: p.stat().st_mtime_ns for p in out.glob("runs/*/*/*/bench.json")} == stamp
     # an interrupted run (no bench.json, training unfinished) is trained again, alone
     run = out / "runs" / "fusion" / "sum" / "seed0"
@@ -110,15 +149,16 @@ def test_bench_end_to_end_resume_and_guards(tmp_path, capsys):
     assert "fusion/sum seed 1: trained" in log and "seed 0" not in log
     seeds = [r["seed"] for r in json.loads((out / "results.json").read_text())["runs"] if r["key"] == "sum"]
     assert sorted(seeds) == [0, 1]
-    # other settings for a finished run: refused, not mixed in
+    # other settings for a finished run: refused, not mixed in, naming what differs
     assert _bench(out, "--lr", "0.01", methods="sum") == 1
-    assert "other settings" in capsys.readouterr().out
+    log = capsys.readouterr().out
+    assert "other settings (train_config.lr: 0.003 there, 0.01 now)" in log
     # a method that is in none of the suites: named
     assert _bench(out, methods="sum,svd") == 2
     assert "['svd'] match no run" in capsys.readouterr().err
     # another data set in the same directory: refused
     assert main(["bench", "--data", "synthetic:tiny", "--data-seed", "3", "--suite", "se", "--out", str(out)]) == 2
-    assert "choose another --out" in capsys.readouterr().err
+    assert "holds a bench with other data (train rows 2806 -> 2518" in capsys.readouterr().err
 
 
 def test_dial_weights_per_domain_and_field():
@@ -164,3 +204,141 @@ def test_bench_config_is_validated_early(tmp_path):
         BenchConfig(spec, tmp_path, ["paper"], train={"seed": 3})
     cfg = BenchConfig(spec, tmp_path, ["paper"], size={"expert_hidden": 16})
     assert cfg.size == {"expert_hidden": (16,)}
+
+
+def _references_bench(out, data=None, methods=("popularity", "ease-pooled"), **kw):
+    from adirec.bench.runner import Bench
+    cfg = BenchConfig(DataSpec(source="synthetic:tiny"), out, ["references"], methods=list(methods), progress=False, **kw)
+    logs = []
+    return Bench(cfg, data=data, log=logs.append).run(), logs
+
+
+def test_an_older_bench_directory_is_accepted_or_refused_by_what_determines_the_data(tmp_path):
+    out = tmp_path / "b"
+    _references_bench(out)
+    # what an earlier version wrote: fewer DataSpec fields, no fingerprint, and runs recorded with
+    # a hash of other fields and without the model/training fields added since
+    old = json.loads((out / "bench.json").read_text())
+    old["data"] = {"source": "synthetic:tiny", "domains": None, "domain_by": None, "positive": None, "seed": 0,
+                   "history_len": 50}
+    del old["data_fingerprint"]
+    (out / "bench.json").write_text(json.dumps(old))
+    for path in out.glob("runs/*/*/*/bench.json"):
+        rec = json.loads(path.read_text())
+        rec["hash"], rec["request"]["data"] = "0123456789abcdef", old["data"]
+        path.write_text(json.dumps(rec))
+    res, logs = _references_bench(out)
+    assert sum("done before" in line for line in logs) == 2 and not res["failed"]
+    assert json.loads((out / "bench.json").read_text())["data_fingerprint"]  # now recorded
+    # the same older file naming other data: refused, with the field that differs
+    old["data"]["history_len"] = 20
+    (out / "bench.json").write_text(json.dumps(old))
+    with pytest.raises(ValueError, match=r"holds a bench with data history_len=20, not 50\. Choose another --out"):
+        _references_bench(out)
+    # a finished run recorded with other settings is refused with what differs
+    (out / "bench.json").unlink()
+    path = out / "runs" / "references" / "ease-pooled" / "reference" / "bench.json"
+    rec = json.loads(path.read_text())
+    rec["request"]["kwargs"]["lam"] = 7.0
+    path.write_text(json.dumps(rec))
+    res, logs = _references_bench(out)
+    assert res["failed"][0]["key"] == "ease-pooled"
+    assert "other settings (kwargs.lam: 7.0 there, " in res["failed"][0]["error"]
+
+
+def test_a_missing_config_field_counts_at_its_default():
+    from adirec.bench.runner import normal_request, request_difference, request_hash
+    from adirec.models.config import TwoTowerConfig
+    from adirec.train.config import TrainConfig
+    from dataclasses import asdict
+    now = {"protocol": "full", "split": "test", "ks": [20], "model": "adi-se", "data": {"source": "x"},
+           "model_config": asdict(TwoTowerConfig()), "budget": {"target_dense": 5},
+           "train_config": {k: v for k, v in asdict(TrainConfig()).items() if k not in ("progress", "num_threads", "device")}}
+    before = json.loads(json.dumps(now))
+    del before["model_config"]["item_tower_norm"], before["train_config"]["self_training"]["weight"]
+    before["data"], before["budget"] = {"source": "y"}, None  # the data is OUT's; the budget is how, not what
+    assert request_hash(before) == request_hash(now) and request_difference(before, now) == {}
+    before["model_config"]["output_dim"] = 8
+    assert request_difference(before, now) == {"model_config.output_dim": (8, 64)}
+    assert normal_request(now)["model_config"]["expert_hidden"] == [256]  # stored form: lists
+
+
+def test_one_domain_bench_reports_hr_and_ndcg_at_10(tmp_path):
+    from adirec.data.sources.synthetic import load_synthetic
+    data = load_synthetic("tiny", domain_shares=(1.0,))
+    res, _ = _references_bench(tmp_path / "b", data=data, methods=("popularity", "ease-pooled-recency", "seq-linear"))
+    meta = res["bench"]
+    assert meta["ks"] == [10] and meta["main_metric"] == "recall@10"
+    assert meta["metric_names"]["recall"] == "HR" and meta["table_metrics"] == ["recall@10", "ndcg@10"]
+    md = (tmp_path / "b" / "results.md").read_text()
+    assert "### HR@10" in md and "### NDCG@10" in md and "### Recall@" not in md
+    assert "Every query has one relevant item, so Recall@N is the hit rate HR@N." in md
+    assert "Strongest reference (HR@10): **" in md and "Strongest reference (NDCG@10): **" in md
+    # the recency and sequence references are chosen on the hold-out at the main metric
+    chosen = json.loads((tmp_path / "b" / "ease_lambda.json").read_text())
+    assert chosen["pooled-recency"]["metric"] == chosen["seq-linear"]["metric"] == "recall@10"
+    assert {r["key"]: r["config"] for r in res["runs"]}["seq-linear"] == {k: chosen["seq-linear"][k] for k in ("lam", "decay")}
+
+
+def test_recency_references_are_skipped_without_timestamps(tmp_path):
+    from adirec.data.build import RawInteractions, build_dataset
+    rng = np.random.default_rng(0)
+    u, i = rng.integers(0, 30, 600).astype(str).astype(object), rng.integers(0, 40, 600).astype(str).astype(object)
+    train = RawInteractions(u, i, rng.integers(0, 2, 600))
+    test = RawInteractions(np.array(["1", "2"], dtype=object), np.array(["3", "4"], dtype=object), np.array([0, 1]))
+    data = build_dataset("timeless", ["a", "b"], train, test=test)
+    res, logs = _references_bench(tmp_path / "b", data=data, methods=("popularity", "ease-recency", "seq-linear"), ks=[5])
+    assert [r["key"] for r in res["runs"]] == ["popularity"] and not res["failed"]
+    assert {s["key"]: s["reason"] for s in res["skipped"]} == {
+        k: "recency weighting needs timestamps; this data set has none" for k in ("ease-recency", "seq-linear")}
+
+
+def test_publish_copies_tables_json_and_figures_never_runs(tmp_path):
+    from adirec.bench.report import publish
+    out, dest = tmp_path / "b", tmp_path / "benchmarks" / "results" / "tiny"
+    _references_bench(out, publish=dest)
+    assert sorted(p.name for p in dest.iterdir()) == ["bench.json", "ease_lambda.json", "results.json", "results.md"]
+    assert (dest / "results.md").read_bytes() == (out / "results.md").read_bytes()
+    publish(out, dest)  # a previous publish is replaced
+    (tmp_path / "notes").mkdir()
+    with pytest.raises(FileExistsError, match="not a published bench"):
+        publish(out, tmp_path / "notes")
+    with pytest.raises(ValueError, match="is the bench's own --out"):
+        BenchConfig(DataSpec(source="synthetic:tiny"), out, ["references"], publish=out)
+
+
+def test_adi_se_max_is_reported_at_the_fair_budget_and_at_its_natural_size(tmp_path):
+    from adirec.bench.runner import Bench
+    from adirec.data.sources import load_source
+    from adirec.models import registry
+    data = load_source("synthetic:tiny")
+    size = {"embedding_dim": 8, "expert_hidden": (16,), "expert_out": 8, "forward_hidden": (8,), "output_dim": 8}
+    bench = Bench(BenchConfig(DataSpec(source="synthetic:tiny"), tmp_path, ["paper"], size=size), data=data)
+    runs = {r.key: r for r in suite_runs("paper")}
+    budget = registry.parameter_counts("adi-se", data.schema, 3, registry.build_config("adi-se", 3, **size))["dense"]
+    fair, info = bench._model_config(runs["adi-se-max"])
+    natural, none = bench._model_config(runs["adi-se-max-natural"])
+    assert info == {"reference": "adi-se", "target_dense": budget} and none is None
+    assert natural == registry.build_config("adi-se-max", 3, **size)  # no width matching
+    dense = lambda cfg: registry.parameter_counts("adi-se-max", data.schema, 3, cfg)["dense"]  # noqa: E731
+    assert abs(dense(fair) / budget - 1) <= 0.1 < dense(natural) / budget - 1
+
+
+def test_a_preset_the_registry_lacks_is_skipped_with_a_note(tmp_path, monkeypatch):
+    from adirec.bench.runner import Bench
+    from adirec.data.sources import load_source
+    from adirec.models import registry
+    monkeypatch.delitem(registry.MODELS, "dnn-plus")  # a registry without it (an older or trimmed one)
+    bench = Bench(BenchConfig(DataSpec(source="synthetic:tiny"), tmp_path, ["plus"], seeds=2, methods=["neural"]),
+                  data=load_source("synthetic:tiny"))
+    tasks = bench.plan()
+    assert [(t.spec.key, t.seed) for t in tasks] == [("adi-plus", 0), ("adi-plus", 1)]
+    assert bench.skipped == [{"suite": "plus", "key": "dnn-plus", "reason": "model 'dnn-plus' is not registered"}]
+
+
+def test_a_reference_choice_is_made_again_when_its_grid_changes():
+    from adirec.bench.runner import _grid_of
+    # as earlier versions wrote it (the hold-out scores only), and as this one does
+    assert _grid_of({"lam": 500, "holdout": {"100": 0.1, "500": 0.2}}) == ({100.0, 500.0}, {1.0})
+    assert _grid_of({"lam": 500, "decay": 0.9, "holdout": {"500,0.9": 0.2, "500,1": 0.1}}) == ({500.0}, {0.9, 1.0})
+    assert _grid_of({"lam": 5, "lambdas": [5, 50], "decays": [0.8]}) == ({5, 50}, {0.8})

@@ -1,3 +1,4 @@
+import os
 """Device placement: the trainer, scorer, self-training and evaluation put every tensor they make
 on the training device.
 
@@ -129,3 +130,30 @@ def test_sampler_draws_on_its_device():
     assert sampler.sample(0).shape == (0,)  # in-batch negatives only
     again = NegativeSampler(counts, seed=3).sample(1000)
     assert torch.equal(draw, again)
+
+
+def test_default_threads_leave_out_the_cpus_others_keep_busy(monkeypatch):
+    from adirec import utils
+    assert utils.default_threads(cpus=2, busy=0.0) == 2
+    assert utils.default_threads(cpus=2, busy=0.4) == 2
+    assert utils.default_threads(cpus=2, busy=1.0) == 1
+    assert utils.default_threads(cpus=2, busy=5.0) == 1  # never fewer than one
+    assert utils.default_threads(cpus=8, busy=2.6) == 5
+    busy = utils.busy_cpus(sample_seconds=0.05)
+    assert 0.0 <= busy <= (os.cpu_count() or 1)
+    # the measurement is of /proc/stat's non-idle time: a fake one with 3 of 4 jiffies busy on 2 CPUs
+    lines = iter(["cpu  100 0 100 200 0 0 0 0 0 0\n", "cpu  130 0 130 220 0 0 0 0 0 0\n"])
+
+    class FakeStat:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def readline(self):
+            return next(lines)
+
+    monkeypatch.setattr("builtins.open", lambda *a, **k: FakeStat())
+    monkeypatch.setattr(utils.os, "cpu_count", lambda: 2)
+    assert utils.busy_cpus(sample_seconds=0.0) == pytest.approx(2 * 60 / 80)

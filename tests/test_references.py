@@ -207,3 +207,172 @@ def test_movielens_reference_numbers(name):
     got = [m[f"recall@{k}"]["mean"] for k in (20, 50, 100)]
     print(f"movielens {name}: R@20/50/100 " + json.dumps([round(v, 4) for v in got]))
     assert got == pytest.approx(expected, abs=0.005), json.dumps(got)
+
+
+# ------------------------------------------------------------------ recency and sequences
+# two domains; u1's positives in time order: a@1 (d0), b@2 (d0), c@3 (d1), a@4 (d1), d@5 (d0)
+# (a is seen twice: its latest time, 4, counts); u2: b@1, c@2, d@3 in d0; u3: a@1, c@2 in d1
+TIMED = [("u1", "a", 0, 1), ("u1", "b", 0, 2), ("u1", "c", 1, 3), ("u1", "a", 1, 4), ("u1", "d", 0, 5),
+         ("u2", "b", 0, 1), ("u2", "c", 0, 2), ("u2", "d", 0, 3), ("u3", "a", 1, 1), ("u3", "c", 1, 2)]
+
+
+@pytest.fixture
+def timed():
+    cols = list(zip(*TIMED))
+    train = RawInteractions(np.array(cols[0], dtype=object), np.array(cols[1], dtype=object),
+                            np.array(cols[2]), timestamp=np.array(cols[3]))
+    data = build_dataset("timed", ["d0", "d1"], train)
+    ids = {k: n for n, k in enumerate(data.item_keys)}
+    users = {k: n for n, k in enumerate(data.user_keys)}
+    return data, ids, users
+
+
+def _row(model, user, domain, ids, names):
+    x = model._history_rows(np.array([user]), domain).to_dense()[0]
+    m = model.matrix_of_domain[domain]
+    return [float(x[model._col[m, ids[n]]]) if model._col[m, ids[n]] >= 0 else None for n in names]
+
+
+def test_recency_weights_follow_the_latest_time(timed):
+    data, ids, users = timed
+    u1 = users["u1"]
+    pooled = EASE(1.0, scope="pooled", decay=0.5).fit(data)
+    # all domains, newest first: d@5 (rank 0), a@4 (1; its earlier time 1 does not count), c@3 (2), b@2 (3)
+    assert _row(pooled, u1, 0, ids, ["d", "a", "c", "b"]) == [1.0, 0.5, 0.25, 0.125]
+    per_domain = EASE(1.0, decay=0.5).fit(data)
+    # u1 in d0: d@5, b@2, a@1; in d1: a@4, c@3 (each domain's own history is ranked)
+    assert _row(per_domain, u1, 0, ids, ["d", "b", "a"]) == [1.0, 0.5, 0.25]
+    assert _row(per_domain, u1, 1, ids, ["a", "c"]) == [1.0, 0.5]
+    # decay 1 is the binary history of the unweighted model, bit for bit
+    plain, weighted_as_one = EASE(1.0, scope="pooled").fit(data), EASE(1.0, scope="pooled", decay=1.0).fit(data)
+    items = np.arange(1, data.num_items + 1)
+    assert torch.equal(plain.raw_score(np.array([u1]), 0, items), weighted_as_one.raw_score(np.array([u1]), 0, items))
+    # the matrix does not depend on the decay; the score is the weighted row times it
+    assert torch.equal(pooled.weights[0], plain.weights[0])
+    x = pooled._history_rows(np.array([u1]), 0).to_dense()
+    expected = (x @ plain.weights[0])[0, torch.as_tensor(pooled._col[0, items])]
+    assert torch.allclose(pooled.raw_score(np.array([u1]), 0, items)[0], expected)
+
+
+def test_recency_weighting_changes_the_ranking(timed):
+    data, ids, users = timed
+    # u2 (b@1, c@2, d@3 in d0): with a steep decay the latest item, d, decides the scores alone
+    names = ["a", "b", "c", "d"]
+    flat = EASE(0.5, scope="pooled").fit(data)
+    steep = EASE(0.5, scope="pooled", decay=0.001).fit(data)
+    u, cols = np.array([users["u2"]]), torch.as_tensor(flat._col[0, _items(ids, names)])
+    d_row = flat.weights[0][flat._col[0, ids["d"]]][cols]
+    got = steep.raw_score(u, 0, _items(ids, names))[0]
+    assert torch.allclose(got, d_row, atol=0.01 * float(d_row.abs().max()))
+    assert not torch.allclose(flat.raw_score(u, 0, _items(ids, names))[0], d_row, atol=0.01 * float(d_row.abs().max()))
+
+
+def test_recency_needs_timestamps(tiny):
+    data, _, _ = tiny  # no times
+    with pytest.raises(ValueError, match="needs timestamps"):
+        build_reference("ease-pooled-recency").fit(data)
+    with pytest.raises(ValueError, match="timestamps"):
+        build_reference("seq-linear").fit(data)
+    with pytest.raises(ValueError, match="needs timestamps"):
+        EASE(1.0).fit(data).set_decay(0.9)
+    with pytest.raises(ValueError, match="decay"):
+        EASE(1.0, decay=0.0)
+    with pytest.raises(ValueError, match="decay"):
+        EASE(1.0, decay=1.5)
+    # decay 1 is the plain model and needs no time
+    assert EASE(1.0, decay=1.0).fit(data).num_parameters() == 18
+
+
+def test_seq_linear_by_hand(timed):
+    data, ids, users = timed
+    lam, decay = 0.7, 0.5
+    model = build_reference("seq-linear", lam=lam, decay=decay, window=2).fit(data)
+    assert model.name == "seq-linear" and model.needs_time
+    # sequences over all domains by (time, item): u1 a b c a d, u2 b c d, u3 a c; items a b c d
+    names = ["a", "b", "c", "d"]
+    col = {n: model._col[0, ids[n]] for n in names}
+    xs, ys = [], []
+    for seq in (["a", "b", "c", "a", "d"], ["b", "c", "d"], ["a", "c"]):
+        for t in range(1, len(seq)):
+            x = np.zeros(4)
+            for lag in (1, 2):
+                if t - lag >= 0:
+                    x[col[seq[t - lag]]] += decay ** (lag - 1)
+            y = np.zeros(4)
+            y[col[seq[t]]] = 1
+            xs.append(x)
+            ys.append(y)
+    x, y = np.array(xs), np.array(ys)
+    b = np.linalg.solve(x.T @ x + lam * np.eye(4), x.T @ y)
+    np.testing.assert_allclose(model.weights[0].numpy(), b, atol=1e-5)
+    # u1 is scored from its 2 latest distinct items: d (1), a (decay); c and b are outside the window
+    h = np.zeros(4)
+    h[col["d"]], h[col["a"]] = 1.0, decay
+    got = model.raw_score(np.array([users["u1"]]), 1, _items(ids, names))[0].numpy()
+    np.testing.assert_allclose(got, (h @ b)[[col[n] for n in names]], atol=1e-5)
+    # the grid builds the same models as direct fits
+    from adirec.models.references import SequentialLinear
+    for lam_, decay_, fitted in SequentialLinear(window=2).fit_grid(data, (0.7, 3.0), (0.5, 1.0)):
+        direct = SequentialLinear(lam_, decay_, window=2).fit(data)
+        assert torch.allclose(fitted.weights[0], direct.weights[0], atol=1e-6), (lam_, decay_)
+
+
+def test_ease_grid_builds_the_same_models_as_direct_fits(timed):
+    data, _, users = timed
+    items, u = np.arange(1, data.num_items + 1), np.array([users["u1"], users["u2"]])
+    for scope in ("domain", "pooled"):
+        for lam, decay, fitted in EASE(scope=scope).fit_grid(data, (0.5, 4.0), (0.5, 1.0)):
+            direct = EASE(lam, scope=scope, decay=decay).fit(data)
+            for m in range(len(direct.weights)):
+                assert torch.allclose(fitted.weights[m], direct.weights[m], atol=1e-6)
+            assert torch.allclose(fitted.raw_score(u, 1, items), direct.raw_score(u, 1, items), atol=1e-6)
+
+
+def test_select_settings_tries_every_pair_on_the_holdout():
+    from adirec.data.sources import load_source
+    from adirec.models.references import select_settings
+    data = load_source("synthetic:tiny")
+    lam, decay, found = select_settings(data, "ease-pooled-recency", (10.0, 100.0), (0.5, 1.0))
+    assert set(found) == {(10.0, 0.5), (10.0, 1.0), (100.0, 0.5), (100.0, 1.0)}
+    assert found[(lam, decay)] == max(found.values())
+    # the decay-1 column is plain EASE's choice on the same hold-out
+    plain_lam, plain = select_ease_lambda(data, grid=(10.0, 100.0), scope="pooled")
+    assert plain == {k[0]: v for k, v in found.items() if k[1] == 1.0}
+    # seq-linear: the decays at the middle lambda, then the lambdas at the best decay
+    lam, decay, found = select_settings(data, "seq-linear", (1.0, 10.0, 100.0), (0.5, 0.9))
+    assert {(10.0, 0.5), (10.0, 0.9)} <= set(found) and len(found) == 2 + 2
+    assert {la for la, de in found if de == decay} == {1.0, 10.0, 100.0}
+    assert found[(lam, decay)] == max(found.values()) and all(0.0 <= v <= 1.0 for v in found.values())
+    with pytest.raises(ValueError, match="no lambda"):
+        select_settings(data, "itemknn")
+
+
+GENRE3 = {  # test, full ranking, Recall@50 per domain (Action, Comedy, Drama) and the mean
+    "ease-pooled": ({"lam": 500.0}, [0.628, 0.488, 0.482, 0.532]),
+    "ease-pooled-recency": ({"lam": 500.0, "decay": 0.95}, [0.658, 0.512, 0.493, 0.554]),
+}
+
+
+@pytest.mark.slow
+def test_movielens_recency_reference_numbers():
+    from adirec.data.sources import load_source
+    data = load_source(f"recbole:{shared_data('movielens-1m')}/ml-1m", domain_by="user.age:25,35")
+    model = build_reference("ease-pooled-recency", lam=500.0, decay=0.9).fit(data)
+    m = evaluate(model, data, split="test", protocol="full", ks=[20, 50, 100], seen=SeenItems(data)).metrics(data.domains)
+    got = [m[f"recall@{k}"]["mean"] for k in (20, 50, 100)]
+    print("movielens age3 ease-pooled-recency 0.9: R@20/50/100 " + json.dumps([round(v, 4) for v in got]))
+    assert got == pytest.approx([0.216, 0.356, 0.478], abs=0.005), json.dumps(got)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(GENRE3))
+def test_movielens_genre3_reference_numbers(name):
+    from adirec.data.sources import load_source
+    data = load_source(f"recbole:{shared_data('movielens-1m')}/ml-1m", domain_by="item.genre",
+                       domains=["Action", "Comedy", "Drama"])
+    kwargs, expected = GENRE3[name]
+    r = evaluate(build_reference(name, **kwargs).fit(data), data, split="test", protocol="full", ks=[50],
+                 seen=SeenItems(data)).metrics(data.domains)["recall@50"]
+    got = [r[d] for d in ("Action", "Comedy", "Drama")] + [r["mean"]]
+    print(f"movielens genre3 {name}: R@50 " + json.dumps([round(v, 4) for v in got]))
+    assert got == pytest.approx(expected, abs=0.005), json.dumps(got)

@@ -3,18 +3,28 @@
 
 Everything is rebuilt from the ``bench.json`` files under ``OUT/runs``, so the outputs always
 describe every finished run in the directory, whichever invocation produced it.
+
+``results.md`` opens with what a reader needs to trust a number: the data (source, sizes,
+fingerprint), the protocol, split and metrics, the seeds, how EASE's settings were chosen, and
+the provenance (commit, library versions, machine, devices). Every table ends with the
+strongest reference of the directory (the non-neural method with the best mean), named, per
+domain and mean, so that no neural row is read without the floor it has to clear.
+:func:`publish` copies the artifacts (never runs or data) to a directory that can be committed.
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
+import os
 import math
 from pathlib import Path
 
 import numpy as np
 
 from adirec.bench.suites import HEATMAP_KEY, SUITES, suite_runs
-from adirec.utils import atomic_write_bytes, atomic_write_json
+from adirec.bench.provenance import describe
+from adirec.utils import atomic_write_bytes, atomic_write_json, publish_directory
 
 TITLES = {
     "paper": "Comparison methods (Tables 2 and 3)",
@@ -22,7 +32,18 @@ TITLES = {
     "ablation": "Ablation (Table 7)",
     "se": "SE block placements (Table 8, Figure 4)",
     "experts": "Shared experts at equal parameter budget (Figure 3)",
+    "references": "Non-neural references",
+    "plus": "ADI+ and DNN+ (presets' own sizes)",
 }
+#: files of OUT that :func:`publish` copies (besides the figures)
+PUBLISHED = ("results.md", "results.json", "bench.json", "ease_lambda.json")
+
+
+def metric_label(metric: str, meta: dict) -> str:
+    """``recall@50`` -> ``Recall@50`` (``HR@10`` where the bench calls it so)."""
+    name, _, k = metric.partition("@")
+    names = meta.get("metric_names") or {}
+    return f"{names.get(name, name.capitalize() if name != 'ndcg' else 'NDCG')}@{k}"
 
 
 def collect_records(out: str | Path) -> list[dict]:
@@ -50,7 +71,7 @@ def summarize(records: list[dict]) -> dict:
         groups.setdefault((r["suite"], r["key"]), []).append(r)
     out: dict = {}
     for (suite, key), rs in groups.items():
-        metrics = {}
+        metrics: dict[str, dict] = {}
         for m in rs[0]["metrics"]:
             metrics[m] = {}
             for d in rs[0]["metrics"][m]:
@@ -64,18 +85,22 @@ def summarize(records: list[dict]) -> dict:
             "params_dense": first.get("params_dense"),
             "budget_dense": (first.get("budget") or {}).get("target_dense"),
             "seconds": float(np.mean([r.get("seconds") or 0.0 for r in rs])),
+            "config": first.get("config") if first["kind"] == "reference" else None,
             "metrics": metrics,
         }
     return out
 
 
-def write_results(out: str | Path, meta: dict, *, skipped: list | None = None, failed: list | None = None) -> dict:
-    """Write results.json, results.md and the figures; returns the results dict."""
+def write_results(out: str | Path, meta: dict, *, skipped: list | None = None, failed: list | None = None,
+                  provenance: dict | None = None) -> dict:
+    """Write results.json, results.md and the figures; returns the results dict. ``provenance``:
+    :func:`adirec.bench.provenance.environment` of the process writing them."""
     out = Path(out)
     records = collect_records(out)
     summary = summarize(records)
     figures = []
-    if "experts" in summary and (png := experts_figure(summary["experts"], meta)) is not None:
+    best = strongest_reference(summary, meta["main_metric"])
+    if "experts" in summary and (png := experts_figure(summary["experts"], meta, best)) is not None:
         atomic_write_bytes(out / "experts.png", png)
         figures.append("experts.png")
     for suite in summary:
@@ -83,11 +108,38 @@ def write_results(out: str | Path, meta: dict, *, skipped: list | None = None, f
         if png is not None:
             atomic_write_bytes(out / f"dial_{suite}.png", png)
             figures.append(f"dial_{suite}.png")
-    results = {"bench": meta, "runs": records, "summary": summary, "figures": figures,
+    results = {"bench": meta, "provenance": provenance, "runs": records, "summary": summary, "figures": figures,
                "skipped": skipped or [], "failed": failed or []}
     atomic_write_json(out / "results.json", results)
-    atomic_write_bytes(out / "results.md", markdown(meta, summary, figures, skipped or [], failed or []).encode())
+    text = markdown(meta, summary, figures, skipped or [], failed or [], records=records, provenance=provenance)
+    atomic_write_bytes(out / "results.md", text.encode())
     return results
+
+
+def publish(out: str | Path, dest: str | Path) -> list[str]:
+    """Copy the bench's tables, JSON and figures from ``out`` to ``dest`` (replacing what a
+    previous publish put there, in one rename); runs, models and data are never copied. Returns
+    the file names."""
+    out, dest = Path(out), Path(dest)
+    names = [n for n in PUBLISHED if (out / n).is_file()] + sorted(p.name for p in out.glob("*.png"))
+    if "results.md" not in names:
+        raise FileNotFoundError(f"{out} holds no results.md: run the bench first")
+    if dest.exists() and not (dest / "results.md").is_file():
+        raise FileExistsError(f"--publish {dest} exists and is not a published bench (no results.md); "
+                              f"name a new directory or a previous --publish target")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    import tempfile
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.tmp-"))
+    os.chmod(tmp, 0o755)  # mkdtemp's directory is private; a published one is for everyone to read
+    try:
+        for n in names:
+            (tmp / n).write_bytes((out / n).read_bytes())
+        publish_directory(tmp, dest)
+    except BaseException:
+        import shutil
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return names
 
 
 # ------------------------------------------------------------------ tables
@@ -106,15 +158,96 @@ def _cell(stat: dict | None, n_seeds: int) -> str:
     return f"{stat['mean']:.4f} ± {stat['std']:.4f}" if n_seeds > 1 else f"{stat['mean']:.4f}"
 
 
-def markdown(meta: dict, summary: dict, figures: list[str], skipped: list, failed: list) -> str:
+def strongest_reference(summary: dict, metric: str) -> dict | None:
+    """The reference row with the best mean ``metric`` over every suite (a reference run in two
+    suites is one row), or None when the directory has no reference run."""
+    best = None
+    for suite_rows in summary.values():
+        for row in suite_rows.values():
+            stat = row["metrics"].get(metric, {}).get("mean")
+            if row["kind"] != "reference" or stat is None or math.isnan(stat["mean"]):
+                continue
+            if best is None or stat["mean"] > best["metrics"][metric]["mean"]["mean"]:
+                best = row
+    return best
+
+
+def _reference_name(row: dict) -> str:
+    cfg = row.get("config") or {}
+    parts = [f"{'λ' if k == 'lam' else k} {v:g}" for k, v in cfg.items() if isinstance(v, (int, float))]
+    return row["label"] + (f" ({', '.join(parts)})" if parts else "")
+
+
+def _header(meta: dict, records: list[dict], provenance: dict | None) -> list[str]:
+    data, summary = meta.get("data") or {}, meta.get("data_summary") or {}
+    from adirec.data.spec import DataSpec
+    defaults = {f.name: f.default for f in dataclasses.fields(DataSpec)}
+    spec = ", ".join(f"{k}={','.join(map(str, v)) if isinstance(v, list) else v}" for k, v in data.items()
+                     if k != "source" and v != defaults.get(k))
+    lines = [f"- **Data**: `{data.get('source', meta['data_name'])}`" + (f" ({spec})" if spec else "")]
+    if summary:
+        rows = summary.get("rows") or {}
+        corpus = summary.get("corpus") or {}
+        lines[-1] += (f": {summary.get('users'):,} users, {summary.get('items'):,} items; rows "
+                      + " / ".join(f"{rows.get(s, 0):,} {s}" for s in ("train", "valid", "test"))
+                      + "; items ranked per domain: " + ", ".join(f"{d} {n:,}" for d, n in corpus.items()))
+    fp = (meta.get("data_fingerprint") or {}).get("sha256")
+    if fp:
+        lines[-1] += f"; data fingerprint `{fp[:16]}`"
+    lines[-1] += "."
+    lines.append(f"- **Split**: {summary.get('split_rule') or 'the train / valid / test rows the source defines'}.")
+    metrics = ", ".join(metric_label(m, meta) for m in meta.get("table_metrics") or [f"recall@{k}" for k in meta["ks"]])
+    how = ("each query's candidate list from the source's run file" if meta["protocol"] == "sampled"
+           else "every item of the domain's corpus, the user's training positives removed")
+    lines.append(f"- **Protocol**: {meta['protocol']} ranking ({how}), split `{meta['split']}`; {metrics} per "
+                 f"domain and the unweighted mean over domains; main metric {metric_label(meta['main_metric'], meta)}. "
+                 f"The same protocol for every row.")
+    if meta.get("metric_names", {}).get("recall") == "HR":
+        lines.append("- Every query has one relevant item, so Recall@N is the hit rate HR@N.")
+    seeds = sorted({r["seed"] for r in records if r.get("seed") is not None})
+    lines.append(f"- **Seeds**: neural runs {', '.join(map(str, seeds)) or 'none'} (mean ± sample std over "
+                 f"seeds; one seed shows the value); references are deterministic and run once. Early stopping "
+                 f"and every choice of a setting use validation data or a hold-out from training, never the "
+                 f"reported split.")
+    choices = meta.get("ease_choices") or {}
+    if choices:
+        lines.append("- **Reference settings** (chosen on a hold-out from training, at the metric named): " + "; ".join(
+            f"{key}: λ {c['lam']:g}" + (f", decay {c['decay']:g}" if "decay" in c else "")
+            + f" ({metric_label(c['metric'], meta) if c.get('metric') else '?'})"
+            for key, c in sorted(choices.items())) + ".")
+    if provenance:
+        lines.append(f"- **Tables written by**: {describe(provenance)}.")
+    commits: dict[str, int] = {}
+    devices: dict[str, int] = {}
+    unknown = 0
+    for r in records:
+        p = r.get("provenance")
+        if not p:
+            unknown += 1
+            continue
+        c = (p.get("commit") or "no git checkout")[:12]
+        c += " (with uncommitted changes to the code)" if p.get("dirty") else ""
+        commits[c] = commits.get(c, 0) + 1
+        d = f"{p.get('device') or 'cpu'} on {p.get('cpu')}"
+        devices[d] = devices.get(d, 0) + 1
+    if commits or unknown:
+        parts = [f"{n} at {c}" for c, n in sorted(commits.items())]
+        if unknown:
+            parts.append(f"{unknown} recorded by an earlier version without provenance")
+        lines.append(f"- **Runs**: {len(records)} records; code: " + ", ".join(parts)
+                     + ("; devices: " + ", ".join(f"{n} {d}" for d, n in sorted(devices.items())) if devices else "")
+                     + "." + (" The rows come from several code versions." if len(commits) + bool(unknown) > 1 else ""))
+    return lines
+
+
+def markdown(meta: dict, summary: dict, figures: list[str], skipped: list, failed: list, *,
+             records: list[dict] | None = None, provenance: dict | None = None) -> str:
     domains = meta["domains"]
-    recalls = [f"recall@{k}" for k in meta["ks"]]
-    lines = [f"# Benchmark on {meta['data_name']}", "",
-             f"Protocol: {meta['protocol']} ranking, split `{meta['split']}`; Recall@N per domain and "
-             f"the mean over domains. Neural methods: mean ± sample std over seeds (a single seed shows "
-             f"the value); references are deterministic and run once. Params: all parameters / the dense "
-             f"ones (without embedding tables; the budget of the fair comparison). Time: training + "
-             f"evaluation seconds per run.", ""]
+    metrics = meta.get("table_metrics") or [f"recall@{k}" for k in meta["ks"]]
+    lines = [f"# Benchmark on {meta['data_name']}", ""] + _header(meta, records or [], provenance) + [
+        "", "Params: all parameters / the dense ones (without embedding tables; the budget of the fair "
+        "comparison). Time: training + evaluation seconds per run (mean over seeds; a reference's hold-out "
+        "choice of its settings not included).", ""]
     for suite in SUITES:
         if suite not in summary:
             continue
@@ -122,25 +255,38 @@ def markdown(meta: dict, summary: dict, figures: list[str], skipped: list, faile
         lines += [f"## {suite}: {TITLES[suite]}", ""]
         budgets = {row["budget_dense"] for row in rows.values() if row.get("budget_dense")}
         if budgets:
-            lines += [f"Budget: the dense parameters of ADI-SE at this size ({', '.join(map(_count, sorted(budgets)))}); "
-                      f"\"vs budget\" is each method's dense count relative to it (fair comparison: within ±10%).", ""]
-        for metric in recalls:
-            name = metric.replace("recall", "Recall")
-            lines += [f"### {name}", "",
+            sizes = ", ".join(map(_count, sorted(budgets)))
+            lines += [f"Budget: the dense parameters of ADI-SE at this size ({sizes}); "
+                      f"\"vs budget\" is each method's dense count relative to it (fair comparison: within ±10%; a "
+                      f"row marked natural size is not matched).", ""]
+        for metric in metrics:
+            lines += [f"### {metric_label(metric, meta)}", "",
                       "| Method | Params / dense | " + ("vs budget | " if budgets else "") + " | ".join(domains)
                       + " | Mean | Seeds | Time |",
                       "|---|---:|" + ("---:|" if budgets else "") + "---:|" * (len(domains) + 1) + "---:|---:|"]
-            for key, row in rows.items():
+            for row in rows.values():
                 stats = row["metrics"].get(metric, {})
                 n = len(row["seeds"])
                 cells = [_cell(stats.get(d), n) for d in domains] + [_cell(stats.get("mean"), n)]
                 if budgets:
-                    ratio = (f"{row['params_dense'] / row['budget_dense'] - 1:+.1%}"
-                             if row.get("budget_dense") and row.get("params_dense") else "-")
+                    ratio = "-"
+                    if row.get("budget_dense") and row.get("params_dense"):
+                        ratio = f"{row['params_dense'] / row['budget_dense'] - 1:+.1%}"
+                    elif row.get("params_dense") and len(budgets) == 1:  # a neural row at its own size
+                        ratio = f"{row['params_dense'] / next(iter(budgets)) - 1:+.1%} (not matched)"
                     cells.insert(0, ratio)
                 seeds = "ref" if row["kind"] == "reference" else str(n)
                 lines.append(f"| {row['label']} | {_count(row['params'])} / {_count(row['params_dense'])} | "
                              + " | ".join(cells) + f" | {seeds} | {row['seconds']:.0f}s |")
+            best = strongest_reference(summary, metric)
+            lines.append("")
+            if best is None:
+                lines.append("Strongest reference: none in this directory (`--suite references` runs them in minutes).")
+            else:
+                stats = best["metrics"][metric]
+                lines.append(f"Strongest reference ({metric_label(metric, meta)}): **{_reference_name(best)}**: "
+                             + ", ".join(f"{d} {stats[d]['mean']:.4f}" for d in domains if d in stats)
+                             + f", mean {stats['mean']['mean']:.4f}.")
             lines.append("")
         for fig in figures:
             if fig == f"dial_{suite}.png" or (suite == "experts" and fig == "experts.png"):
@@ -148,7 +294,8 @@ def markdown(meta: dict, summary: dict, figures: list[str], skipped: list, faile
     if skipped:
         lines += ["## Skipped", ""] + [f"- {s['suite']}/{s['key']}: {s['reason']}" for s in skipped] + [""]
     if failed:
-        lines += ["## Failed", ""] + [f"- {f['suite']}/{f['key']} seed {f['seed']}: {f['error']}" for f in failed] + [""]
+        lines += ["## Failed", ""]
+        lines += [f"- {f['suite']}/{f['key']} seed {f['seed']}: {f['error']}" for f in failed] + [""]
     return "\n".join(lines)
 
 
@@ -159,8 +306,9 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def experts_figure(rows: dict, meta: dict) -> bytes | None:
-    """Line plot: mean main metric against the number of shared experts, one line per method."""
+def experts_figure(rows: dict, meta: dict, reference: dict | None = None) -> bytes | None:
+    """Line plot: mean main metric against the number of shared experts, one line per method;
+    ``reference`` (a summary row) is drawn as a dashed line."""
     from matplotlib.figure import Figure  # no pyplot: no global backend state
     metric = meta["main_metric"]
     series: dict[str, list[tuple[int, float, float]]] = {}
@@ -177,8 +325,11 @@ def experts_figure(rows: dict, meta: dict) -> bytes | None:
         pts.sort()
         ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", capsize=3,
                     label=group)
+    if reference is not None:
+        ax.axhline(reference["metrics"][metric]["mean"]["mean"], color="grey", linestyle="--",
+                   label=f"strongest reference: {reference['label']}")
     ax.set_xlabel("shared experts K (equal parameter budget)")
-    ax.set_ylabel(f"mean {metric.replace('recall', 'Recall')}")
+    ax.set_ylabel(f"mean {metric_label(metric, meta)}")
     ax.set_xticks(sorted({p[0] for pts in series.values() for p in pts}))
     ax.grid(alpha=0.3)
     ax.legend()

@@ -9,31 +9,52 @@ Layout of ``OUT``::
     results.json, results.md, *.png     written by :mod:`adirec.bench.report`
 
 A run is finished when its ``bench.json`` exists (written last, atomically); a rerun skips it.
-Each ``bench.json`` records a hash of everything that determines the run's result (model
-config after budget matching, training config, seed, data, protocol); a finished run whose hash
-differs from the one asked for is an error, not a silent mix of settings. A run identical to a
-finished one elsewhere in ``OUT`` (ADI-SE appears in several suites) reuses its result and says
-so (``reused_from``). A directory left by an interrupted run is trained again from scratch,
-unless its training had finished, in which case it is only evaluated.
+Each ``bench.json`` records what determines the run's result (model config after budget
+matching, training config, seed, protocol, split, cut-offs) and its hash; a finished run asked
+for with other settings is an error naming the settings that differ, not a silent mix. A run
+identical to a finished one elsewhere in ``OUT`` (ADI-SE appears in several suites) reuses its
+result and says so (``reused_from``). A directory left by an interrupted run is trained again
+from scratch, unless its training had finished, in which case it is only evaluated.
+
+One ``OUT`` holds one data set: ``OUT/bench.json`` records the data's fingerprint (a hash of
+the loaded rows, vocabularies and features) and the DataSpec. A later bench into the same
+``OUT`` must load the same data: the fingerprints are compared, or, for a ``bench.json``
+written before fingerprints were recorded, the DataSpecs, a field the older file lacks counting
+as its default (options added since then keep the old behaviour at their defaults). Settings
+that do not change the data (progress bars, threads, the device) never count.
+
+Versions. A setting added to a config after a run was recorded is compared at its default in
+the same way. Code changes that keep the settings are not detected by the comparison; every run
+records the commit it was trained at (:mod:`adirec.bench.provenance`) and ``results.md`` names
+every commit its rows come from.
 """
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import hashlib
 import json
 import shutil
 import time
+from typing import Any
 from dataclasses import asdict, dataclass, field as dc_field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from adirec.bench.suites import BUDGET_REFERENCE, RunSpec, suite_runs, select
+from adirec.arguments import csv_ints
+from adirec.bench.provenance import environment, run_provenance
+from adirec.bench.suites import BUDGET_REFERENCE, SUITES, RunSpec, parse_suites, suite_runs, select
 from adirec.data.batches import FeatureStore
 from adirec.data.dataset import MultiDomainData
+from adirec.data.fingerprint import fingerprint
 from adirec.eval.protocols import SeenItems, evaluate
-from adirec.models.references import build_reference, select_ease_lambda
+from adirec.models.references import (RECENCY_REFERENCES, TUNED_REFERENCES, build_reference, has_time,
+                                      select_settings)
 from adirec.data.spec import DataSpec
+from adirec.models.config import TwoTowerConfig
+from adirec.options import option
 from adirec.runs import default_protocol, default_split, evaluate_run, load_run, train_run
 from adirec.train.config import SelfTrainingConfig, TrainConfig
 from adirec.utils import atomic_write_json
@@ -42,6 +63,38 @@ from adirec.utils import atomic_write_json
 _NOT_HASHED = ("progress", "num_threads", "device")
 #: lambdas tried when EASE's lambda is chosen on the hold-out
 EASE_GRID = (100.0, 200.0, 500.0, 1000.0, 2000.0)
+#: recency decays tried for the recency-weighted references (1.0 = no weighting)
+DECAY_GRID = (0.8, 0.9, 0.95, 0.98, 1.0)
+#: lambdas tried for seq-linear (its Gram matrix counts transitions, fewer than co-occurrences)
+SEQ_LINEAR_GRID = (100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0)
+#: key of each tuned reference's choice in OUT/ease_lambda.json (the plain EASE keys are the ones
+#: earlier versions wrote)
+_CHOICE_KEY = {"ease": "domain", "ease-pooled": "pooled", "ease-recency": "domain-recency",
+               "ease-pooled-recency": "pooled-recency", "seq-linear": "seq-linear"}
+
+
+# flag parsers: argparse shows an ArgumentTypeError's message as it is
+def _ease_lambda(text: str) -> float | str:
+    if text == "auto":
+        return text
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a number > 0, got {text!r}") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"EASE lambda must be > 0, got {text!r}")
+    return v
+
+
+def _suites(text: str) -> list[str]:
+    try:
+        return parse_suites(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _names(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
 
 
 @dataclass
@@ -54,30 +107,54 @@ class BenchConfig:
         first_seed: the first of them: seeds ``first_seed .. first_seed+seeds-1`` (several bench
             processes can share one ``out``, each with its own seeds; ``results.md`` of the last
             one to finish, or of a rerun, covers every finished run).
-        methods: keep only runs whose key or model name is listed (None = all).
+        methods: keep only runs whose key, model name or kind is listed (None = all).
         size: TwoTowerConfig fields applied to every neural run ("the chosen size").
         train: TrainConfig fields applied to every neural run (epochs, batch_size, ...).
         ease_lambda: EASE's lambda, or ``"auto"``: chosen on a hold-out from training.
-        ks: cut-offs; default [10] for sampled candidate lists, [20, 50, 100] for full ranking.
+        ks: cut-offs; default [10] for sampled candidate lists and for one-domain data (the
+            sequential protocol: HR@10), [20, 50, 100] for full ranking over several domains.
+        publish: also copy the tables, JSON and figures (never runs or data) to this directory,
+            e.g. ``benchmarks/results/NAME`` (a figure or number in the README comes from there).
         threads: torch threads (None = torch's default).
         progress: per-epoch progress bars of the trainer.
     """
 
     data: DataSpec
-    out: Path
-    suites: list[str]
-    seeds: int = 1
-    first_seed: int = 0
-    methods: list[str] | None = None
+    out: Path = option(help="output directory (resumable: a rerun skips finished runs)", metavar="DIR")
+    suites: list[str] = option(help=f"{', '.join(SUITES)}, a comma-separated list, or all", flag="--suite",
+                               parse=_suites, metavar="NAME")
+    seeds: int = option(1, "training seeds per neural run")
+    first_seed: int = option(0, "first training seed: runs seeds S..S+N-1; bench processes with different "
+                             "seeds may share one --out")
+    methods: list[str] | None = option(None, "only these runs, by key (mmoe-k2), suite/key (paper/adi-se), "
+                                       "model name (mmoe: every run of that preset) or kind (references, "
+                                       "neural), comma-separated", parse=_names, metavar="NAMES")
     size: dict = dc_field(default_factory=dict)
     train: dict = dc_field(default_factory=dict)
-    ease_lambda: float | str = "auto"
-    ks: list[int] | None = None
+    ease_lambda: float | str = option("auto", "EASE's lambda, or auto: chosen on a hold-out from training",
+                                      parse=_ease_lambda, metavar="LAMBDA")
+    ks: list[int] | None = option(None, "cut-offs (default 10 with candidate lists or one domain, else "
+                                  "20,50,100)", flag="--k", parse=csv_ints, metavar="K1,K2")
+    publish: Path | None = option(None, "also copy results.md, results.json, bench.json, the EASE choices and "
+                                  "the figures (never runs or data) to DIR, e.g. benchmarks/results/NAME",
+                                  metavar="DIR")
     threads: int | None = None
     progress: bool = True
 
     def __post_init__(self) -> None:
+        if self.out is None or not str(self.out):
+            raise ValueError("an output directory is required (--out DIR)")
         self.out = Path(self.out)
+        if self.publish is not None:
+            self.publish = Path(self.publish)
+            if self.publish.resolve() == self.out.resolve():
+                raise ValueError(f"--publish {self.publish} is the bench's own --out; name another directory")
+        if not self.suites:
+            raise ValueError(f"name at least one suite (--suite): {', '.join(SUITES)} or all")
+        self.suites = list(self.suites)
+        unknown = [x for x in self.suites if x not in SUITES]
+        if unknown:
+            raise ValueError(f"unknown suite(s) {unknown}; known: {', '.join(SUITES)}")
         if self.seeds < 1:
             raise ValueError(f"seeds must be >= 1, got {self.seeds}")
         if self.first_seed < 0:
@@ -134,14 +211,26 @@ class Bench:
         self.load_seconds = time.time() - t0
         self.protocol = default_protocol(self.data)
         self.split = default_split(self.data)
-        self.ks = list(config.ks or ([10] if self.protocol == "sampled" else [20, 50, 100]))
-        self.meta = {"data": asdict(config.data), "data_name": self.data.name, "domains": self.data.domains,
+        single = self.data.num_domains == 1
+        # one domain is the sequential protocol (HR@10); several: the multi-domain tables
+        self.ks = list(config.ks or ([10] if self.protocol == "sampled" or single else [20, 50, 100]))
+        one_relevant = _one_relevant_per_query(self.data, self.split)
+        self.meta: dict[str, Any] = {"data": asdict(config.data), "data_name": self.data.name,
+                                     "domains": self.data.domains,
                      "protocol": self.protocol, "split": self.split, "ks": self.ks,
-                     "main_metric": f"recall@{self.ks[len(self.ks) // 2]}"}
+                     "main_metric": f"recall@{self.ks[len(self.ks) // 2]}",
+                     # with one relevant item per query Recall@N is the hit rate; the sequential
+                     # protocol's tables call it that
+                     "metric_names": {"recall": "HR" if single and one_relevant else "Recall", "ndcg": "NDCG"},
+                     "table_metrics": [f"recall@{k}" for k in self.ks]
+                     + ([f"ndcg@{k}" for k in self.ks] if single else []),
+                     "one_relevant_per_query": one_relevant,
+                     "data_fingerprint": fingerprint(self.data),
+                     "data_summary": _data_summary(self.data), "has_time": has_time(self.data)}
         self.skipped: list[dict] = []
         self.failed: list[dict] = []
         self._size_target: int | None = None
-        self._configs: dict = {}
+        self._configs: dict[tuple, tuple[TwoTowerConfig, dict | None]] = {}
 
     # ------------------------------------------------------------------ plan
     def plan(self) -> list[Task]:
@@ -156,27 +245,44 @@ class Bench:
             for spec in select(suite_runs(suite), self.cfg.methods):
                 base = self.cfg.out / "runs" / suite / spec.key
                 if spec.kind == "reference":
-                    tasks.append(Task(spec, None, base / "reference"))
+                    if spec.model in RECENCY_REFERENCES and not self.meta["has_time"]:
+                        self.skipped.append({"suite": suite, "key": spec.key, "reason": "recency weighting needs "
+                                             "timestamps; this data set has none"})
+                    else:
+                        tasks.append(Task(spec, None, base / "reference"))
                 elif spec.model not in MODELS:
-                    self.skipped.append({"suite": suite, "key": spec.key, "reason": f"model {spec.model!r} is not registered"})
+                    self.skipped.append({"suite": suite, "key": spec.key,
+                                         "reason": f"model {spec.model!r} is not registered"})
                 else:
                     seeds = range(self.cfg.first_seed, self.cfg.first_seed + self.cfg.seeds)
                     tasks += [Task(spec, s, base / f"seed{s}") for s in seeds]
         return tasks
 
     def _check_out(self) -> None:
+        """Refuse an ``OUT`` that holds a bench of other data or another protocol (see the module
+        docstring); accept one written by an earlier version for the same data."""
         path = self.cfg.out / "bench.json"
         if path.is_file():
             old = json.loads(path.read_text())
-            for k in ("data", "protocol", "split", "ks"):
-                if old.get(k) != self.meta[k]:
-                    raise ValueError(f"{self.cfg.out} holds a bench with {k}={old.get(k)!r}, not {self.meta[k]!r}; "
-                                     f"choose another --out")
+            problems = [f"{k}={old.get(k)!r}, not {self.meta[k]!r}" for k in ("protocol", "split", "ks")
+                        if old.get(k) != self.meta[k]]
+            stored = (old.get("data_fingerprint") or {}).get("sha256")
+            if stored is not None:
+                if stored != self.meta["data_fingerprint"]["sha256"]:
+                    from adirec.data.fingerprint import describe_difference
+                    problems.append("other data (" + describe_difference(old["data_fingerprint"],
+                                                                        self.meta["data_fingerprint"]) + ")")
+            else:
+                problems += [f"data {k}={a!r}, not {b!r}" for k, (a, b) in
+                             sorted(data_spec_difference(old.get("data") or {}, self.meta["data"]).items())]
+            if problems:
+                raise ValueError(f"{self.cfg.out} holds a bench with " + "; ".join(problems)
+                                 + ". Choose another --out, or the settings it was run with")
         atomic_write_json(path, self.meta)
 
     # ------------------------------------------------------------------ run
     def run(self) -> dict:
-        from adirec.bench.report import collect_records, write_results
+        from adirec.bench.report import collect_records, metric_label, publish, write_results
         if self.cfg.threads:
             torch.set_num_threads(self.cfg.threads)
         self.cfg.out.mkdir(parents=True, exist_ok=True)
@@ -184,10 +290,14 @@ class Bench:
         tasks = self.plan()
         for s in self.skipped:
             self.log(f"skipped {s['suite']}/{s['key']}: {s['reason']}")
-        done = {r["hash"]: r for r in collect_records(self.cfg.out) if "hash" in r}
+        done: dict[str, dict] = {}
+        for r in collect_records(self.cfg.out):
+            if "request" in r:
+                done.setdefault(request_hash(r["request"]), r)
         start, ran = time.time(), 0
+        shown = ", ".join(metric_label(m, self.meta) for m in self.meta["table_metrics"])
         self.log(f"bench {self.data.name}: {len(tasks)} runs ({self.protocol} ranking, split {self.split}, "
-                 f"{', '.join(f'recall@{k}' for k in self.ks)}) -> {self.cfg.out}")
+                 f"{shown}) -> {self.cfg.out}")
         for n, task in enumerate(tasks, 1):
             name = f"{task.spec.suite}/{task.spec.key}" + ("" if task.seed is None else f" seed {task.seed}")
             prefix = f"[{n}/{len(tasks)}] {name}"
@@ -199,28 +309,38 @@ class Bench:
                                     "error": f"{type(e).__name__}: {e}"})
                 self.log(f"{prefix}: FAILED: {type(e).__name__}: {e}")
                 continue
-            done.setdefault(record["hash"], record)
+            done.setdefault(request_hash(record["request"]), record)
             main = record["metrics"].get(self.meta["main_metric"], {}).get("mean", float("nan"))
-            if status == "trained":
+            if status in ("trained", "fitted"):
                 ran += 1
             elapsed = time.time() - start
             left = len(tasks) - n
             eta = f", ~{_fmt_seconds(elapsed / ran * left)} left" if ran and left else ""
             self.log(f"{prefix}: {status} in {_fmt_seconds(time.time() - t0)}, "
                      f"mean {self.meta['main_metric']} {main:.4f}  (elapsed {_fmt_seconds(elapsed)}{eta})")
-        results = write_results(self.cfg.out, self.meta, skipped=self.skipped, failed=self.failed)
+        meta = {**self.meta, "ease_choices": self._ease_choices()}
+        results = write_results(self.cfg.out, meta, skipped=self.skipped, failed=self.failed,
+                                provenance=environment())
         self.log(f"results: {self.cfg.out / 'results.md'}, {self.cfg.out / 'results.json'}")
+        if self.cfg.publish is not None:
+            copied = publish(self.cfg.out, self.cfg.publish)
+            self.log(f"published {len(copied)} files to {self.cfg.publish}: {', '.join(copied)}")
         return results
 
     def _run_task(self, task: Task, done: dict) -> tuple[dict, str]:
         request = self._request(task)
-        h = _hash({k: v for k, v in request.items() if k != "budget"})
+        h = request_hash(request)
         path = task.run_dir / "bench.json"
         if path.is_file():
             rec = json.loads(path.read_text())
-            if rec.get("hash") != h:
-                raise ValueError(f"{task.run_dir} holds a finished run with other settings "
-                                 f"(hash {rec.get('hash')} != {h}); use another --out or delete it")
+            stored = rec.get("request")
+            if stored is None or request_hash(stored) != h:
+                changes = request_difference(stored or {}, request)
+                raise ValueError(f"{task.run_dir} holds a finished run with other settings ("
+                                 + "; ".join(f"{k}: {a!r} there, {b!r} now"
+                                             for k, (a, b) in sorted(changes.items())[:6])
+                                 + (f"; {len(changes) - 6} more" if len(changes) > 6 else "")
+                                 + "); use another --out or delete that run directory")
             return rec, "done before"
         base = {"suite": task.spec.suite, "key": task.spec.key, "label": task.spec.label, "model": task.spec.model,
                 "kind": task.spec.kind, "seed": task.seed, "group": task.spec.group, "x": task.spec.x,
@@ -238,11 +358,11 @@ class Bench:
             rec = {**base, **self._run_neural(task, request, h)}
         rec["run_dir"] = str(task.run_dir.relative_to(self.cfg.out))
         atomic_write_json(path, rec)
-        return rec, "trained"
+        return rec, "fitted" if task.spec.kind == "reference" else "trained"
 
     # ---------------------------------------------------------- requests
     def _request(self, task: Task) -> dict:
-        """Everything that determines the run's result (hashed)."""
+        """Everything that determines the run's result (compared with a finished run's)."""
         common = {"data": self.meta["data"], "protocol": self.protocol, "split": self.split, "ks": self.ks}
         if task.spec.kind == "reference":
             return {**common, "reference": task.spec.model, "kwargs": self._reference_kwargs(task.spec.model)}
@@ -262,7 +382,7 @@ class Bench:
         overrides = {**self.cfg.size, **spec.override_dict()}
         schema, D = self.data.schema, self.data.num_domains
         if not spec.match_budget:
-            found = registry.build_config(spec.model, D, **overrides), None
+            found: tuple[TwoTowerConfig, dict | None] = registry.build_config(spec.model, D, **overrides), None
         else:
             if self._size_target is None:
                 ref = registry.build_config(BUDGET_REFERENCE, D, **self.cfg.size)
@@ -272,32 +392,61 @@ class Bench:
         self._configs[cache_key] = found
         return found
 
-    def _train_config(self, spec: RunSpec, seed: int) -> TrainConfig:
+    def _train_config(self, spec: RunSpec, seed: int | None) -> TrainConfig:
         """The preset's training defaults, the bench's options, and the run's self-training switch
         (None: the preset's; self-training is part of ADI, not of the baselines)."""
         from adirec.models.registry import train_defaults
         kw = {**train_defaults(spec.model), **self.cfg.train}
         if spec.self_training is not None:
             kw["self_training"] = {**kw.get("self_training", {}), "enabled": spec.self_training}
-        return TrainConfig(seed=seed, progress=self.cfg.progress, num_threads=self.cfg.threads, **kw)
+        return TrainConfig(seed=0 if seed is None else seed, progress=self.cfg.progress,
+                           num_threads=self.cfg.threads, **kw)
+
+    def _selection_metric(self) -> str:
+        """The hold-out metric the EASE settings are chosen on: the bench's main metric on full
+        ranking (the hold-out is always ranked against the full corpus), recall@50 for sampled
+        candidate lists (a cut-off of 10 over a whole corpus says little)."""
+        configured = TrainConfig(**self.cfg.train).early_stopping_metric
+        return configured or (self.meta["main_metric"] if self.protocol == "full" else "recall@50")
 
     def _reference_kwargs(self, name: str) -> dict:
-        if not name.startswith("ease"):
+        """The settings of reference ``name``: EASE's lambda and the recency decay, chosen once per
+        bench on a hold-out from training (kept in ``OUT/ease_lambda.json``) unless
+        ``--ease-lambda`` fixes EASE's lambda."""
+        if name not in TUNED_REFERENCES:
             return {}
-        if self.cfg.ease_lambda != "auto":
-            return {"lam": float(self.cfg.ease_lambda)}
-        scope = "pooled" if name == "ease-pooled" else "domain"
+        recency = name in RECENCY_REFERENCES
+        fixed = None if self.cfg.ease_lambda == "auto" or not name.startswith("ease") else float(self.cfg.ease_lambda)
+        if fixed is not None and not recency:
+            return {"lam": fixed}
+        key = _CHOICE_KEY[name] + ("" if fixed is None else f"-lam{fixed:g}")
         path = self.cfg.out / "ease_lambda.json"
         chosen = json.loads(path.read_text()) if path.is_file() else {}
-        if scope not in chosen:
-            metric = TrainConfig(**self.cfg.train).early_stopping_metric or "recall@50"  # full ranking
-            self.log(f"choosing EASE lambda ({scope}) on a hold-out from training, {metric}, grid {list(EASE_GRID)} ...")
-            lam, scores = select_ease_lambda(self.data, EASE_GRID, scope=scope, metric=metric)
-            chosen[scope] = {"lam": lam, "metric": metric, "holdout": {str(k): v for k, v in scores.items()}}
+        metric = self._selection_metric()
+        lambdas = (SEQ_LINEAR_GRID if name == "seq-linear" else EASE_GRID) if fixed is None else (fixed,)
+        decays = DECAY_GRID if recency else (1.0,)
+        if key not in chosen or _grid_of(chosen[key]) != (set(lambdas), set(decays)):
+            if key in chosen:
+                self.log(f"the grid of {name} changed since its settings were chosen: choosing again")
+            self.log(f"choosing the settings of {name} on a hold-out from training, {metric}, lambdas "
+                     f"{list(lambdas)}" + (f", decays {list(decays)}" if recency else "") + " ...")
+            lam, decay, scores = select_settings(self.data, name, lambdas, decays, metric=metric)
+            entry = {"lam": lam, "metric": metric, "lambdas": list(lambdas), "decays": list(decays)}
+            if recency:
+                entry["decay"] = decay
+                entry["holdout"] = {f"{la:g},{de:g}": v for (la, de), v in scores.items()}
+            else:
+                entry["holdout"] = {f"{la:g}": v for (la, _), v in scores.items()}
+            chosen[key] = entry
             atomic_write_json(path, chosen)
-            self.log(f"EASE ({scope}): lambda {lam:g} ({metric} on the hold-out: "
-                     + ", ".join(f"{k:g}: {v:.4f}" for k, v in scores.items()) + ")")
-        return {"lam": chosen[scope]["lam"]}
+            self.log(f"{name}: lambda {lam:g}" + (f", decay {decay:g}" if recency else "")
+                     + f" ({metric} on the hold-out: {scores[(lam, decay)]:.4f})")
+        entry = chosen[key]
+        return {"lam": entry["lam"], "decay": entry["decay"]} if recency else {"lam": entry["lam"]}
+
+    def _ease_choices(self) -> dict:
+        path = self.cfg.out / "ease_lambda.json"
+        return json.loads(path.read_text()) if path.is_file() else {}
 
     # -------------------------------------------------------------- runs
     def _run_reference(self, task: Task, request: dict) -> dict:
@@ -312,7 +461,8 @@ class Bench:
         return {"config": request["kwargs"], "params": model.num_parameters(), "params_dense": None,
                 "train_seconds": fit_seconds, "eval_seconds": eval_seconds,
                 "seconds": fit_seconds + eval_seconds, "best_epoch": None,
-                "metrics": result.metrics(self.data.domains)}
+                "metrics": result.metrics(self.data.domains), "device": "cpu",
+                "provenance": run_provenance("cpu", torch.get_num_threads())}
 
     def _run_neural(self, task: Task, request: dict, h: str) -> dict:
         from adirec.models.config import TwoTowerConfig
@@ -333,12 +483,110 @@ class Bench:
         summary = json.loads((run_dir / "summary.json").read_text())
         model, _, cfg = load_run(run_dir, self.data)
         train_seconds = float(summary.get("train_seconds") or 0.0)
+        device = summary.get("device")
         return {"config": cfg["model_config"], "train_config": cfg["train_config"],
                 "params": report["params"], "params_dense": dense_parameters(model),
                 "train_seconds": train_seconds, "eval_seconds": report["eval_seconds"],
                 "seconds": train_seconds + report["eval_seconds"], "best_epoch": report["best_epoch"],
-                "epochs_run": summary.get("epochs_run"), "device": summary.get("device"), "metrics": report["metrics"],
-                "dial_weights": dial_weights(model, self.data, self.split)}
+                "epochs_run": summary.get("epochs_run"), "device": device, "metrics": report["metrics"],
+                "dial_weights": dial_weights(model, self.data, self.split),
+                "provenance": run_provenance(device, self.cfg.threads or torch.get_num_threads())}
+
+
+# ---------------------------------------------------------------- comparing settings
+def _data_defaults() -> dict:
+    return {f.name: f.default for f in dataclasses.fields(DataSpec) if f.default is not dataclasses.MISSING}
+
+
+def _normal_data(spec: dict) -> dict:
+    """A recorded DataSpec with the fields an older version did not have at their defaults and its
+    paths made absolute (relative ones are read from the current directory, as loading would)."""
+    from adirec.runs import resolve_spec
+    full = {**_data_defaults(), **spec}
+    try:
+        return asdict(resolve_spec(DataSpec(**full)))
+    except (TypeError, ValueError):  # a field this version does not know: compare as recorded
+        return full
+
+
+def data_spec_difference(old: dict, new: dict) -> dict:
+    """``{field: (old, new)}`` of two recorded DataSpecs that load different data; a field one of
+    them lacks counts as its default."""
+    a, b = _normal_data(old), _normal_data(new)
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+
+
+def _defaults_of(cls) -> dict:
+    return json.loads(json.dumps(asdict(cls()), default=str))
+
+
+def normal_request(request: dict) -> dict:
+    """The part of a run request that decides its result, in a form that does not depend on the
+    adirec version that recorded it: the data left out (``OUT/bench.json`` ties a bench to one data
+    set), a config field the record lacks at its current default, the budget search's notes
+    dropped (its result, the config, is kept)."""
+    from adirec.models.config import TwoTowerConfig
+    out = {k: v for k, v in request.items() if k not in ("data", "budget")}
+    if "model_config" in out:
+        out["model_config"] = {**_defaults_of(TwoTowerConfig), **out["model_config"]}
+    if "train_config" in out:
+        train_defaults = {k: v for k, v in _defaults_of(TrainConfig).items() if k not in _NOT_HASHED}
+        train = {**train_defaults, **out["train_config"]}
+        train["self_training"] = {**_defaults_of(SelfTrainingConfig), **(train.get("self_training") or {})}
+        out["train_config"] = train
+    return json.loads(json.dumps(out, sort_keys=True, default=str))  # tuples as lists, as stored
+
+
+def request_hash(request: dict) -> str:
+    return _hash(normal_request(request))
+
+
+def request_difference(old: dict, new: dict) -> dict:
+    """``{dotted field: (old, new)}`` between two run requests, as :func:`normal_request` sees them."""
+    def flat(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for k, v in d.items():
+            if isinstance(v, dict) and v:
+                out.update(flat(v, f"{prefix}{k}."))
+            else:
+                out[f"{prefix}{k}"] = v
+        return out
+    a, b = flat(normal_request(old)), flat(normal_request(new))
+    return {k: (a.get(k), b.get(k)) for k in set(a) | set(b) if a.get(k) != b.get(k)}
+
+
+def _grid_of(entry: dict) -> tuple[set, set]:
+    """(lambdas, decays) a recorded choice was made from (earlier versions recorded only the
+    hold-out scores, keyed "lam" or "lam,decay")."""
+    if "lambdas" in entry:
+        return set(entry["lambdas"]), set(entry.get("decays", [1.0]))
+    keys = [k.split(",") for k in entry.get("holdout", {})]
+    return {float(k[0]) for k in keys}, {float(k[1]) if len(k) > 1 else 1.0 for k in keys}
+
+
+def _one_relevant_per_query(data: MultiDomainData, split: str) -> bool:
+    it = data.splits[split]
+    m = it.weight > 0
+    if not m.any():
+        return False
+    key = it.user[m] * data.num_domains + it.domain[m]
+    return bool(np.unique(key).size == key.size)
+
+
+def _data_summary(data: MultiDomainData) -> dict:
+    """Sizes for the report header: users, items, rows per split, corpus size per domain, and
+    how the source split the rows."""
+    meta = data.meta or {}
+    split = (meta.get("split") or {}).get("description")
+    if split is None and meta.get("source") == "synthetic":  # the generator splits as it writes
+        split = ("leave-last-out per user by time: last -> test, second last -> valid, the rest -> train "
+                 "(users with fewer than 3 interactions keep all in train)")
+    return {"users": data.num_users, "items": data.num_items,
+            "rows": {name: len(it) for name, it in data.splits.items()},
+            "corpus": {d: int(len(c)) for d, c in zip(data.domains, data.corpus, strict=True)},
+            "split_rule": split, "source_meta": {k: v for k, v in (data.meta or {}).items()
+                                                                    if k in ("source", "preset", "seed", "positive",
+                                                                             "domain_by", "protocol")}}
 
 
 def dense_parameters(model: torch.nn.Module) -> int:
@@ -384,6 +632,7 @@ def dial_weights(model, data: MultiDomainData, split: str, max_rows: int = 2048)
             feats = (store.user_features(ids, dom, device=dev) if side == "user"
                      else store.item_features(ids, d, device=dev))
             w = tower.adaptation.field_weights(tower.embeddings(feats), dom)  # (B, F)
+            assert w is not None  # only DIAL towers are asked
             rows.append(w.mean(dim=0).tolist())
         out[side] = {"fields": [f.name for f in tower.embeddings.fields], "domains": list(data.domains),
                      "weights": rows}

@@ -7,19 +7,30 @@ bench runs, so a preset added to the registry later joins its suite without chan
 that is not registered is skipped with a note.
 
 * ``paper`` (Tables 2 and 3): every comparison method and the references. Neural methods are
-  sized to ADI-SE's parameter budget (``match_budget``).
+  sized to ADI-SE's parameter budget (``match_budget``); ADI-SE (MAX) appears twice, at that
+  budget and at its natural size (three shared experts of ADI-SE's width). Baselines train
+  without self-training, as their papers do (the presets say so); ``DNN +ST`` is the one
+  baseline trained with it, to show what self-training alone does without ADI's network.
+  ``dnn`` reads the per-domain features and ranks each domain's corpus; ``dnn-blind`` knows
+  nothing of domains.
 * ``fusion`` (Table 6): ADI-SE with SUM, Network-Mul and CONCAT fusion.
 * ``ablation`` (Table 7): ADI-SE, without self-training, without ST and the DIAL, without ST,
   DIAL and DSBN.
 * ``se`` (Table 8, Figure 4): 1, 3 and 4 SE blocks (``registry.SE_LAYOUTS``).
 * ``experts`` (Figure 3): 1 to 5 shared experts for MMoE, PLE and ADI, each point sized to the
   parameter budget of ADI-SE with one shared expert.
+* ``references``: the non-neural references only (minutes, no training): the quickest way to
+  the strongest reference on a data set.
+* ``plus``: ``adi-plus`` and ``dnn-plus`` at their presets' own sizes and training defaults,
+  beside the references (skipped with a note while those presets are not registered).
+
+Every suite is evaluated with the same protocol, split and cut-offs (the bench's).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-SUITES = ("paper", "fusion", "ablation", "se", "experts")
+SUITES = ("paper", "fusion", "ablation", "se", "experts", "references", "plus")
 
 #: the method every budget is measured on
 BUDGET_REFERENCE = "adi-se"
@@ -38,7 +49,8 @@ class RunSpec:
         kind: ``"neural"`` or ``"reference"``.
         overrides: TwoTowerConfig fields changed from the preset (on top of the bench's size).
         self_training: train with cross-domain self-training (Algorithm 1); None = the preset's
-            default (on for ADI, off for the comparison methods).
+            default (on for ADI, off for the comparison methods). A baseline given True is
+            labelled ``+ST``.
         match_budget: scale the backbone widths to ADI-SE's dense parameter count.
         group, x: a series and its x value in a figure (the experts sweep: method, K).
     """
@@ -59,27 +71,41 @@ class RunSpec:
 
 
 PAPER_NEURAL = (  # (preset, label) in the order of the paper's tables
-    ("dnn-single", "DNN-Single"), ("dnn", "DNN"), ("shared-bottom", "Shared-Bottom"),
-    ("cross-stitch", "Cross-Stitch"), ("mmoe", "MMoE"), ("ple", "PLE"), ("star", "STAR"),
-    ("adi-lt", "ADI-LT"), ("adi-va", "ADI-VA"), ("adi-se", "ADI-SE"), ("adi-se-max", "ADI-SE-max"),
+    ("dnn-single", "DNN-Single"), ("dnn", "DNN"), ("dnn-blind", "DNN (domain-blind)"),
+    ("shared-bottom", "Shared-Bottom"), ("cross-stitch", "Cross-Stitch"), ("mmoe", "MMoE"), ("ple", "PLE"),
+    ("star", "STAR"), ("adi-lt", "ADI-LT"), ("adi-va", "ADI-VA"), ("adi-se", "ADI-SE"),
 )
-PAPER_REFERENCES = (
+REFERENCES = (  # (reference, label); see adirec.models.references
     ("popularity", "Popularity"), ("domain-popularity", "Domain popularity"),
     ("itemknn", "Item-kNN"), ("itemknn-pooled", "Item-kNN (pooled)"),
     ("ease", "EASE"), ("ease-pooled", "EASE (pooled)"),
+    ("ease-recency", "EASE, recency-weighted"), ("ease-pooled-recency", "EASE (pooled), recency-weighted"),
+    ("seq-linear", "Next-item linear (pooled)"),
 )
+PLUS_NEURAL = (("adi-plus", "ADI+"), ("dnn-plus", "DNN+"))
 EXPERT_METHODS = (("mmoe", "MMoE"), ("ple", "PLE"), ("adi-se", "ADI"))
 
 #: the run whose DIAL weights are drawn for a suite (Figure 5)
-HEATMAP_KEY = {"paper": "adi-se", "fusion": "concat", "ablation": "adi-se", "se": "1-se", "experts": "adi-se-k1"}
+HEATMAP_KEY = {"paper": "adi-se", "fusion": "concat", "ablation": "adi-se", "se": "1-se", "experts": "adi-se-k1",
+               "plus": "adi-plus"}
+
+
+def _references(suite: str) -> list[RunSpec]:
+    return [RunSpec(suite, name, label, name, kind="reference") for name, label in REFERENCES]
 
 
 def suite_runs(suite: str) -> list[RunSpec]:
     """The runs of ``suite``, in table order."""
     if suite == "paper":
         runs = [RunSpec(suite, name, label, name, match_budget=True) for name, label in PAPER_NEURAL]
-        runs += [RunSpec(suite, name, label, name, kind="reference") for name, label in PAPER_REFERENCES]
-        return runs
+        runs += [RunSpec(suite, "adi-se-max", "ADI-SE (MAX), fair budget", "adi-se-max", match_budget=True),
+                 RunSpec(suite, "adi-se-max-natural", "ADI-SE (MAX), natural size", "adi-se-max"),
+                 RunSpec(suite, "dnn+st", "DNN +ST", "dnn", self_training=True, match_budget=True)]
+        return runs + _references(suite)
+    if suite == "references":
+        return _references(suite)
+    if suite == "plus":
+        return [RunSpec(suite, name, label, name) for name, label in PLUS_NEURAL] + _references(suite)
     if suite == "fusion":
         return [RunSpec(suite, key, label, "adi-se", overrides=(("fusion", key),))
                 for key, label in (("sum", "SUM"), ("netmul", "Network-Mul"), ("concat", "CONCAT"))]
@@ -115,9 +141,11 @@ def parse_suites(text: str) -> list[str]:
 
 
 def select(runs: list[RunSpec], methods: list[str] | None) -> list[RunSpec]:
-    """Runs named in ``methods`` by key (``mmoe-k2``), ``suite/key`` (``paper/adi-se``) or model
-    name (``mmoe``: every run of that preset); all runs when None."""
+    """Runs named in ``methods`` by key (``mmoe-k2``), ``suite/key`` (``paper/adi-se``), model
+    name (``mmoe``: every run of that preset) or kind (``references``: every reference run,
+    ``neural``: every trained one); all runs when None."""
     if not methods:
         return runs
     wanted = set(methods)
-    return [r for r in runs if wanted & {r.key, f"{r.suite}/{r.key}", r.model}]
+    kinds = {"reference": "references", "neural": "neural"}
+    return [r for r in runs if wanted & {r.key, f"{r.suite}/{r.key}", r.model, kinds[r.kind]}]

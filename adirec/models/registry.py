@@ -95,7 +95,7 @@ MODELS: dict[str, Preset] = {
     "adi-plus": Preset("ADI-SE with adirec's improvements: an order-aware history encoder on data with time, "
                        "the full softmax on small corpora, a per-domain item bias", dict(dial="se", **_PLUS_MODEL),
                        _PLUS_TRAIN),
-    "dnn-plus": Preset("the mixed-data DNN with adirec-plus's improvements (dnn-plus against adi-plus: does "
+    "dnn-plus": Preset("the mixed-data DNN with adi-plus's improvements (dnn-plus against adi-plus: does "
                        "domain adaptation pay?)", dict(_DNN, **_PLUS_MODEL), _PLUS_TRAIN),
     "adi-se": Preset("ADI with a per-domain SE block as adaptation layer (ADI-SE, Table 8's 3-SE)",
                      dict(dial="se"), _ADI_TRAIN),

@@ -12,12 +12,23 @@ real to learn and its quality can be compared with the truth:
   global log-popularity ``b_i`` and, per domain, an attractiveness ``a_{d,i}``; it is available in
   a random subset of the domains (always at least one).
 * **Users.** Profile fields ``age_bucket``, ``gender``, ``city_tier`` (categorical) and
-  ``purchase_power`` (dense). The profile sets the odds of the user's favourite categories, and
-  the shared interest ``s_u`` is the mean of the favourite categories' vectors plus noise. In
-  domain ``d`` the interest is ``z_{u,d} = s_u + domain_transform * R_d s_u + domain_shift *
-  delta_d + user_domain_shift * eps_{u,d}``: a domain-specific linear map of the shared interest
-  (what a domain-specific tower can learn from the user's features and history), a shift shared
-  by the domain, and noise per user and domain.
+  ``purchase_power`` (dense). The profile sets the odds of the user's favourite categories
+  ``F_u``, and the shared interest ``s_u`` is the mean of the favourite categories' vectors plus
+  the user's noise ``n_u``. In domain ``d`` the interest is ``z_{u,d} = b_{u,d} + domain_transform
+  * R_d b_{u,d} + domain_shift * delta_d + user_domain_shift * eps_{u,d}``: a domain-specific
+  linear map of the base interest (what a domain-specific tower can learn from the user's
+  features and history), a shift shared by the domain, and noise per user and domain.
+* **Domain-specific interest** (``domain_interest = w``, 0 by default). The base interest is
+  ``b_{u,d} = (1 - w) s_u + w s_{u,d}`` with ``s_{u,d}`` = the mean of the vectors of the
+  categories ``pi_d(F_u)`` plus ``n_u``, where ``pi_d`` is a fixed random permutation of the
+  categories per domain (the identity for the first domain). With ``w = 1`` the same user
+  likes different item groups in different domains (a user who buys category 3 in ``d1`` buys
+  category ``pi_2(3)`` in ``d2``), while the items themselves (and their categories) are shared
+  by the domains. A model that does not know the queried domain sees one mixture of the user's
+  tastes and ranks the same items first in every domain; the mapping from the user's behaviour
+  to each domain's taste is one fixed function per domain, which domain-specific networks can
+  learn. The ``demo`` preset is built on this (``adirec demo`` compares ADI with a domain-blind
+  DNN there).
 * **Interactions.** A user's number of interactions is ``min_interactions`` plus a negative
   binomial draw; a fraction ``multi_domain_user_frac`` of the users spreads them over two or more
   domains, the others stay in one; the expected traffic share of domain ``d`` is
@@ -42,7 +53,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -112,7 +123,10 @@ class SyntheticConfig:
         brand_scale, item_noise: weight of the brand vector and of the item's own noise in the
             item vector (the category vector has weight 1).
         user_noise: weight of the user's own noise in the shared interest.
-        domain_transform: weight of the domain-specific linear map ``R_d`` of the shared
+        domain_interest: weight ``w`` in [0, 1] of the domain-specific interest: in domain ``d``
+            the user's favourite categories are permuted by the domain's ``pi_d`` (see the module
+            docstring); 0 = one interest in every domain, 1 = fully domain-specific.
+        domain_transform: weight of the domain-specific linear map ``R_d`` of the base
             interest (random ``latent_dim x latent_dim`` matrix per domain).
         domain_shift: weight of the shift shared by all users of a domain.
         user_domain_shift: weight of the shift specific to each (user, domain).
@@ -151,6 +165,7 @@ class SyntheticConfig:
     brand_scale: float = 0.5
     item_noise: float = 0.3
     user_noise: float = 0.5
+    domain_interest: float = 0.0
     domain_transform: float = 0.7
     domain_shift: float = 0.5
     user_domain_shift: float = 0.3
@@ -218,6 +233,7 @@ class SyntheticConfig:
         _num(self, "multi_domain_user_frac", lo=0.0, hi=1.0)
         _num(self, "secondary_domain_weight", lo=0.0, hi=1.0)
         _num(self, "item_domain_prob", lo=0.0, hi=1.0)
+        _num(self, "domain_interest", lo=0.0, hi=1.0)
         _int(self, "num_categories", 1)
         _int(self, "num_brands", self.num_categories)
         _int(self, "num_price_buckets", 1)
@@ -273,8 +289,18 @@ PRESETS: dict[str, SyntheticConfig] = {
     # ~50k interactions
     "small": SyntheticConfig(num_users=2_000, num_items=1_000, interactions_per_user=25.0,
                              num_categories=16, num_brands=120),
-    # ~200k interactions, 5k users, 2k items: the demo
+    # ~200k interactions, 5k users, 2k items
     "default": SyntheticConfig(),
+    # ~60k interactions: what ``adirec demo`` trains on. The same users like different item
+    # groups in different domains (domain_interest=1), most users are active in several domains
+    # and most items are offered in every domain: a model that ignores the domain cannot rank
+    # each domain's favourites first
+    "demo": SyntheticConfig(num_users=3_000, num_items=600, interactions_per_user=20.0,
+                            domain_shares=(0.4, 0.3, 0.3), multi_domain_user_frac=0.9,
+                            secondary_domain_weight=0.6, item_domain_prob=0.9, num_categories=12,
+                            num_brands=60, favourite_categories=2, domain_interest=1.0,
+                            domain_transform=0.0, domain_shift=0.0, user_domain_shift=0.2,
+                            popularity_sigma=0.5, domain_item_sigma=0.3),
     # ~1M interactions
     "large": SyntheticConfig(num_users=25_000, num_items=10_000, interactions_per_user=40.0,
                              num_categories=40, num_brands=800, latent_dim=24),
@@ -320,7 +346,7 @@ class InteractionChunk:
         return {c: getattr(self, c) for c in ("user", "item", "domain", "timestamp", "split")}
 
     @staticmethod
-    def concat(chunks: list["InteractionChunk"]) -> "InteractionChunk":
+    def concat(chunks: list[InteractionChunk]) -> InteractionChunk:
         if not chunks:
             z = np.zeros(0, np.int64)
             return InteractionChunk(-1, z, z, z, z, z.astype(np.int8))
@@ -339,7 +365,7 @@ class SyntheticWorld:
         self.config = config
         self.seed = int(seed)
         c = config
-        D, I, k, C, B = c.num_domains, c.num_items, c.latent_dim, c.num_categories, c.num_brands
+        D, n_items, k, C, B = c.num_domains, c.num_items, c.latent_dim, c.num_categories, c.num_brands
         rng = self._rng(_WORLD)
         s = 1.0 / math.sqrt(k)
         # categories (Zipf-like sizes) and brands (brand j belongs to category j % C)
@@ -347,26 +373,26 @@ class SyntheticWorld:
         self.brand_vec = rng.normal(0, s, (B, k))
         cat_w = 1.0 / np.arange(1, C + 1) ** 0.7
         cat_w = rng.permutation(cat_w / cat_w.sum())
-        self.item_category = _draw(rng, cat_w, I)
+        self.item_category = _draw(rng, cat_w, n_items)
         n_brands_of = (B - 1 - np.arange(C)) // C + 1  # brands per category
         self.item_brand = self.item_category + C * np.floor(
-            rng.random(I) * n_brands_of[self.item_category]).astype(np.int64)
+            rng.random(n_items) * n_brands_of[self.item_category]).astype(np.int64)
         vec = (self.cat_vec[self.item_category] + c.brand_scale * self.brand_vec[self.item_brand]
-               + c.item_noise * rng.normal(0, s, (I, k)))
+               + c.item_noise * rng.normal(0, s, (n_items, k)))
         self.item_vec = vec.astype(np.float32)
         # price: category level + brand premium + noise, on a log scale
         log_price = (rng.normal(3.0, 0.8, C)[self.item_category]
-                     + rng.normal(0, 0.4, B)[self.item_brand] + rng.normal(0, 0.3, I))
+                     + rng.normal(0, 0.4, B)[self.item_brand] + rng.normal(0, 0.3, n_items))
         self.item_price = np.round(np.exp(log_price), 2)
         self.price_z = ((log_price - log_price.mean()) / (log_price.std() or 1.0)).astype(np.float32)
         edges = np.quantile(log_price, np.linspace(0, 1, c.num_price_buckets + 1)[1:-1])
         self.item_price_bucket = np.searchsorted(edges, log_price, side="right")
         # popularity, per-domain attractiveness and availability
-        self.popularity = rng.normal(0, c.popularity_sigma, I)
-        self.attractiveness = rng.normal(0, c.domain_item_sigma, (D, I))
-        avail = rng.random((D, I)) < c.item_domain_prob
-        home = rng.permutation(np.arange(I) % D)  # every domain gets items
-        avail[home, np.arange(I)] = True
+        self.popularity = rng.normal(0, c.popularity_sigma, n_items)
+        self.attractiveness = rng.normal(0, c.domain_item_sigma, (D, n_items))
+        avail = rng.random((D, n_items)) < c.item_domain_prob
+        home = rng.permutation(np.arange(n_items) % D)  # every domain gets items
+        avail[home, np.arange(n_items)] = True
         self.available = avail
         self.domain_items = [np.flatnonzero(avail[d]) for d in range(D)]
         self.base_logit = (self.popularity[None, :] + self.attractiveness).astype(np.float32)
@@ -378,6 +404,8 @@ class SyntheticWorld:
         self.aff_city = ps * rng.normal(0, 1, (len(CITY_TIERS), C))
         self.aff_base = np.log(cat_w)  # big categories are liked more often
         self.domain_map = rng.normal(0, s, (D, k, k))  # R_d
+        # pi_d: drawn last, so that worlds without a domain-specific interest stay as they were
+        self.category_perm = np.stack([np.arange(C)] + [rng.permutation(C) for _ in range(D - 1)])  # (D, C)
 
     # ------------------------------------------------------------------ rngs
     def _rng(self, stream: int, block: int = 0) -> np.random.Generator:
@@ -414,10 +442,14 @@ class SyntheticWorld:
                   + self.aff_city[city])
         g = logits - np.log(rng.standard_exponential(logits.shape))  # Gumbel top-F
         fav = np.argpartition(-g, c.favourite_categories - 1, axis=1)[:, :c.favourite_categories]
-        shared = self.cat_vec[fav].mean(axis=1) + c.user_noise * rng.normal(0, s, (n, k))
+        own = c.user_noise * rng.normal(0, s, (n, k))
+        shared = self.cat_vec[fav].mean(axis=1) + own
         eps = rng.normal(0, s, (n, D, k))
-        interest = (shared[:, None, :]
-                    + c.domain_transform * np.einsum("nk,dkj->ndj", shared, self.domain_map)
+        base = np.broadcast_to(shared[:, None, :], (n, D, k))
+        if c.domain_interest > 0:  # the favourite categories as each domain permutes them
+            per_domain = self.cat_vec[self.category_perm[:, fav]].mean(axis=2).transpose(1, 0, 2) + own[:, None, :]
+            base = (1.0 - c.domain_interest) * base + c.domain_interest * per_domain  # (n, D, k)
+        interest = (base + c.domain_transform * np.einsum("ndk,dkj->ndj", base, self.domain_map)
                     + c.domain_shift * self.domain_vec[None, :, :] + c.user_domain_shift * eps)
         ub.shared = shared.astype(np.float32)
         ub.interest = interest.astype(np.float32)
@@ -456,12 +488,12 @@ class SyntheticWorld:
         per-domain attractiveness; 0 where the item is not available) and
         ``item_domain_price`` (log price with a per-domain price level and discount noise)."""
         c = self.config
-        D, I = c.num_domains, c.num_items
+        D, n_items = c.num_domains, c.num_items
         rng = self._rng(_WORLD, 1)
-        ctr = 1.0 / (1.0 + np.exp(-(-3.0 + 0.5 * self.base_logit + rng.normal(0, 0.3, (D, I)))))
+        ctr = 1.0 / (1.0 + np.exp(-(-3.0 + 0.5 * self.base_logit + rng.normal(0, 0.3, (D, n_items)))))
         ctr = np.where(self.available, ctr, 0.0)
         level = rng.normal(0, 0.1, D)[:, None]
-        price = np.log(self.item_price)[None, :] + level + np.abs(rng.normal(0, 0.05, (D, I)))
+        price = np.log(self.item_price)[None, :] + level + np.abs(rng.normal(0, 0.05, (D, n_items)))
         return {"item_domain_ctr": ctr.astype(np.float32)[..., None],
                 "item_domain_price": price.astype(np.float32)[..., None]}
 
@@ -483,6 +515,7 @@ class SyntheticWorld:
         pp = np.zeros(len(keys))
         for b in np.unique(blocks):
             ub = self.user_block(int(b))
+            assert ub.interest is not None and ub.shared is not None  # user_block draws the latents
             sel = np.flatnonzero(blocks == b)
             local = keys[sel] - b * c.block_users
             z[sel] = ub.interest[local, dom[sel]] if domain_aware else ub.shared[local]
@@ -527,15 +560,16 @@ class SyntheticWorld:
     def interactions(self, block: int) -> InteractionChunk:
         """All interactions of the users of ``block`` (see the module docstring)."""
         c = self.config
-        D, I = c.num_domains, c.num_items
+        D, n_items = c.num_domains, c.num_items
         ub = self.user_block(block)
+        assert ub.interest is not None  # user_block draws the latents
         n = len(ub.keys)
         counts = self.domain_counts(block, n)
         rng = self._rng(_SAMPLE, block)
         picked_user: list[np.ndarray] = []
         picked_item: list[np.ndarray] = []
         picked_dom: list[np.ndarray] = []
-        col_of = np.full(I, -1, dtype=np.int64)
+        col_of = np.full(n_items, -1, dtype=np.int64)
         for d in range(D):
             rows = np.flatnonzero(counts[:, d] > 0)
             if not len(rows):
@@ -677,15 +711,14 @@ def load_synthetic(preset: str | SyntheticConfig = "default", *, seed: int = 0,
     name, cfg = _resolve(preset, overrides)
     world = SyntheticWorld(cfg, seed)
     rows = InteractionChunk.concat(list(world.chunks()))
-    parts = {}
+    parts: dict[str, RawInteractions] = {}
     for s, code in SPLIT_CODES.items():
         m = rows.split == code
         parts[s] = RawInteractions(rows.user[m], rows.item[m], rows.domain[m],
                                    np.ones(int(m.sum()), np.float32), rows.timestamp[m])
-    extra = {"item_domain_dense": world.item_domain_dense()} if cfg.item_domain_dense else {}
     meta = {"source": "synthetic", "preset": name, "seed": int(seed), "config": cfg.to_dict()}
     return build_dataset(
         f"synthetic-{name}", cfg.domains, parts["train"], parts["valid"], parts["test"],
         users=world.user_table(), items=world.item_table(), history_len=history_len,
-        meta=meta, **extra,
+        item_domain_dense=world.item_domain_dense() if cfg.item_domain_dense else None, meta=meta,
     )
