@@ -57,7 +57,7 @@ from adirec.models.config import TwoTowerConfig
 from adirec.options import option
 from adirec.runs import default_protocol, default_split, evaluate_run, load_run, train_run
 from adirec.train.config import SelfTrainingConfig, TrainConfig
-from adirec.utils import atomic_write_json
+from adirec.utils import atomic_write_json, use_threads
 
 #: training-config fields that do not change a run's result (left out of its hash)
 _NOT_HASHED = ("progress", "num_threads", "device")
@@ -283,8 +283,7 @@ class Bench:
     # ------------------------------------------------------------------ run
     def run(self) -> dict:
         from adirec.bench.report import collect_records, metric_label, publish, write_results
-        if self.cfg.threads:
-            torch.set_num_threads(self.cfg.threads)
+        use_threads(self.cfg.threads)
         self.cfg.out.mkdir(parents=True, exist_ok=True)
         self._check_out()
         tasks = self.plan()

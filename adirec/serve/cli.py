@@ -82,6 +82,8 @@ def register(subparsers) -> None:
     p.add_argument("bundle")
     p.add_argument("--domain", required=True, help="the domain whose index gets the items")
     p.add_argument("--items", required=True, metavar="FILE", help=".parquet or .csv")
+    p.add_argument("--threads", type=int, help="torch threads for the item tower (default: one per CPU not "
+                   "already busy)")
     p.set_defaults(func=cmd_index_add)
 
 
@@ -199,5 +201,7 @@ def cmd_serve(args) -> int:
 
 def cmd_index_add(args) -> int:
     from adirec.serve.items import add_items
+    from adirec.utils import use_threads
+    use_threads(args.threads)
     print(json.dumps(add_items(args.bundle, args.domain, args.items), indent=2))
     return 0
