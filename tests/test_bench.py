@@ -342,3 +342,9 @@ def test_a_reference_choice_is_made_again_when_its_grid_changes():
     assert _grid_of({"lam": 500, "holdout": {"100": 0.1, "500": 0.2}}) == ({100.0, 500.0}, {1.0})
     assert _grid_of({"lam": 500, "decay": 0.9, "holdout": {"500,0.9": 0.2, "500,1": 0.1}}) == ({500.0}, {0.9, 1.0})
     assert _grid_of({"lam": 5, "lambdas": [5, 50], "decays": [0.8]}) == ({5, 50}, {0.8})
+
+
+def test_parameter_counts_round_into_the_next_unit():
+    from adirec.bench.report import _count
+    assert [_count(n) for n in (None, 999, 1000, 813_000, 999_600, 1_010_000, 121e6)] == \
+        ["-", "999", "1K", "813K", "1M", "1.01M", "121M"]

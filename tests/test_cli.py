@@ -182,3 +182,60 @@ def test_import_layers_hold(tmp_path):
                           env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(copy)})
     assert done.returncode != 0
     assert "adirec.eval is not allowed to import adirec.runs" in done.stdout
+
+
+# what each preset must mean, as `adirec train --dry-run` prints it on three domains: the paper's
+# presets the paper's models and training, adirec's own additions only in the plus presets
+_PAPER_TRAINING = {"softmax": "sampled", "batch_size": 1024, "lr": 3e-3}
+_PRESET_MEANS = {
+    "adi-se": ({"backbone": "adi", "dial": "se", "dial_per_domain": True, "shared_experts": 1, "gate": "linear",
+                "gate_input": "domain", "fusion": "concat", "dsbn": True, "domain_forward": True}, True),
+    "adi-va": ({"backbone": "adi", "dial": "va", "gate_input": "domain", "fusion": "concat", "dsbn": True}, True),
+    "adi-lt": ({"backbone": "adi", "dial": "lt", "gate_input": "domain", "fusion": "concat", "dsbn": True}, True),
+    "adi-se-max": ({"backbone": "adi", "dial": "se", "shared_experts": 3, "gate_input": "domain"}, True),
+    "dnn": ({"backbone": "mlp", "dial": "none", "dsbn": False, "domain_forward": False,
+             "per_domain_features": True}, False),
+    "dnn-blind": ({"backbone": "mlp", "dial": "none", "per_domain_features": False}, False),
+    "dnn-single": ({"backbone": "mlp", "dial": "none"}, False),
+    "shared-bottom": ({"backbone": "shared-bottom", "dial": "none", "dsbn": False, "domain_forward": True}, False),
+    "cross-stitch": ({"backbone": "cross-stitch", "dial": "none", "dsbn": False}, False),
+    "mmoe": ({"backbone": "mmoe", "shared_experts": 4, "gate": "softmax", "gate_input": "features",
+              "dial": "none"}, False),
+    "ple": ({"backbone": "ple", "shared_experts": 1, "specific_experts": 1, "gate": "softmax",
+             "gate_input": "features", "dial": "none"}, False),
+    "star": ({"backbone": "star", "dsbn": True, "dial": "none"}, False),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_PRESET_MEANS))
+def test_dry_run_prints_the_papers_model_and_training_for_each_paper_preset(name, capsys):
+    import json
+    assert main(["train", "--data", "synthetic:tiny", "--model", name, "--dry-run"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    model, self_training = _PRESET_MEANS[name]
+    assert plan["model"] == name and len(plan["domains"]) == 3
+    assert {k: plan["model_config"][k] for k in model} == model
+    # none of adirec's additions
+    assert {k: plan["model_config"][k] for k in ("history_encoder", "item_bias", "item_tower", "history_dropout")} \
+        == {"history_encoder": "mean", "item_bias": False, "item_tower": "full", "history_dropout": 0.0}
+    train = plan["train_config"]
+    assert {k: train[k] for k in _PAPER_TRAINING} == _PAPER_TRAINING
+    assert train["self_training"]["enabled"] is self_training  # part of ADI, not of the baselines
+    assert train["corpus_negatives_only"] is (name != "dnn-blind")  # dnn-blind: one softmax over everything
+
+
+@pytest.mark.parametrize("name, backbone", [("adi-plus", "adi"), ("dnn-plus", "mlp")])
+def test_dry_run_shows_the_plus_presets_additions(name, backbone, capsys):
+    import json
+    assert main(["train", "--data", "synthetic:tiny", "--model", name, "--dry-run"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    m, t = plan["model_config"], plan["train_config"]
+    assert m["backbone"] == backbone and m["item_bias"] is True
+    assert m["history_encoder"] in ("transformer", "mean")  # auto, resolved from the data's time order
+    assert {k: t[k] for k in ("softmax", "batch_size", "lr")} == {"softmax": "auto", "batch_size": 8192, "lr": 2e-3}
+    assert t["self_training"]["enabled"] is False
+    # flags still apply over a preset's defaults, and the plan says so
+    assert main(["train", "--data", "synthetic:tiny", "--model", name, "--dry-run", "--softmax", "sampled",
+                 "--set", "history_encoder=mean"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["train_config"]["softmax"] == "sampled" and plan["model_config"]["history_encoder"] == "mean"

@@ -215,18 +215,17 @@ class Bench:
         # one domain is the sequential protocol (HR@10); several: the multi-domain tables
         self.ks = list(config.ks or ([10] if self.protocol == "sampled" or single else [20, 50, 100]))
         one_relevant = _one_relevant_per_query(self.data, self.split)
-        self.meta: dict[str, Any] = {"data": asdict(config.data), "data_name": self.data.name,
-                                     "domains": self.data.domains,
-                     "protocol": self.protocol, "split": self.split, "ks": self.ks,
-                     "main_metric": f"recall@{self.ks[len(self.ks) // 2]}",
-                     # with one relevant item per query Recall@N is the hit rate; the sequential
-                     # protocol's tables call it that
-                     "metric_names": {"recall": "HR" if single and one_relevant else "Recall", "ndcg": "NDCG"},
-                     "table_metrics": [f"recall@{k}" for k in self.ks]
-                     + ([f"ndcg@{k}" for k in self.ks] if single else []),
-                     "one_relevant_per_query": one_relevant,
-                     "data_fingerprint": fingerprint(self.data),
-                     "data_summary": _data_summary(self.data), "has_time": has_time(self.data)}
+        self.meta: dict[str, Any] = {
+            "data": asdict(config.data), "data_name": self.data.name, "domains": self.data.domains,
+            "protocol": self.protocol, "split": self.split, "ks": self.ks,
+            "main_metric": f"recall@{self.ks[len(self.ks) // 2]}",
+            # with one relevant item per query Recall@N is the hit rate; the sequential
+            # protocol's tables call it that
+            "metric_names": {"recall": "HR" if single and one_relevant else "Recall", "ndcg": "NDCG"},
+            "table_metrics": [f"recall@{k}" for k in self.ks] + ([f"ndcg@{k}" for k in self.ks] if single else []),
+            "one_relevant_per_query": one_relevant,
+            "data_fingerprint": fingerprint(self.data),
+            "data_summary": _data_summary(self.data), "has_time": has_time(self.data)}
         self.skipped: list[dict] = []
         self.failed: list[dict] = []
         self._size_target: int | None = None
