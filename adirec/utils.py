@@ -174,25 +174,43 @@ def available_cpus() -> int:
 
 
 def busy_cpus(sample_seconds: float = 0.2) -> float:
-    """How many CPUs other processes keep busy now: the machine's non-idle share of CPU time over
-    ``sample_seconds`` (``/proc/stat``, read twice while this process sleeps, so its own earlier
-    work does not count), times the machine's CPU count. Where ``/proc/stat`` is missing, the
-    one-minute load average (which lags by a minute and counts this process's recent work)."""
-    def read() -> tuple[int, int] | None:
+    """How many of the CPUs this process may run on are kept busy by other processes now: the
+    non-idle share of each such CPU's time over ``sample_seconds``, summed (``/proc/stat``, read
+    twice while this process sleeps, so its own earlier work does not count). Where
+    ``/proc/stat`` is missing, the one-minute load average (which lags by a minute and counts this
+    process's recent work)."""
+    try:
+        mine = os.sched_getaffinity(0)
+    except AttributeError:  # not Linux
+        mine = None
+
+    def read() -> dict[int, tuple[int, int]] | None:
+        """{cpu: (total jiffies, idle + iowait jiffies)} of the CPUs in this process's affinity."""
         try:
             with open("/proc/stat") as f:
-                values = [int(v) for v in f.readline().split()[1:]]
-        except (OSError, ValueError):
+                lines = f.read().splitlines()
+        except OSError:
             return None
-        idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
-        return sum(values[:8]), idle  # user nice system idle iowait irq softirq steal (guest is in user)
+        out = {}
+        for line in lines:
+            name, *fields = line.split()
+            if not (name.startswith("cpu") and name[3:].isdigit()):
+                continue
+            cpu, values = int(name[3:]), [int(v) for v in fields[:8]]  # user .. steal (guest is in user)
+            if mine is None or cpu in mine:
+                out[cpu] = (sum(values), values[3] + values[4])
+        return out or None
+
     first = read()
     if first is not None:
         time.sleep(sample_seconds)
-        second = read()
-        if second is not None and second[0] > first[0]:
-            total, idle = second[0] - first[0], second[1] - first[1]
-            return max(0.0, (total - idle) / total) * (os.cpu_count() or 1)
+        second = read() or {}
+        busy = 0.0
+        for cpu, (total, idle) in first.items():
+            if cpu in second and second[cpu][0] > total:
+                dt, di = second[cpu][0] - total, second[cpu][1] - idle
+                busy += max(0.0, (dt - di) / dt)
+        return busy
     try:
         return os.getloadavg()[0]
     except OSError:  # not available on this platform

@@ -141,8 +141,10 @@ def test_default_threads_leave_out_the_cpus_others_keep_busy(monkeypatch):
     assert utils.default_threads(cpus=8, busy=2.6) == 5
     busy = utils.busy_cpus(sample_seconds=0.05)
     assert 0.0 <= busy <= (os.cpu_count() or 1)
-    # the measurement is of /proc/stat's non-idle time: a fake one with 3 of 4 jiffies busy on 2 CPUs
-    lines = iter(["cpu  100 0 100 200 0 0 0 0 0 0\n", "cpu  130 0 130 220 0 0 0 0 0 0\n"])
+    # the measurement is of /proc/stat's per-CPU non-idle time, over the CPUs this process may use:
+    # cpu0 3 of 4 jiffies busy, cpu1 idle, cpu2 (not ours) fully busy
+    stats = iter(["cpu  0 0 0 0 0 0 0 0\ncpu0 100 0 100 200 0 0 0 0\ncpu1 0 0 0 100 0 0 0 0\ncpu2 0 0 0 0 0 0 0 0\n",
+                  "cpu  0 0 0 0 0 0 0 0\ncpu0 130 0 130 220 0 0 0 0\ncpu1 0 0 0 180 0 0 0 0\ncpu2 80 0 0 0 0 0 0 0\n"])
 
     class FakeStat:
         def __enter__(self):
@@ -151,9 +153,9 @@ def test_default_threads_leave_out_the_cpus_others_keep_busy(monkeypatch):
         def __exit__(self, *exc):
             return False
 
-        def readline(self):
-            return next(lines)
+        def read(self):
+            return next(stats)
 
     monkeypatch.setattr("builtins.open", lambda *a, **k: FakeStat())
-    monkeypatch.setattr(utils.os, "cpu_count", lambda: 2)
-    assert utils.busy_cpus(sample_seconds=0.0) == pytest.approx(2 * 60 / 80)
+    monkeypatch.setattr(utils.os, "sched_getaffinity", lambda pid: {0, 1})
+    assert utils.busy_cpus(sample_seconds=0.0) == pytest.approx(60 / 80)
