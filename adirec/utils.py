@@ -193,10 +193,13 @@ def busy_cpus(sample_seconds: float = 0.2) -> float:
             return None
         out = {}
         for line in lines:
-            name, *fields = line.split()
-            if not (name.startswith("cpu") and name[3:].isdigit()):
+            parts = line.split()
+            if len(parts) < 6 or not (parts[0].startswith("cpu") and parts[0][3:].isdigit()):
                 continue
-            cpu, values = int(name[3:]), [int(v) for v in fields[:8]]  # user .. steal (guest is in user)
+            try:  # user nice system idle iowait irq softirq steal (guest is counted in user)
+                cpu, values = int(parts[0][3:]), [int(v) for v in parts[1:9]]
+            except ValueError:  # a format this reader does not know: fall back to the load average
+                return None
             if mine is None or cpu in mine:
                 out[cpu] = (sum(values), values[3] + values[4])
         return out or None
