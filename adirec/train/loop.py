@@ -28,7 +28,7 @@ from adirec.train.sampler import NegativeSampler
 from adirec.train.tensorboard import TensorBoardCurves
 from adirec.train import distributed as ddp
 from adirec.utils import (
-    atomic_write_json, default_threads, load_tensors, load_weights, read_json, save_tensors, save_weights,
+    atomic_write_json, load_tensors, load_weights, read_json, save_tensors, save_weights, use_threads,
 )
 
 
@@ -202,10 +202,8 @@ class Trainer:
         Raises :class:`TrainingDiverged` on a non-finite loss.
         """
         cfg = self.config
-        if cfg.num_threads:
-            torch.set_num_threads(cfg.num_threads)
-        elif self.world_size == 1:  # under torchrun each process already has its share of the CPUs
-            torch.set_num_threads(default_threads())
+        if cfg.num_threads or self.world_size == 1:  # under torchrun each process already has its share
+            use_threads(cfg.num_threads)
         self._start = time.time()
         self._best, self._best_epoch, self._bad_epochs = -math.inf, -1, 0
         self._best_state: dict[str, torch.Tensor] | None = None
