@@ -214,6 +214,20 @@ def test_eq25_26_se_formula(per_domain):
         torch.testing.assert_close(out[b], alpha.unsqueeze(-1) * e[b])  # eq. 26
 
 
+@pytest.mark.parametrize("num_domains", [1, D])
+def test_eq25_26_se_inside_an_expert(num_domains):
+    """The 4-SE block on a hidden vector: each unit is a field of width 1, with one block or a
+    block per domain."""
+    width = 8
+    se = HiddenSE(width, num_domains, reduction=4)
+    h = torch.randn(B, width)
+    domain = DOMAIN % num_domains
+    out = se(h, domain)
+    for b, d in enumerate(domain.tolist()):
+        alpha = torch.sigmoid(torch.relu(h[b] @ se.w1[d]) @ se.w2[d])  # (H,), eq. 25, z = h
+        torch.testing.assert_close(out[b], alpha * h[b])  # eq. 26
+
+
 # -----------------------------------------------------------------------------
 # SE layouts (Table 8 / Figure 4): how many SE blocks, where, shared or per domain
 

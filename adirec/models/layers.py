@@ -195,8 +195,14 @@ class SEAdaptation(Adaptation):
         self.w2 = nn.Parameter(torch.empty(self.num_sets, hidden, num_fields).uniform_(-b2, b2))  # (D, h, F)
 
     def field_weights(self, e: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
-        s = self.parameter_set(domain)
         z = e.mean(dim=-1)  # (B, F), squeeze
+        if self.num_sets == 1:
+            # one block for every row: plain matrix products. Gathering a row's block would copy
+            # (F, h) weights per row, which inside an expert (F = the hidden width) costs more
+            # than the rest of the network
+            hidden = F.relu(z @ self.w1[0])  # (B, h)
+            return torch.sigmoid(hidden @ self.w2[0])  # (B, F), eq. 25
+        s = self.parameter_set(domain)
         hidden = F.relu(torch.einsum("bf,bfh->bh", z, self.w1[s]))  # (B, h)
         return torch.sigmoid(torch.einsum("bh,bhf->bf", hidden, self.w2[s]))  # (B, F), eq. 25
 
