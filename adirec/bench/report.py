@@ -147,8 +147,8 @@ def _count(n) -> str:
     if n is None:
         return "-"
     for unit, size in (("M", 1e6), ("K", 1e3)):
-        # compare the rounded value: 999,600 is "1M", not "1e+03K"
-        if float(f"{n / size:.3g}") >= 1 and (unit == "M" or float(f"{n / 1e3:.3g}") < 1000):
+        # compare the value as printed: 999,600 is "1M", not "1e+03K"
+        if float(f"{n / size:.3g}") >= 1:
             return f"{n / size:.3g}{unit}"
     return str(int(n))
 
