@@ -56,6 +56,15 @@ def test_suites_hold_the_papers_runs():
     assert refs and all(r.kind == "reference" for r in refs)
     assert [r.key for r in refs] == [r.key for r in paper.values() if r.kind == "reference"]
     assert [r.model for r in suite_runs("plus") if r.kind == "neural"] == ["adi-plus", "dnn-plus"]
+    # the ablation from adi-plus to dnn-plus removes one component per row; before the last row only
+    # the backbone (experts against one MLP) differs from dnn-plus
+    from adirec.models.registry import build_config
+    ladder = [build_config(r.model, 3, **r.override_dict()) for r in suite_runs("plus-ablation")]
+    assert [r.key for r in suite_runs("plus-ablation")] == ["adi-plus", "no-dial", "no-dial-dsbn",
+                                                            "no-dial-dsbn-forward", "dnn-plus"]
+    changed = [{f for f in ("dial", "dsbn", "domain_forward", "backbone") if getattr(a, f) != getattr(b, f)}
+               for a, b in zip(ladder, ladder[1:], strict=False)]
+    assert changed == [{"dial"}, {"dsbn"}, {"domain_forward"}, {"backbone"}]
     assert parse_suites("all") == list(SUITES) and parse_suites("se,fusion") == ["se", "fusion"]
     with pytest.raises(ValueError, match="unknown suite"):
         parse_suites("tables")

@@ -34,6 +34,7 @@ TITLES = {
     "experts": "Shared experts at equal parameter budget (Figure 3)",
     "references": "Non-neural references",
     "plus": "ADI+ and DNN+ (presets' own sizes)",
+    "plus-ablation": "From ADI+ to DNN+, one component at a time",
 }
 #: files of OUT that :func:`publish` copies (besides the figures)
 PUBLISHED = ("results.md", "results.json", "bench.json", "ease_lambda.json")

@@ -23,6 +23,9 @@ that is not registered is skipped with a note.
   the strongest reference on a data set.
 * ``plus``: ``adi-plus`` and ``dnn-plus`` at their presets' own sizes and training defaults,
   beside the references (skipped with a note while those presets are not registered).
+* ``plus-ablation``: the path from ``adi-plus`` to ``dnn-plus`` one component at a time (without
+  the DIAL, then DSBN, then the domain forward networks; the last step replaces the experts by
+  ``dnn-plus``'s one MLP), to show which part of the domain machinery gains or loses.
 
 Every suite is evaluated with the same protocol, split and cut-offs (the bench's).
 """
@@ -30,7 +33,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SUITES = ("paper", "fusion", "ablation", "se", "experts", "references", "plus")
+SUITES = ("paper", "fusion", "ablation", "se", "experts", "references", "plus", "plus-ablation")
 
 #: the method every budget is measured on
 BUDGET_REFERENCE = "adi-se"
@@ -106,6 +109,14 @@ def suite_runs(suite: str) -> list[RunSpec]:
         return _references(suite)
     if suite == "plus":
         return [RunSpec(suite, name, label, name) for name, label in PLUS_NEURAL] + _references(suite)
+    if suite == "plus-ablation":
+        steps = (("no-dial", "w/o DIAL", (("dial", "none"),)),
+                 ("no-dial-dsbn", "w/o DIAL & DSBN", (("dial", "none"), ("dsbn", False))),
+                 ("no-dial-dsbn-forward", "w/o DIAL & DSBN & domain forward",
+                  (("dial", "none"), ("domain_forward", False), ("dsbn", False))))
+        return ([RunSpec(suite, "adi-plus", "ADI+", "adi-plus")]
+                + [RunSpec(suite, key, label, "adi-plus", overrides=changes) for key, label, changes in steps]
+                + [RunSpec(suite, "dnn-plus", "DNN+ (one MLP, no experts)", "dnn-plus")])
     if suite == "fusion":
         return [RunSpec(suite, key, label, "adi-se", overrides=(("fusion", key),))
                 for key, label in (("sum", "SUM"), ("netmul", "Network-Mul"), ("concat", "CONCAT"))]
