@@ -16,11 +16,12 @@ TINY = ["--set", "embedding_dim=8", "--set", "expert_hidden=16", "--set", "exper
 # values of K, an SE placement and a fusion variant
 METHODS = ("paper/adi-se,paper/dnn,dnn-single,paper/popularity,paper/domain-popularity,paper/itemknn,"
            "paper/ease-pooled,paper/ease-pooled-recency,sum,ablation/adi-se,no-st-dial-dsbn,3-se,mmoe-k1,mmoe-k2,"
-           "references/ease-pooled")
+           "references/ease-pooled,adi-plus-small")
 PLANNED = {("paper", k) for k in ("adi-se", "dnn", "dnn-single", "popularity", "domain-popularity", "itemknn",
                                   "ease-pooled", "ease-pooled-recency")} | {
     ("fusion", "sum"), ("ablation", "adi-se"), ("ablation", "no-st-dial-dsbn"), ("se", "3-se"),
-    ("experts", "mmoe-k1"), ("experts", "mmoe-k2"), ("references", "ease-pooled")}
+    ("experts", "mmoe-k1"), ("experts", "mmoe-k2"), ("references", "ease-pooled"),
+    ("plus-ablation", "adi-plus-small")}
 
 
 def _bench(out, *extra, methods=METHODS):
@@ -59,9 +60,10 @@ def test_suites_hold_the_papers_runs():
     # the ablation from adi-plus to dnn-plus removes one component per row; before the last row only
     # the backbone (experts against one MLP) differs from dnn-plus
     from adirec.models.registry import build_config
-    ladder = [build_config(r.model, 3, **r.override_dict()) for r in suite_runs("plus-ablation")]
-    assert [r.key for r in suite_runs("plus-ablation")] == ["adi-plus", "no-dial", "no-dial-dsbn",
-                                                            "no-dial-dsbn-forward", "dnn-plus"]
+    *path, small = suite_runs("plus-ablation")
+    ladder = [build_config(r.model, 3, **r.override_dict()) for r in path]
+    assert [r.key for r in path] == ["adi-plus", "no-dial", "no-dial-dsbn", "no-dial-dsbn-forward", "dnn-plus"]
+    assert (small.model, small.match_budget, small.budget_of) == ("adi-plus", True, "dnn-plus")
     changed = [{f for f in ("dial", "dsbn", "domain_forward", "backbone") if getattr(a, f) != getattr(b, f)}
                for a, b in zip(ladder, ladder[1:], strict=False)]
     assert changed == [{"dial"}, {"dsbn"}, {"domain_forward"}, {"backbone"}]
@@ -94,6 +96,12 @@ def test_bench_end_to_end_resume_and_guards(tmp_path, capsys):
     for key in ("adi-se", "dnn", "dnn-single"):
         r = runs[("paper", key)]
         assert abs(r["params_dense"] / r["budget"]["target_dense"] - 1) <= 0.1
+    # a budget set on another preset: adi-plus scaled to dnn-plus's dense count, and the table says so
+    small = runs[("plus-ablation", "adi-plus-small")]
+    assert small["budget"]["reference"] == "dnn-plus"
+    assert small["budget"]["target_dense"] != runs[("paper", "adi-se")]["budget"]["target_dense"]
+    assert abs(small["params_dense"] / small["budget"]["target_dense"] - 1) <= 0.1
+    assert "Budget: the dense parameters of DNN+" in (out / "results.md").read_text()
     assert runs[("experts", "mmoe-k2")]["config"]["shared_experts"] == 2
     assert runs[("ablation", "no-st-dial-dsbn")]["config"]["dsbn"] is False
     assert runs[("ablation", "no-st-dial-dsbn")]["train_config"]["self_training"]["enabled"] is False

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from adirec.bench.suites import HEATMAP_KEY, SUITES, suite_runs
+from adirec.bench.suites import BUDGET_REFERENCE, HEATMAP_KEY, SUITES, suite_runs
 from adirec.bench.provenance import describe
 from adirec.utils import atomic_write_bytes, atomic_write_json, publish_directory
 
@@ -36,6 +36,8 @@ TITLES = {
     "plus": "ADI+ and DNN+ (presets' own sizes)",
     "plus-ablation": "From ADI+ to DNN+, one component at a time",
 }
+#: how a table's budget line names the preset the budget was measured on
+LABELS = {"adi-se": "ADI-SE", "dnn-plus": "DNN+"}
 #: files of OUT that :func:`publish` copies (besides the figures)
 PUBLISHED = ("results.md", "results.json", "bench.json", "ease_lambda.json")
 
@@ -85,6 +87,7 @@ def summarize(records: list[dict]) -> dict:
             "seeds": [r.get("seed") for r in rs], "params": first.get("params"),
             "params_dense": first.get("params_dense"),
             "budget_dense": (first.get("budget") or {}).get("target_dense"),
+            "budget_of": (first.get("budget") or {}).get("reference"),
             "seconds": float(np.mean([r.get("seconds") or 0.0 for r in rs])),
             "config": first.get("config") if first["kind"] == "reference" else None,
             "metrics": metrics,
@@ -258,7 +261,9 @@ def markdown(meta: dict, summary: dict, figures: list[str], skipped: list, faile
         budgets = {row["budget_dense"] for row in rows.values() if row.get("budget_dense")}
         if budgets:
             sizes = ", ".join(map(_count, sorted(budgets)))
-            lines += [f"Budget: the dense parameters of ADI-SE at this size ({sizes}); "
+            of = sorted({row.get("budget_of") or BUDGET_REFERENCE for row in rows.values() if row.get("budget_dense")})
+            lines += [f"Budget: the dense parameters of {' and '.join(LABELS.get(m, m) for m in of)} at this size "
+                      f"({sizes}); "
                       f"\"vs budget\" is each method's dense count relative to it (fair comparison: within ±10%; a "
                       f"row marked natural size is not matched).", ""]
         for metric in metrics:

@@ -45,7 +45,7 @@ import torch
 
 from adirec.arguments import csv_ints
 from adirec.bench.provenance import environment, run_provenance
-from adirec.bench.suites import BUDGET_REFERENCE, SUITES, RunSpec, parse_suites, suite_runs, select
+from adirec.bench.suites import SUITES, RunSpec, parse_suites, suite_runs, select
 from adirec.data.batches import FeatureStore
 from adirec.data.dataset import MultiDomainData
 from adirec.data.fingerprint import fingerprint
@@ -228,7 +228,7 @@ class Bench:
             "data_summary": _data_summary(self.data), "has_time": has_time(self.data)}
         self.skipped: list[dict] = []
         self.failed: list[dict] = []
-        self._size_target: int | None = None
+        self._size_targets: dict[str, int] = {}  # budget preset -> its dense parameter count
         self._configs: dict[tuple, tuple[TwoTowerConfig, dict | None]] = {}
 
     # ------------------------------------------------------------------ plan
@@ -371,10 +371,10 @@ class Bench:
                 "budget": budget}  # budget: how the config was found; the config itself decides
 
     def _model_config(self, spec: RunSpec):
-        """(TwoTowerConfig, budget info): the preset at the bench's size, width-matched to ADI-SE's
-        dense parameter count when the spec asks for it."""
+        """(TwoTowerConfig, budget info): the preset at the bench's size, width-matched to the dense
+        parameter count of ``spec.budget_of`` (ADI-SE's in the paper's suites) when the spec asks."""
         from adirec.models import registry
-        cache_key = (spec.model, spec.overrides, spec.match_budget)
+        cache_key = (spec.model, spec.overrides, spec.match_budget, spec.budget_of)
         if cache_key in self._configs:  # the budget search builds many models: once per spec
             return self._configs[cache_key]
         overrides = {**self.cfg.size, **spec.override_dict()}
@@ -382,11 +382,13 @@ class Bench:
         if not spec.match_budget:
             found: tuple[TwoTowerConfig, dict | None] = registry.build_config(spec.model, D, **overrides), None
         else:
-            if self._size_target is None:
-                ref = registry.build_config(BUDGET_REFERENCE, D, **self.cfg.size)
-                self._size_target = int(registry.parameter_counts(BUDGET_REFERENCE, schema, D, ref)["dense"])
-            found = (registry.match_parameter_budget(spec.model, schema, D, self._size_target, **overrides),
-                     {"reference": BUDGET_REFERENCE, "target_dense": self._size_target})
+            ref_name = spec.budget_of
+            if ref_name not in self._size_targets:
+                ref = registry.build_config(ref_name, D, **self.cfg.size)
+                self._size_targets[ref_name] = int(registry.parameter_counts(ref_name, schema, D, ref)["dense"])
+            target = self._size_targets[ref_name]
+            found = (registry.match_parameter_budget(spec.model, schema, D, target, **overrides),
+                     {"reference": ref_name, "target_dense": target})
         self._configs[cache_key] = found
         return found
 

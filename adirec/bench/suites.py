@@ -25,7 +25,8 @@ that is not registered is skipped with a note.
   beside the references (skipped with a note while those presets are not registered).
 * ``plus-ablation``: the path from ``adi-plus`` to ``dnn-plus`` one component at a time (without
   the DIAL, then DSBN, then the domain forward networks; the last step replaces the experts by
-  ``dnn-plus``'s one MLP), to show which part of the domain machinery gains or loses.
+  ``dnn-plus``'s one MLP), to show which part of the domain machinery gains or loses; and
+  ``adi-plus`` with its expert widths scaled to ``dnn-plus``'s dense parameter count.
 
 Every suite is evaluated with the same protocol, split and cut-offs (the bench's).
 """
@@ -54,7 +55,9 @@ class RunSpec:
         self_training: train with cross-domain self-training (Algorithm 1); None = the preset's
             default (on for ADI, off for the comparison methods). A baseline given True is
             labelled ``+ST``.
-        match_budget: scale the backbone widths to ADI-SE's dense parameter count.
+        match_budget: scale the backbone widths to the dense parameter count of ``budget_of``.
+        budget_of: the preset whose dense parameter count (at the bench's size) is the budget:
+            ADI-SE's for the paper's fair comparison.
         group, x: a series and its x value in a figure (the experts sweep: method, K).
     """
 
@@ -66,6 +69,7 @@ class RunSpec:
     overrides: tuple[tuple[str, object], ...] = ()
     self_training: bool | None = None
     match_budget: bool = False
+    budget_of: str = BUDGET_REFERENCE
     group: str | None = None
     x: int | None = None
 
@@ -116,7 +120,9 @@ def suite_runs(suite: str) -> list[RunSpec]:
                   (("dial", "none"), ("domain_forward", False), ("dsbn", False))))
         return ([RunSpec(suite, "adi-plus", "ADI+", "adi-plus")]
                 + [RunSpec(suite, key, label, "adi-plus", overrides=changes) for key, label, changes in steps]
-                + [RunSpec(suite, "dnn-plus", "DNN+ (one MLP, no experts)", "dnn-plus")])
+                + [RunSpec(suite, "dnn-plus", "DNN+ (one MLP, no experts)", "dnn-plus"),
+                   RunSpec(suite, "adi-plus-small", "ADI+ at DNN+'s size", "adi-plus", match_budget=True,
+                           budget_of="dnn-plus")])
     if suite == "fusion":
         return [RunSpec(suite, key, label, "adi-se", overrides=(("fusion", key),))
                 for key, label in (("sum", "SUM"), ("netmul", "Network-Mul"), ("concat", "CONCAT"))]
