@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from adirec.bench.suites import BUDGET_REFERENCE, HEATMAP_KEY, SUITES, suite_runs
+from adirec.bench.suites import BUDGET_REFERENCE, HEATMAP_KEY, LABELS, SUITES, suite_runs
 from adirec.bench.provenance import describe
 from adirec.utils import atomic_write_bytes, atomic_write_json, publish_directory
 
@@ -36,8 +36,6 @@ TITLES = {
     "plus": "ADI+ and DNN+ (presets' own sizes)",
     "plus-ablation": "From ADI+ to DNN+, one component at a time",
 }
-#: how a table's budget line names the preset the budget was measured on
-LABELS = {"adi-se": "ADI-SE", "dnn-plus": "DNN+"}
 #: files of OUT that :func:`publish` copies (besides the figures)
 PUBLISHED = ("results.md", "results.json", "bench.json", "ease_lambda.json")
 

@@ -90,6 +90,8 @@ REFERENCES = (  # (reference, label); see adirec.models.references
     ("seq-linear", "Next-item linear (pooled)"),
 )
 PLUS_NEURAL = (("adi-plus", "ADI+"), ("dnn-plus", "DNN+"))
+#: a preset's row label (how a table names the preset a budget was measured on)
+LABELS = dict(PAPER_NEURAL + PLUS_NEURAL)
 EXPERT_METHODS = (("mmoe", "MMoE"), ("ple", "PLE"), ("adi-se", "ADI"))
 
 #: the run whose DIAL weights are drawn for a suite (Figure 5)
