@@ -365,3 +365,22 @@ def test_parameter_counts_round_into_the_next_unit():
     from adirec.bench.report import _count
     assert [_count(n) for n in (None, 999, 1000, 813_000, 999_600, 1_010_000, 121e6)] == \
         ["-", "999", "1K", "813K", "1M", "1.01M", "121M"]
+
+
+def test_budget_column_names_the_preset_that_is_the_budget():
+    from adirec.bench.report import markdown
+
+    def row(label, model, dense, budget=None):
+        return {"label": label, "model": model, "kind": "neural", "seeds": [0], "params": dense + 10,
+                "params_dense": dense, "budget_dense": budget, "budget_of": "dnn-plus" if budget else None,
+                "seconds": 1.0, "metrics": {"recall@50": {d: {"mean": 0.5} for d in ("a", "b", "mean")}}}
+    meta = {"data_name": "tiny", "domains": ["a", "b"], "ks": [50], "protocol": "full", "split": "test",
+            "main_metric": "recall@50"}
+    summary = {"plus-ablation": {"adi-plus": row("ADI+", "adi-plus", 400),
+                                 "dnn-plus": row("DNN+", "dnn-plus", 100),
+                                 "adi-plus-small": row("ADI+ small", "adi-plus", 98, budget=100)}}
+    lines = {line.split(" |")[0]: line for line in markdown(meta, summary, [], [], []).splitlines() if line.startswith("| ")}
+    assert "| +300.0% (not matched) |" in lines["| ADI+"]
+    assert "| +0.0% (the budget) |" in lines["| DNN+"]
+    assert "| -2.0% |" in lines["| ADI+ small"]
+    assert "Budget: the dense parameters of DNN+ at this size (100)" in markdown(meta, summary, [], [], [])

@@ -277,6 +277,8 @@ def markdown(meta: dict, summary: dict, figures: list[str], skipped: list, faile
                     ratio = "-"
                     if row.get("budget_dense") and row.get("params_dense"):
                         ratio = f"{row['params_dense'] / row['budget_dense'] - 1:+.1%}"
+                    elif row.get("params_dense") in budgets:  # the preset whose size is the budget
+                        ratio = "+0.0% (the budget)"
                     elif row.get("params_dense") and len(budgets) == 1:  # a neural row at its own size
                         ratio = f"{row['params_dense'] / next(iter(budgets)) - 1:+.1%} (not matched)"
                     cells.insert(0, ratio)
