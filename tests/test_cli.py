@@ -232,10 +232,20 @@ def test_dry_run_shows_the_plus_presets_additions(name, backbone, capsys):
     m, t = plan["model_config"], plan["train_config"]
     assert m["backbone"] == backbone and m["item_bias"] is True
     assert m["history_encoder"] in ("transformer", "mean")  # auto, resolved from the data's time order
-    assert {k: t[k] for k in ("softmax", "batch_size", "lr")} == {"softmax": "auto", "batch_size": 8192, "lr": 2e-3}
+    assert {k: t[k] for k in ("softmax", "batch_size", "lr")} == {"softmax": "auto", "batch_size": "auto", "lr": 2e-3}
     assert t["self_training"]["enabled"] is False
     # flags still apply over a preset's defaults, and the plan says so
     assert main(["train", "--data", "synthetic:tiny", "--model", name, "--dry-run", "--softmax", "sampled",
                  "--set", "history_encoder=mean"]) == 0
     plan = json.loads(capsys.readouterr().out)
     assert plan["train_config"]["softmax"] == "sampled" and plan["model_config"]["history_encoder"] == "mean"
+
+
+def test_batch_size_flag_takes_a_number_or_auto(capsys):
+    import json
+    for text, value in (("512", 512), ("auto", "auto")):
+        assert main(["train", "--data", "synthetic:tiny", "--model", "adi-se", "--dry-run", "--batch-size", text]) == 0
+        assert json.loads(capsys.readouterr().out)["train_config"]["batch_size"] == value
+    with pytest.raises(SystemExit):
+        main(["train", "--data", "synthetic:tiny", "--dry-run", "--batch-size", "large"])
+    assert "expected a positive integer or auto, got 'large'" in capsys.readouterr().err

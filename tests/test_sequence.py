@@ -178,3 +178,27 @@ def test_an_ensemble_scores_the_weighted_sum_of_its_members(tmp_path):
     assert torch.allclose(got, want, atol=1e-5)
     assert main(["evaluate", str(ens), "--k", "10"]) == 0
     assert DataSpec(**cfg["data"]).source == "synthetic:tiny"
+
+
+@pytest.mark.parametrize("encoder, batching, size", [("transformer", "auto", 8192), ("mean", "auto", 1024),
+                                                     ("transformer", "rows", 1024)])
+def test_batch_size_auto_follows_how_the_run_batches(tmp_path, encoder, batching, size):
+    from adirec.train.config import TrainConfig
+    from adirec.train.loop import Trainer
+    data = _timeline_data(n_users=40)
+    model = TwoTowerModel(data.schema, data.num_domains, TwoTowerConfig(**SMALL, history_encoder=encoder))
+    cfg = TrainConfig(epochs=1, batch_size="auto", batching=batching, num_negatives=4, progress=False,
+                      holdout_fraction=0.25, eval_ks=(5,), early_stopping_metric="recall@5",
+                      self_training={"enabled": False})
+    trainer = Trainer(model, data, cfg, out_dir=tmp_path)
+    assert (trainer.sequences is not None) == (size == 8192)
+    assert trainer.batch_size == size and trainer.fit()["batch_size"] == size
+    # a number is taken as given, however the run batches
+    assert Trainer(model, data, TrainConfig(**{**cfg.__dict__, "batch_size": 7})).batch_size == 7
+
+
+@pytest.mark.parametrize("bad", ["big", 0, -1, 2.5, True])
+def test_batch_size_is_a_positive_integer_or_auto(bad):
+    from adirec.train.config import TrainConfig
+    with pytest.raises(ValueError, match="batch_size"):
+        TrainConfig(batch_size=bad)

@@ -89,7 +89,7 @@ _DNN = dict(backbone="mlp", dial="none", dsbn=False, domain_forward=False)
 # adirec's improvements, the same for adi-plus and dnn-plus so that "does domain adaptation pay?" is
 # asked with equal machinery (values chosen on the shared data sets' validation slices: README)
 _PLUS_MODEL = dict(history_encoder="auto", item_bias=True)
-_PLUS_TRAIN = {"self_training": {"enabled": False}, "softmax": "auto", "batch_size": 8192, "lr": 2e-3}
+_PLUS_TRAIN = {"self_training": {"enabled": False}, "softmax": "auto", "batch_size": "auto", "lr": 2e-3}
 
 MODELS: dict[str, Preset] = {
     "adi-plus": Preset("ADI-SE with adirec's improvements: an order-aware history encoder on data with time, "

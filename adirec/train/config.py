@@ -57,6 +57,28 @@ class SelfTrainingConfig:
 PROPOSALS = ("unigram", "uniform")
 SOFTMAXES = ("auto", "full", "sampled")
 BATCHINGS = ("auto", "rows", "sequences")
+# --batch-size auto: a batch of sequences holds every position of a few dozen users, so it needs
+# more positions per step than a batch of independent rows for the same number of users per step
+AUTO_BATCH_SIZE = {"rows": 1024, "sequences": 8192}
+
+
+def _batch_size(text: str) -> int | str:
+    """``--batch-size``: a positive integer or ``auto``."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or auto, got {text!r}") from None
+
+
+def resolve_batch_size(batch_size: int | str, *, sequences: bool) -> int:
+    """The interactions per step a run uses: ``batch_size``, or for ``auto`` the size of
+    :data:`AUTO_BATCH_SIZE` for how the run batches (by sequences or by rows)."""
+    if batch_size == "auto":
+        return AUTO_BATCH_SIZE["sequences" if sequences else "rows"]
+    assert isinstance(batch_size, int)
+    return batch_size
 
 
 def _tensorboard_dir(text: str) -> str:
@@ -73,7 +95,9 @@ class TrainConfig:
     """How a model is trained. Every field has a flag of ``adirec train`` / ``bench``."""
 
     epochs: int = option(20, "maximum passes over the training split")
-    batch_size: int = option(1024, "interactions per step (all domains mixed)")
+    batch_size: int | str = option(1024, "interactions per step (all domains mixed); auto: 8,192 when batching "
+                                   "by sequences, 1,024 when batching by rows (adi-plus, dnn-plus)",
+                                   parse=_batch_size, metavar="N|auto")
     lr: float = option(3e-3, "Adam learning rate")
     weight_decay: float = option(0.0, "L2 penalty of Adam, on every parameter (SparseAdam tables: none)")
     num_negatives: int = option(1024, "extra negatives drawn from the proposal per step, shared by the batch",
@@ -120,8 +144,9 @@ class TrainConfig:
             raise ValueError("eval_ks must hold at least one cut-off")
         for k in self.eval_ks:
             _int("eval_ks", k, 1)
-        for name in ("epochs", "batch_size"):
-            _int(name, getattr(self, name), 1)
+        _int("epochs", self.epochs, 1)
+        if self.batch_size != "auto":
+            _int("batch_size (or auto)", self.batch_size, 1)
         _int("num_negatives", self.num_negatives, 0)
         _int("patience", self.patience, 0)
         _int("seed", self.seed, 0)

@@ -22,7 +22,7 @@ from adirec.data.split import holdout_split, sample_candidates
 from adirec.eval.protocols import SeenItems
 from adirec.models.adi import TwoTowerModel
 from adirec.models.ensemble import RunModel
-from adirec.train.config import TrainConfig
+from adirec.train.config import TrainConfig, resolve_batch_size
 from adirec.train.objective import RetrievalObjective
 from adirec.train.sampler import NegativeSampler
 from adirec.train.tensorboard import TensorBoardCurves
@@ -167,6 +167,7 @@ class Trainer:
         self.optimizer = make_optimizer(model, config.lr, config.weight_decay)
         self.objective = RetrievalObjective(model, self.store, data, config, self.sampler, self.in_corpus, self.device)
         self.sequences = self._sequence_batches(batches)
+        self.batch_size = resolve_batch_size(config.batch_size, sequences=self.sequences is not None)
         if isinstance(model, TwoTowerModel) and model.item_bias is not None:
             item_counts = np.zeros((data.num_domains, data.num_items + 1))
             np.add.at(item_counts, (tr.domain[tr.weight > 0], tr.item[tr.weight > 0]), 1)
@@ -290,7 +291,7 @@ class Trainer:
         summary = {"best_epoch": self._best_epoch, "valid_metric": self.metric,
                    f"best_valid_{self.metric}": self._best, "epochs_run": len(self.history),
                    "train_seconds": time.time() - self._start + self._resumed_seconds,
-                   "params": self.model.num_parameters(), "device": str(self.device),
+                   "params": self.model.num_parameters(), "batch_size": self.batch_size, "device": str(self.device),
                    "threads": torch.get_num_threads(),
                    "validation": {"split": "valid" if self.train_data is self.data else "holdout-from-train",
                                   "protocol": self.val_protocol}}
@@ -322,7 +323,7 @@ class Trainer:
         batch, from the stream when there is one, else from the in-memory training split (as
         rows, or as sequences)."""
         rank, world = self.rank, self.world_size
-        size, seed = max(1, self.config.batch_size // world), self.config.seed * 100003 + epoch
+        size, seed = max(1, self.batch_size // world), self.config.seed * 100003 + epoch
         source = self.batches if self.batches is not None else self.sequences
         if source is not None:
             return source(epoch=epoch, batch_size=size, rank=rank, world_size=world, seed=seed)
