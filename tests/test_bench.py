@@ -379,8 +379,9 @@ def test_budget_column_names_the_preset_that_is_the_budget():
     summary = {"plus-ablation": {"adi-plus": row("ADI+", "adi-plus", 400),
                                  "dnn-plus": row("DNN+", "dnn-plus", 100),
                                  "adi-plus-small": row("ADI+ small", "adi-plus", 98, budget=100)}}
-    lines = {line.split(" |")[0]: line for line in markdown(meta, summary, [], [], []).splitlines() if line.startswith("| ")}
+    md = markdown(meta, summary, [], [], [])
+    lines = {line.split(" |")[0]: line for line in md.splitlines() if line.startswith("| ")}
     assert "| +300.0% (not matched) |" in lines["| ADI+"]
     assert "| +0.0% (the budget) |" in lines["| DNN+"]
     assert "| -2.0% |" in lines["| ADI+ small"]
-    assert "Budget: the dense parameters of DNN+ at this size (100)" in markdown(meta, summary, [], [], [])
+    assert "Budget: the dense parameters of DNN+ at this size (100)" in md
