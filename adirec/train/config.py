@@ -95,8 +95,9 @@ class TrainConfig:
     """How a model is trained. Every field has a flag of ``adirec train`` / ``bench``."""
 
     epochs: int = option(20, "maximum passes over the training split")
-    batch_size: int | str = option(1024, "interactions per step (all domains mixed); auto: 8,192 when batching "
-                                   "by sequences, 1,024 when batching by rows (adi-plus, dnn-plus)",
+    batch_size: int | str = option(1024, "interactions per step (all domains mixed); auto: "
+                                   f"{AUTO_BATCH_SIZE['sequences']:,} when batching by sequences, "
+                                   f"{AUTO_BATCH_SIZE['rows']:,} when batching by rows (adi-plus, dnn-plus)",
                                    parse=_batch_size, metavar="N|auto")
     lr: float = option(3e-3, "Adam learning rate")
     weight_decay: float = option(0.0, "L2 penalty of Adam, on every parameter (SparseAdam tables: none)")
