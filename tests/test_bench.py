@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from adirec.bench.runner import BenchConfig, dense_parameters, dial_weights
+from adirec.bench.runner import BenchConfig, dense_parameters, dial_weights, estimate_left
 from adirec.bench.suites import SUITES, parse_suites, select, suite_runs
 from adirec.cli import main
 from adirec.data.spec import DataSpec
@@ -385,3 +385,13 @@ def test_budget_column_names_the_preset_that_is_the_budget():
     assert "| +0.0% (the budget) |" in lines["| DNN+"]
     assert "| -2.0% |" in lines["| ADI+ small"]
     assert "Budget: the dense parameters of DNN+ at this size (100)" in md
+
+
+def test_time_left_is_estimated_per_kind_of_run():
+    # One neural run of an hour and nine references left is not ten hours.
+    timed = {"neural": [3600.0], "reference": [10.0, 30.0]}
+    assert estimate_left(timed, ["neural"] + ["reference"] * 9) == f"~{(3600 + 9 * 20) / 60:.1f}min left"
+    assert estimate_left({"neural": [3600.0]}, ["neural", "reference", "reference"]) == \
+        "~60.0min left, 2 runs not yet timed"
+    assert estimate_left({}, ["reference"]) == "1 run not yet timed"
+    assert estimate_left(timed, []) == ""

@@ -200,6 +200,21 @@ def _fmt_seconds(s: float) -> str:
     return f"{s / 60:.1f}min" if s >= 90 else f"{s:.1f}s"
 
 
+def estimate_left(seconds_by_kind: dict[str, list[float]], kinds_left: list[str]) -> str:
+    """The time the runs of ``kinds_left`` still need, from the runs of the same kind that ran:
+    a neural run takes minutes and a reference seconds, so one mean over both misleads. Runs of
+    a kind with none measured yet are counted, not guessed."""
+    known = [k for k in kinds_left if seconds_by_kind.get(k)]
+    unknown = len(kinds_left) - len(known)
+    parts = []
+    if known:
+        seconds = sum(sum(seconds_by_kind[k]) / len(seconds_by_kind[k]) for k in known)
+        parts.append(f"~{_fmt_seconds(seconds)} left")
+    if unknown:
+        parts.append(f"{unknown} run{'s' if unknown > 1 else ''} not yet timed")
+    return ", ".join(parts)
+
+
 class Bench:
     """Plans and runs a bench; see the module docstring. ``run()`` returns the results dict."""
 
@@ -292,7 +307,8 @@ class Bench:
         for r in collect_records(self.cfg.out):
             if "request" in r:
                 done.setdefault(request_hash(r["request"]), r)
-        start, ran = time.time(), 0
+        start = time.time()
+        seconds_by_kind: dict[str, list[float]] = {}  # neural / reference: the runs that ran, for the ETA
         shown = ", ".join(metric_label(m, self.meta) for m in self.meta["table_metrics"])
         self.log(f"bench {self.data.name}: {len(tasks)} runs ({self.protocol} ranking, split {self.split}, "
                  f"{shown}) -> {self.cfg.out}")
@@ -310,10 +326,10 @@ class Bench:
             done.setdefault(request_hash(record["request"]), record)
             main = record["metrics"].get(self.meta["main_metric"], {}).get("mean", float("nan"))
             if status in ("trained", "fitted"):
-                ran += 1
+                seconds_by_kind.setdefault(task.spec.kind, []).append(time.time() - t0)
             elapsed = time.time() - start
-            left = len(tasks) - n
-            eta = f", ~{_fmt_seconds(elapsed / ran * left)} left" if ran and left else ""
+            eta = estimate_left(seconds_by_kind, [t.spec.kind for t in tasks[n:]])
+            eta = f", {eta}" if eta else ""
             self.log(f"{prefix}: {status} in {_fmt_seconds(time.time() - t0)}, "
                      f"mean {self.meta['main_metric']} {main:.4f}  (elapsed {_fmt_seconds(elapsed)}{eta})")
         meta = {**self.meta, "ease_choices": self._ease_choices()}
