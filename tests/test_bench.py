@@ -393,5 +393,6 @@ def test_time_left_is_estimated_per_kind_of_run():
     assert estimate_left(timed, ["neural"] + ["reference"] * 9) == f"~{(3600 + 9 * 20) / 60:.1f}min left"
     assert estimate_left({"neural": [3600.0]}, ["neural", "reference", "reference"]) == \
         "~60.0min left, 2 runs not yet timed"
-    assert estimate_left({}, ["reference"]) == "1 run not yet timed"
+    assert estimate_left({"neural": [60.0]}, ["reference"]) == "1 run not yet timed"
+    assert estimate_left({}, ["reference"]) == ""  # nothing ran yet: every run may be done before
     assert estimate_left(timed, []) == ""

@@ -203,7 +203,10 @@ def _fmt_seconds(s: float) -> str:
 def estimate_left(seconds_by_kind: dict[str, list[float]], kinds_left: list[str]) -> str:
     """The time the runs of ``kinds_left`` still need, from the runs of the same kind that ran:
     a neural run takes minutes and a reference seconds, so one mean over both misleads. Runs of
-    a kind with none measured yet are counted, not guessed."""
+    a kind with none measured yet are counted, not guessed; before any run has taken time (a
+    bench whose runs were all done before), nothing is estimated."""
+    if not any(seconds_by_kind.values()):
+        return ""
     known = [k for k in kinds_left if seconds_by_kind.get(k)]
     unknown = len(kinds_left) - len(known)
     parts = []
