@@ -1,5 +1,8 @@
 """Training throughput of adirec's ``adi-se`` and ``dnn`` beside a minimal plain-PyTorch
 two-tower loop of the same embedding and MLP sizes, measured in the same run, plus a profile.
+``adi-plus`` and ``dnn-plus`` are timed too, as their presets train (on this data, which has
+time: batches of users' sequences, every position a row, the causal Transformer history
+encoder, the full softmax when the corpus is small); their samples are those rows.
 
     nice -n 10 python benchmarks/train_bench.py [--preset small] [--steps 12] [--rounds 3] [--device cuda]
 
@@ -17,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import dataclasses
+import itertools
 import io
 import json
 import os
@@ -39,7 +44,8 @@ from adirec.data.dataset import HIST_ALL, HIST_DOMAIN  # noqa: E402
 from adirec.data.schema import OOV  # noqa: E402
 from adirec.data.sources.synthetic import load_synthetic  # noqa: E402
 from adirec.models.adi import TwoTowerModel  # noqa: E402
-from adirec.models.registry import build_config  # noqa: E402
+from adirec.arguments import nested_update  # noqa: E402
+from adirec.models.registry import build_config, train_defaults  # noqa: E402
 from adirec.train.distributed import resolve_device  # noqa: E402
 from adirec.train.config import TrainConfig  # noqa: E402
 from adirec.train.loop import Trainer
@@ -184,31 +190,49 @@ def main() -> None:
     plain_opt = torch.optim.Adam(plain.parameters(), lr=tcfg.lr)
     feats = PlainFeatures(data, L, device)
     batches = list(iterate_batches(data.splits["train"], args.batch_size, shuffle=True, seed=0, drop_last=True))
+    for name in ("adi-plus", "dnn-plus"):  # each with its preset's own training options
+        model = TwoTowerModel(data.schema, data.num_domains, build_config(name, data.num_domains))
+        model.train()
+        options = nested_update(nested_update(dataclasses.asdict(TrainConfig()), train_defaults(name)),
+                                {"progress": False, "device": str(device)})
+        trainers[name] = Trainer(model, data, TrainConfig(**options), report_split="test")
+    plus_batches = {name: list(itertools.islice(trainers[name]._epoch_batches(0), args.steps * args.rounds + 1))
+                    for name in ("adi-plus", "dnn-plus")}
+    # variant -> (one step on a batch, its batches)
     variants = {
-        "plain PyTorch two-tower": lambda b: plain_step(plain, feats, plain_opt, b, data.num_items, args.negatives,
-                                                        tcfg.temperature, device),
-        "dnn": lambda b: adirec_step(trainers["dnn"], b, 0.0),
-        "adi-se": lambda b: adirec_step(trainers["adi-se"], b, 0.0),
-        f"dnn + self-training p={p_self}": lambda b: adirec_step(trainers["dnn"], b, p_self),
-        f"adi-se + self-training p={p_self}": lambda b: adirec_step(trainers["adi-se"], b, p_self),
+        "plain PyTorch two-tower": (lambda b: plain_step(plain, feats, plain_opt, b, data.num_items, args.negatives,
+                                                         tcfg.temperature, device), batches),
+        "dnn": (lambda b: adirec_step(trainers["dnn"], b, 0.0), batches),
+        "adi-se": (lambda b: adirec_step(trainers["adi-se"], b, 0.0), batches),
+        f"dnn + self-training p={p_self}": (lambda b: adirec_step(trainers["dnn"], b, p_self), batches),
+        f"adi-se + self-training p={p_self}": (lambda b: adirec_step(trainers["adi-se"], b, p_self), batches),
+        "dnn-plus": (lambda b: adirec_step(trainers["dnn-plus"], b, 0.0), plus_batches["dnn-plus"]),
+        "adi-plus": (lambda b: adirec_step(trainers["adi-plus"], b, 0.0), plus_batches["adi-plus"]),
     }
-    for fn in variants.values():  # warm-up
-        fn(batches[0])
+    for fn, source in variants.values():  # warm-up
+        fn(source[0])
     times: dict[str, list[float]] = {k: [] for k in variants}
+    samples: dict[str, list[int]] = {k: [] for k in variants}
     k = 0
     for _ in range(args.rounds):
-        for name, fn in variants.items():
+        for name, (fn, source) in variants.items():
+            n = 0
             t0 = time.perf_counter()
             for _ in range(args.steps):
-                fn(batches[k % len(batches)])
+                b = source[1 + k % (len(source) - 1)]
+                fn(b)
+                n += len(b)
                 k += 1
             times[name].append((time.perf_counter() - t0) / args.steps)
-    ref = statistics.median(times["plain PyTorch two-tower"])
+            samples[name].append(n)
+    ref_rate = statistics.median(n / (t * args.steps) for n, t in zip(samples["plain PyTorch two-tower"],
+                                                                     times["plain PyTorch two-tower"], strict=True))
     rows = []
     for name, ts in times.items():
-        step = statistics.median(ts)
-        rows.append({"variant": name, "seconds_per_step": step, "samples_per_second": args.batch_size / step,
-                     "relative_to_plain": ref / step, "rounds": ts})
+        rate = statistics.median(n / (t * args.steps) for n, t in zip(samples[name], ts, strict=True))
+        rows.append({"variant": name, "seconds_per_step": statistics.median(ts), "samples_per_step":
+                     statistics.median(samples[name]) / args.steps, "samples_per_second": rate,
+                     "relative_to_plain": rate / ref_rate, "rounds": ts})
     params = {n: t.model.num_parameters() for n, t in trainers.items()}
     params["plain PyTorch two-tower"] = sum(p.numel() for p in plain.parameters())
 
@@ -247,10 +271,10 @@ def main() -> None:
     print(f"synthetic:{args.preset} ({len(data.splits['train'])} train rows), batch {args.batch_size}, "
           f"{args.negatives} negatives, {args.threads} thread(s), {report['device_name']}; "
           f"load average {load0[0]:.1f} -> {load1[0]:.1f}")
-    print(f"{'variant':36}{'s/step':>10}{'samples/s':>12}{'vs plain':>10}")
+    print(f"{'variant':36}{'s/step':>10}{'samples/step':>14}{'samples/s':>12}{'vs plain':>10}")
     for r in rows:
-        print(f"{r['variant']:36}{r['seconds_per_step']:>10.3f}{r['samples_per_second']:>12.0f}"
-              f"{r['relative_to_plain']:>10.2f}")
+        print(f"{r['variant']:36}{r['seconds_per_step']:>10.3f}{r['samples_per_step']:>14.0f}"
+              f"{r['samples_per_second']:>12.0f}{r['relative_to_plain']:>10.2f}")
     print(f"parameters: {params}")
     print(f"profile: {out / 'train_profile.txt'}")
 

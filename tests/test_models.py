@@ -29,6 +29,8 @@ from adirec.models.layers import (
     VanillaAttentionAdaptation,
     domain_groups,
     make_adaptation,
+    route_by_domain,
+    rows_of_domain,
 )
 from adirec.models.registry import MODELS, build_config
 from adirec.models.towers import FieldEmbeddings, SharedEmbeddings
@@ -89,6 +91,35 @@ def test_domain_groups_partitions_rows():
     assert groups[0][1].tolist() == [1, 4] and groups[1][1].tolist() == [0, 2, 3]
     with pytest.raises(ValueError, match="out of range"):
         domain_groups(torch.tensor([0, 4]), 4)
+
+
+@pytest.mark.parametrize("domain", [[2, 0, 2, 2, 0, 1], [1, 1, 1, 1], [0, 0, 1, 1, 2, 2], []])
+def test_route_by_domain_equals_row_by_row(domain):
+    """Mixed, single-domain, sorted and empty batches: every row comes out of its own domain's
+    function, in the batch's order, and so does every gradient."""
+    domain = torch.tensor(domain, dtype=torch.long)
+    weights = torch.randn(D, 4, 3, requires_grad=True)  # a (4 -> 3) map per domain
+    x = torch.randn(len(domain), 4, requires_grad=True)
+    out = route_by_domain(x, domain, D, lambda d, xd: xd @ weights[d], 3)  # (B, 3)
+    expected = torch.stack([x[b] @ weights[int(domain[b])] for b in range(len(domain))]) if len(domain) \
+        else torch.empty(0, 3)
+    assert out.shape == (len(domain), 3)
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    if len(domain):
+        g = torch.randn(len(domain), 3)
+        got = torch.autograd.grad(out, (x, weights), g)
+        want = torch.autograd.grad(expected, (x, weights), g)
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(a, b)
+
+
+def test_rows_of_domain_is_indexing_by_domain():
+    table = torch.randn(D, 2, 5, requires_grad=True)
+    domain = torch.tensor([2, 0, 2, 1, 0])
+    rows = rows_of_domain(table, domain)  # (B, 2, 5)
+    torch.testing.assert_close(rows, table[domain], rtol=0, atol=0)
+    g = torch.randn(5, 2, 5)
+    torch.testing.assert_close(torch.autograd.grad(rows, table, g)[0], torch.autograd.grad(table[domain], table, g)[0])
 
 
 @pytest.mark.parametrize("dsbn", [True, False])

@@ -34,7 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from adirec.models.experts import BACKBONES, DomainExperts, DomainGate, MLPBackbone, SharedExperts
-from adirec.models.layers import MLP, domain_groups
+from adirec.models.layers import MLP, route_by_domain
 
 
 def _layers(config) -> tuple[int, ...]:
@@ -274,14 +274,14 @@ class StarBackbone(nn.Module):
         self.out_dim = self.shared.out_dim
 
     def forward(self, x: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
-        groups = domain_groups(domain, self.num_domains)
         h = x  # (B, in)
         for i, lin in enumerate(cast(Iterable[nn.Linear], self.shared.linears)):
-            z = h.new_empty(h.shape[0], lin.out_features)  # (B, out)
-            for d, idx in groups:
+            def layer(d: int, hd: torch.Tensor, i: int = i, lin: nn.Linear = lin) -> torch.Tensor:
                 w = lin.weight * self.domain_weight[i][d]  # (out, in), eq. 16
                 b = lin.bias + self.domain_bias[i][d]  # (out,), eq. 17
-                z[idx] = F.linear(h[idx], w, b)
+                return F.linear(hd, w, b)  # (n_d, out)
+
+            z = route_by_domain(h, domain, self.num_domains, layer, lin.out_features)  # (B, out)
             h = self.shared.after_linear(i, z, domain)  # partitioned norm -> ReLU -> dropout
         return h  # (B, H)
 

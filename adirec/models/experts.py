@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from adirec.models.layers import MLP, domain_groups
+from adirec.models.layers import MLP, route_by_domain, rows_of_domain
 
 
 @runtime_checkable
@@ -113,7 +113,7 @@ class DomainGate(nn.Module):
     def logits(self, x: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
         """``g = W^(d) input`` of each row (B, K), before normalisation."""
         if self.domain_embedding is not None:  # source "domain"
-            return domain_projection(self.weight, self.domain_embedding)[domain]  # (B, K), eq. 8
+            return rows_of_domain(domain_projection(self.weight, self.domain_embedding), domain)  # (B, K), eq. 8
         B = x.shape[0]
         # all D gates on every row is cheaper than gathering a (B, K, in) weight per row
         g_all = (x @ self.weight.flatten(0, 1).T).view(B, self.num_domains, self.num_experts)  # (B, D, K)
@@ -201,11 +201,10 @@ class DomainExperts(nn.Module):
         self.out_dim = nets[0].out_dim
 
     def forward(self, x: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
-        out = x.new_empty(x.shape[0], self.out_dim)  # (B, H)
-        for d, idx in domain_groups(domain, self.num_domains):
-            only = torch.zeros_like(idx)  # the network's own single domain
-            out[idx] = self.nets[d](x[idx], only)  # (n_d, H), eq. 10
-        return out
+        def net(d: int, xd: torch.Tensor) -> torch.Tensor:  # the network's own single domain is 0
+            return self.nets[d](xd, xd.new_zeros(xd.shape[0], dtype=torch.long))  # (n_d, H), eq. 10
+
+        return route_by_domain(x, domain, self.num_domains, net, self.out_dim)  # (B, H)
 
 
 class NetMulExperts(SharedExperts):
@@ -231,16 +230,16 @@ class NetMulExperts(SharedExperts):
         )
 
     def expert_outputs(self, x: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
-        groups = domain_groups(domain, self.num_domains)
         outs = []
         for expert in cast(Iterable[MLP], self.experts):
             h = x  # (B, in)
             for i, lin in enumerate(cast(Iterable[nn.Linear], expert.linears)):
-                z = h.new_empty(h.shape[0], lin.out_features)  # (B, out)
-                for d, idx in groups:
+                def layer(d: int, hd: torch.Tensor, i: int = i, lin: nn.Linear = lin) -> torch.Tensor:
                     w = lin.weight * self.domain_weight[i][d]  # (out, in), eq. 16
                     b = lin.bias + self.domain_bias[i][d]  # (out,), eq. 17
-                    z[idx] = F.linear(h[idx], w, b)
+                    return F.linear(hd, w, b)  # (n_d, out)
+
+                z = route_by_domain(h, domain, self.num_domains, layer, lin.out_features)  # (B, out)
                 h = expert.after_linear(i, z, domain)  # norm over the whole batch, as in MLP
             outs.append(h)
         return torch.stack(outs, dim=1)  # (B, K, H)
@@ -267,8 +266,10 @@ class ConcatFusion(nn.Module):
         self.out_dim = 3 * width
 
     def gates(self, domain: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        beta_1 = torch.sigmoid(domain_projection(self.w_spec, self.domain_embedding))[domain]  # (B, H), eq. 11
-        beta_2 = torch.sigmoid(domain_projection(self.w_shared, self.domain_embedding))[domain]  # (B, H), eq. 12
+        beta_1 = rows_of_domain(torch.sigmoid(domain_projection(self.w_spec, self.domain_embedding)),
+                                domain)  # (B, H), eq. 11
+        beta_2 = rows_of_domain(torch.sigmoid(domain_projection(self.w_shared, self.domain_embedding)),
+                                domain)  # (B, H), eq. 12
         return beta_1, beta_2
 
     def forward(self, shared: torch.Tensor, specific: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
@@ -294,7 +295,8 @@ class SumFusion(nn.Module):
 
     def gate(self, domain: torch.Tensor) -> torch.Tensor:
         # (B, H), eq. 14
-        return torch.sigmoid(domain_projection(self.w_gate, self.domain_embedding) + self.bias)[domain]
+        return rows_of_domain(torch.sigmoid(domain_projection(self.w_gate, self.domain_embedding) + self.bias),
+                              domain)
 
     def forward(self, shared: torch.Tensor, specific: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
         alpha = self.gate(domain)  # (B, H)

@@ -10,7 +10,7 @@ A domain indicator is always a (B,) long tensor with values in [0, D).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import cast
 
 import torch
@@ -36,6 +36,37 @@ def domain_groups(domain: torch.Tensor, num_domains: int) -> list[tuple[int, tor
         raise ValueError(f"domain indicator out of range [0, {num_domains}): max {len(counts) - 1}")
     order = torch.argsort(domain, stable=True)
     return [(d, idx) for d, idx in enumerate(order.split(counts)) if idx.numel() > 0]
+
+
+def route_by_domain(x: torch.Tensor, domain: torch.Tensor, num_domains: int,
+                    fn: Callable[[int, torch.Tensor], torch.Tensor], width: int) -> torch.Tensor:
+    """``fn(d, x_d)`` on the rows ``x_d`` (n_d, ...) of every domain d present, put back in the
+    batch's row order: (B, width).
+
+    A batch of a single domain (the item tower over one domain's corpus, a one-domain network)
+    goes through ``fn`` whole, with no copy. Otherwise each domain's rows are gathered with
+    ``index_select``, whose backward is one ``index_add``: plain ``x[idx]`` would backpropagate
+    through an accumulating ``index_put``, several times slower on the CPU.
+    """
+    groups = domain_groups(domain, num_domains)
+    if len(groups) == 1:
+        return fn(groups[0][0], x)
+    out = x.new_empty(x.shape[0], width)  # (B, width)
+    for d, idx in groups:
+        out[idx] = fn(d, x.index_select(0, idx))  # (n_d, width)
+    return out
+
+
+def rows_of_domain(table: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
+    """Each row's slice of a per-domain table: ``table[domain]``, (D, ...) -> (B, ...).
+
+    Computed as ``one_hot(domain) @ table``, the same values (every other domain's entry is
+    multiplied by 0), with a matrix product as backward; ``table[domain]`` would backpropagate
+    through an accumulating ``index_put`` of B rows onto D, which dominates a small layer's
+    cost on the CPU."""
+    D = table.shape[0]
+    one_hot = F.one_hot(domain, D).to(table.dtype)  # (B, D)
+    return (one_hot @ table.reshape(D, -1)).view(domain.shape[0], *table.shape[1:])  # (B, ...)
 
 
 # -----------------------------------------------------------------------------
@@ -73,18 +104,14 @@ class DomainSpecificBatchNorm(nn.Module):
 
     def forward(self, x: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
         # x: (B, H), domain: (B,)
-        out = torch.empty_like(x)
-        for d, idx in domain_groups(domain, self.num_domains):
+        def norm(d: int, xd: torch.Tensor) -> torch.Tensor:  # (n_d, H)
             bn = cast(nn.BatchNorm1d, self.norms[d])
-            xd = x[idx]  # (n_d, H)
             if self.training and xd.shape[0] == 1:
-                yd = F.batch_norm(
-                    xd, bn.running_mean, bn.running_var, bn.weight, bn.bias, training=False, eps=bn.eps
-                )
-            else:
-                yd = bn(xd)
-            out[idx] = yd
-        return out  # (B, H)
+                return F.batch_norm(xd, bn.running_mean, bn.running_var, bn.weight, bn.bias, training=False,
+                                    eps=bn.eps)
+            return bn(xd)
+
+        return route_by_domain(x, domain, self.num_domains, norm, self.num_features)  # (B, H)
 
 
 # -----------------------------------------------------------------------------
@@ -136,12 +163,12 @@ class LinearAdaptation(Adaptation):
         self.bias = nn.Parameter(torch.zeros(self.num_sets, num_fields, dim))  # (D, F, E)
 
     def field_weights(self, e: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
-        return self.weight[self.parameter_set(domain)].mean(-1)  # (B, F)
+        return rows_of_domain(self.weight, self.parameter_set(domain)).mean(-1)  # (B, F)
 
     def forward(self, e: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
         # e: (B, F, E)
         s = self.parameter_set(domain)
-        w, b = self.weight[s], self.bias[s]  # (B, F, E) each
+        w, b = rows_of_domain(self.weight, s), rows_of_domain(self.bias, s)  # (B, F, E) each
         self.last_weights = w.mean(-1).detach()  # (B, F)
         return e * w + b  # (B, F, E), eq. 21-22
 
@@ -162,7 +189,7 @@ class VanillaAttentionAdaptation(Adaptation):
         self.query = nn.Parameter(torch.empty(self.num_sets, num_fields, dim).uniform_(-bound, bound))  # (D, F, E)
 
     def field_weights(self, e: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
-        q = self.query[self.parameter_set(domain)]  # (B, F, E)
+        q = rows_of_domain(self.query, self.parameter_set(domain))  # (B, F, E)
         return torch.sigmoid((q * e).sum(dim=-1))  # (B, F), eq. 23
 
     def forward(self, e: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
@@ -203,8 +230,8 @@ class SEAdaptation(Adaptation):
             hidden = F.relu(z @ self.w1[0])  # (B, h)
             return torch.sigmoid(hidden @ self.w2[0])  # (B, F), eq. 25
         s = self.parameter_set(domain)
-        hidden = F.relu(torch.einsum("bf,bfh->bh", z, self.w1[s]))  # (B, h)
-        return torch.sigmoid(torch.einsum("bh,bhf->bf", hidden, self.w2[s]))  # (B, F), eq. 25
+        hidden = F.relu(torch.einsum("bf,bfh->bh", z, rows_of_domain(self.w1, s)))  # (B, h)
+        return torch.sigmoid(torch.einsum("bh,bhf->bf", hidden, rows_of_domain(self.w2, s)))  # (B, F), eq. 25
 
     def forward(self, e: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
         a = self.field_weights(e, domain)  # (B, F)

@@ -258,7 +258,8 @@ class Tower(nn.Module):
         the same computation as :meth:`forward` on each row, with every position's history
         encoded in one pass (:meth:`FieldEmbeddings.forward_positions`). Returns (N, O), N = rows.sum()."""
         e = self.embeddings.forward_positions(features, window, window_domain, domain)  # (B, L, F, E)
-        return self._above_fields(e[rows], domain[rows])  # (N, O)
+        where = rows.flatten().nonzero().squeeze(1)  # (N,); index_select: a cheap backward (route_by_domain)
+        return self._above_fields(e.flatten(0, 1).index_select(0, where), domain[rows])  # (N, O)
 
     def _above_fields(self, e: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
         # checked once here: an out-of-range id would otherwise surface as an opaque IndexError

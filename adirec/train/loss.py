@@ -54,7 +54,8 @@ def full_softmax_loss(
         raise ValueError(f"temperature must be > 0, got {temperature}")
     if user.dim() != 2 or items.dim() != 2 or user.shape[1] != items.shape[1]:
         raise ValueError(f"user (B, O) and items (C, O) must share O; got {tuple(user.shape)}, {tuple(items.shape)}")
-    loss = F.cross_entropy(user @ items.T / temperature, target, reduction="none")  # (B,), eq. 2-3
+    # s / temperature with the division on the (B, O) side: the (B, C) logits are the large ones
+    loss = F.cross_entropy((user / temperature) @ items.T, target, reduction="none")  # (B,), eq. 2-3
     if weight is not None:
         loss = loss * weight
     if reduction == "sum":

@@ -25,6 +25,7 @@ import torch
 
 from adirec.data.batches import Batch, FeatureStore, SequenceBatch
 from adirec.data.dataset import MultiDomainData
+from adirec.models.layers import domain_groups
 from adirec.train.config import TrainConfig
 from adirec.train.loss import full_softmax_loss, sampled_softmax_loss
 from adirec.train.sampler import NegativeSampler
@@ -100,13 +101,13 @@ class RetrievalObjective:
     def _full(self, u: torch.Tensor, item: torch.Tensor, domain: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """Eq. 2-3 per domain: each row against its domain's whole corpus."""
         total = u.new_zeros(())
-        for d in torch.unique(domain).tolist():
-            rows = domain == d
+        for d, rows in domain_groups(domain, self.num_domains):
             target = self.corpus_position[d, item[rows]]  # (n,)
             if bool((target < 0).any()):
                 raise ValueError(f"a training row's item is not in domain {d}'s corpus")
-            total = total + full_softmax_loss(u[rows], self.corpus_matrix(d), target, reduction="sum",
-                                              temperature=self.config.temperature, weight=weight[rows])
+            total = total + full_softmax_loss(u.index_select(0, rows), self.corpus_matrix(d), target,
+                                              reduction="sum", temperature=self.config.temperature,
+                                              weight=weight[rows])
         return total / weight.sum().clamp_min(1e-12)
 
     def _item_columns(self, u: torch.Tensor, domain: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
