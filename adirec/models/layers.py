@@ -60,13 +60,10 @@ def route_by_domain(x: torch.Tensor, domain: torch.Tensor, num_domains: int,
 def rows_of_domain(table: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
     """Each row's slice of a per-domain table: ``table[domain]``, (D, ...) -> (B, ...).
 
-    Computed as ``one_hot(domain) @ table``, the same values (every other domain's entry is
-    multiplied by 0), with a matrix product as backward; ``table[domain]`` would backpropagate
-    through an accumulating ``index_put`` of B rows onto D, which dominates a small layer's
-    cost on the CPU."""
-    D = table.shape[0]
-    one_hot = F.one_hot(domain, D).to(table.dtype)  # (B, D)
-    return (one_hot @ table.reshape(D, -1)).view(domain.shape[0], *table.shape[1:])  # (B, ...)
+    ``index_select``, whose backward is an ``index_add`` of B rows onto D: ``table[domain]``
+    would backpropagate through an accumulating ``index_put``, which costs more than a small
+    layer's whole computation on the CPU."""
+    return table.index_select(0, domain)  # (B, ...)
 
 
 # -----------------------------------------------------------------------------
