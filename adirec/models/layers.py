@@ -46,7 +46,7 @@ def route_by_domain(x: torch.Tensor, domain: torch.Tensor, num_domains: int,
     A batch of a single domain (the item tower over one domain's corpus, a one-domain network)
     goes through ``fn`` whole, with no copy. Otherwise each domain's rows are gathered with
     ``index_select``, whose backward is one ``index_add``: plain ``x[idx]`` would backpropagate
-    through an accumulating ``index_put``, several times slower on the CPU.
+    through an accumulating ``index_put``, slower on the CPU.
     """
     groups = domain_groups(domain, num_domains)
     if len(groups) == 1:
