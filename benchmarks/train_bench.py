@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import dataclasses
 import itertools
 import io
 import json
@@ -44,7 +43,6 @@ from adirec.data.dataset import HIST_ALL, HIST_DOMAIN  # noqa: E402
 from adirec.data.schema import OOV  # noqa: E402
 from adirec.data.sources.synthetic import load_synthetic  # noqa: E402
 from adirec.models.adi import TwoTowerModel  # noqa: E402
-from adirec.arguments import nested_update  # noqa: E402
 from adirec.models.registry import build_config, train_defaults  # noqa: E402
 from adirec.train.distributed import resolve_device  # noqa: E402
 from adirec.train.config import TrainConfig  # noqa: E402
@@ -193,10 +191,9 @@ def main() -> None:
     for name in ("adi-plus", "dnn-plus"):  # each with its preset's own training options
         model = TwoTowerModel(data.schema, data.num_domains, build_config(name, data.num_domains))
         model.train()
-        options = nested_update(nested_update(dataclasses.asdict(TrainConfig()), train_defaults(name)),
-                                {"progress": False, "device": str(device)})
-        trainers[name] = Trainer(model, data, TrainConfig(**options), report_split="test")
-    plus_batches = {name: list(itertools.islice(trainers[name]._epoch_batches(0), args.steps * args.rounds + 1))
+        config = TrainConfig(**train_defaults(name), progress=False, device=str(device))
+        trainers[name] = Trainer(model, data, config, report_split="test")
+    plus_batches = {name: list(itertools.islice(trainers[name]._epoch_batches(0), args.steps * args.rounds))
                     for name in ("adi-plus", "dnn-plus")}
     # variant -> (one step on a batch, its batches)
     variants = {
@@ -219,7 +216,7 @@ def main() -> None:
             n = 0
             t0 = time.perf_counter()
             for _ in range(args.steps):
-                b = source[1 + k % (len(source) - 1)]
+                b = source[k % len(source)]
                 fn(b)
                 n += len(b)
                 k += 1
