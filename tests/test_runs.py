@@ -215,8 +215,9 @@ def _cli(*args: str, cwd: Path) -> subprocess.Popen:
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path, sig):
+    # the cosine schedule too: a resumed run must follow the rates the whole run took
     args = ["--data", "synthetic:tiny", "--model", "adi-se", "--epochs", "3", "--patience", "0",
-            "--st-start-epoch", "0", "--early-stopping-metric", "recall@10", *SMALL]
+            "--st-start-epoch", "0", "--early-stopping-metric", "recall@10", "--lr-schedule", "cosine", *SMALL]
     whole = _cli("train", *args, "--out", str(tmp_path / "whole"), cwd=tmp_path)
     assert whole.wait(timeout=600) == 0, whole.stderr.read()
 

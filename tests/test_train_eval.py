@@ -105,3 +105,39 @@ def test_holdout_and_sampled_candidates_follow_the_protocol():
         assert len(np.unique(row)) == len(row)
         assert np.isin(row[1:], data.corpus[d]).all()
         assert not {u * key + i for i in row[1:].tolist()} & train_pairs  # negatives unseen by the user
+
+
+def test_cosine_schedule_sets_each_steps_rate_from_the_planned_epochs():
+    from adirec.data.sources import load_source
+    from adirec.models.adi import TwoTowerModel
+    from adirec.models.registry import build_config
+    from adirec.train.config import TrainConfig, lr_factor
+    from adirec.train.loop import Trainer
+
+    assert lr_factor("constant", 0.7) == 1.0
+    assert [lr_factor("cosine", x) for x in (0.0, 0.5, 1.0)] == pytest.approx([1.0, 0.5, 0.0])
+    with pytest.raises(ValueError, match="lr_schedule"):
+        TrainConfig(lr_schedule="step")
+
+    data = load_source("synthetic:tiny")
+    torch.manual_seed(0)
+    model = TwoTowerModel(data.schema, data.num_domains, build_config("dnn", embedding_dim=8))
+    cfg = TrainConfig(epochs=3, batch_size=256, lr=0.01, lr_schedule="cosine", num_negatives=16, patience=0,
+                      progress=False, device="cpu", self_training={"enabled": False})
+    trainer = Trainer(model, data, cfg, report_split="test")
+    rates, step = [], trainer.optimizer.step
+
+    def recording_step(*args, **kwargs):
+        rates.append(trainer.optimizer.param_groups[0]["lr"])
+        return step(*args, **kwargs)
+
+    trainer.optimizer.step = recording_step
+    trainer.fit()
+    n = len(trainer.train_data.splits["train"])
+    per_epoch = math.ceil(n / 256)
+    assert len(rates) == 3 * per_epoch
+    # step s of epoch e starts after e + s * 256 / n of the 3 planned epochs
+    expected = [0.01 * 0.5 * (1 + math.cos(math.pi * (e + min(1.0, s * 256 / n)) / 3))
+                for e in range(3) for s in range(per_epoch)]
+    assert rates == pytest.approx(expected)
+    assert rates[0] == pytest.approx(0.01) and rates[-1] < 0.01 * 0.05

@@ -56,6 +56,7 @@ class SelfTrainingConfig:
 
 PROPOSALS = ("unigram", "uniform")
 SOFTMAXES = ("auto", "full", "sampled")
+LR_SCHEDULES = ("constant", "cosine")
 BATCHINGS = ("auto", "rows", "sequences")
 # --batch-size auto: a batch of sequences holds every position of a few dozen users, so it needs
 # more positions per step than a batch of independent rows for the same number of users per step
@@ -70,6 +71,16 @@ def _batch_size(text: str) -> int | str:
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a positive integer or auto, got {text!r}") from None
+
+
+def lr_factor(schedule: str, progress: float) -> float:
+    """The learning rate's multiplier after ``progress`` (0 to 1) of the planned epochs:
+    1 for ``constant``; ``(1 + cos(pi * progress)) / 2`` for ``cosine``."""
+    if schedule == "constant":
+        return 1.0
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
+    raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {schedule!r}")
 
 
 def resolve_batch_size(batch_size: int | str, *, sequences: bool) -> int:
@@ -100,6 +111,9 @@ class TrainConfig:
                                    f"{AUTO_BATCH_SIZE['rows']:,} when batching by rows (adi-plus, dnn-plus)",
                                    parse=_batch_size, metavar="N|auto")
     lr: float = option(3e-3, "Adam learning rate")
+    lr_schedule: str = option("constant", "constant: --lr throughout; cosine: the rate falls from --lr along a "
+                              "half cosine to 0 at the end of the last of --epochs (a run stopped early "
+                              "stops on the way down)", choices=LR_SCHEDULES)
     weight_decay: float = option(0.0, "L2 penalty of Adam, on every parameter (SparseAdam tables: none)")
     num_negatives: int = option(1024, "extra negatives drawn from the proposal per step, shared by the batch",
                                 flag="--negatives")
@@ -164,6 +178,8 @@ class TrainConfig:
             raise ValueError(f"softmax must be one of {SOFTMAXES}, got {self.softmax!r}")
         if self.batching not in BATCHINGS:
             raise ValueError(f"batching must be one of {BATCHINGS}, got {self.batching!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if self.proposal not in PROPOSALS:
             raise ValueError(f"proposal must be one of {PROPOSALS}, got {self.proposal!r}")
         _finite("holdout_fraction", self.holdout_fraction)

@@ -22,7 +22,7 @@ from adirec.data.split import holdout_split, sample_candidates
 from adirec.eval.protocols import SeenItems
 from adirec.models.adi import TwoTowerModel
 from adirec.models.ensemble import RunModel
-from adirec.train.config import TrainConfig, resolve_batch_size
+from adirec.train.config import TrainConfig, lr_factor, resolve_batch_size
 from adirec.train.objective import RetrievalObjective
 from adirec.train.sampler import NegativeSampler
 from adirec.train.tensorboard import TensorBoardCurves
@@ -241,6 +241,7 @@ class Trainer:
                     raise TrainingDiverged(epoch + 1, float(loss.detach()), cfg)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                self._set_lr(epoch + min(1.0, n_rows * self.world_size / max(n_train, 1)))
                 self.optimizer.step()
                 total += loss.item() * len(batch)
                 n_rows += len(batch)
@@ -263,6 +264,16 @@ class Trainer:
                 "pseudo_rows": n_pseudo, "pseudo_candidates": int(self.objective.pseudo_candidates),
                 "epoch_seconds": seconds,
                 "samples_per_second": n_rows / max(seconds, 1e-9)}
+
+    def _set_lr(self, epochs_done: float) -> None:
+        """The rate of the next step, from how far into the planned epochs training is (a function
+        of the epoch and its rows only, so a resumed run follows the same schedule)."""
+        cfg = self.config
+        if cfg.lr_schedule == "constant":
+            return
+        lr = cfg.lr * lr_factor(cfg.lr_schedule, epochs_done / cfg.epochs)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
 
     def _validate_epoch(self, row: dict) -> dict:
         metrics = self.validate()
