@@ -234,6 +234,8 @@ def test_dry_run_shows_the_plus_presets_additions(name, backbone, capsys):
     assert m["history_encoder"] in ("transformer", "mean")  # auto, resolved from the data's time order
     assert {k: t[k] for k in ("softmax", "batch_size", "lr")} == {"softmax": "auto", "batch_size": "auto", "lr": 2e-3}
     assert t["self_training"]["enabled"] is False
+    if name == "adi-plus":  # narrower experts than the paper's ADI-SE
+        assert (m["expert_hidden"], m["expert_out"]) == ([64], 32)
     # flags still apply over a preset's defaults, and the plan says so
     assert main(["train", "--data", "synthetic:tiny", "--model", name, "--dry-run", "--softmax", "sampled",
                  "--set", "history_encoder=mean"]) == 0
