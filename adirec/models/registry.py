@@ -92,8 +92,8 @@ _PLUS_MODEL = dict(history_encoder="auto", item_bias=True)
 _PLUS_TRAIN = {"self_training": {"enabled": False}, "softmax": "auto", "batch_size": "auto", "lr": 2e-3}
 
 MODELS: dict[str, Preset] = {
-    # experts a quarter of the paper's width: about dnn-plus's dense size, and on genre3's validation
-    # data (the ablation in benchmarks/results/movielens-genre3) better than the full width
+    # experts a quarter of adi-se's (TwoTowerConfig's 256 / 128): about dnn-plus's dense size, and on
+    # genre3's validation data (the ablation in benchmarks/results/movielens-genre3) better than full width
     "adi-plus": Preset("ADI-SE with adirec's improvements: an order-aware history encoder on data with time, "
                        "the full softmax on small corpora, a per-domain item bias, narrower experts",
                        dict(dial="se", expert_hidden=(64,), expert_out=32, **_PLUS_MODEL), _PLUS_TRAIN),
