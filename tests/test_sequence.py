@@ -10,6 +10,7 @@ from adirec.data.build import RawInteractions, build_dataset
 from adirec.data.dataset import HIST_ALL
 from adirec.models.adi import TwoTowerModel
 from adirec.models.config import TwoTowerConfig
+from adirec.models.layers import Dropout, dropout
 from adirec.models.sequence import HistoryEncoder, RecencyEncoder, TransformerEncoder
 from adirec.train.loss import full_softmax_loss, sampled_softmax_loss
 
@@ -35,6 +36,40 @@ def test_transformer_is_causal_a_future_item_never_changes_an_earlier_position()
         changed[:, t + 1:] = torch.randn_like(changed[:, t + 1:])
         assert torch.allclose(enc.causal(changed, mask)[:, :t + 1], out[:, :t + 1], atol=1e-6)
     assert torch.allclose(enc.last(e, mask), out[:, -1], atol=1e-6)
+
+
+def test_transformer_attention_is_scaled_dot_product_attention_with_the_causal_mask():
+    torch.manual_seed(0)
+    enc = TransformerEncoder(8, max_len=6, layers=1, heads=2, dropout=0.3).eval()
+    block = enc.blocks[0]
+    x, mask = _history()
+    L = x.shape[1]
+    allowed = (torch.arange(L)[:, None] >= torch.arange(L)[None, :]) & mask[:, None, :] | torch.eye(L, dtype=torch.bool)
+    q, k, v = block.qkv(block.norm1(x)).view(3, L, 3, 2, 4).permute(2, 0, 3, 1, 4)
+    a = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None])
+    h = x + block.proj(a.transpose(1, 2).reshape(3, L, 8))
+    expected = h + block.ff(block.norm2(h))
+    assert torch.allclose(block(x, allowed), expected, atol=1e-6)
+
+
+def test_dropout_zeroes_a_p_share_and_keeps_the_expectation():
+    torch.manual_seed(0)
+    x = torch.full((400, 500), 2.0, requires_grad=True)
+    y = dropout(x, 0.2, training=True)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.8) < 0.005  # 200K draws: std of the share 0.0009
+    scale = 32768 / (32768 - round(0.2 * 32768))
+    assert torch.all(y[kept] == 2.0 * scale)  # survivors scaled by 1 / (1 - p), p on its grid
+    y.sum().backward()
+    assert torch.equal(x.grad, kept.float() * scale)  # the gradient passes the same mask
+    assert abs(y.mean().item() - 2.0) < 0.02
+    # the positions of one draw are independent: neighbours drawn from one 64-bit word agree by chance
+    pairs = kept.view(-1, 4)
+    assert abs((pairs[:, 0] == pairs[:, 1]).float().mean().item() - (0.8 ** 2 + 0.2 ** 2)) < 0.01
+    assert torch.equal(dropout(x, 0.2, training=False), x)
+    assert torch.equal(dropout(x, 0.0, training=True), x)
+    with pytest.raises(ValueError, match="dropout must be in"):
+        Dropout(1.0)
 
 
 @pytest.mark.parametrize("encoder", [HistoryEncoder(), RecencyEncoder(6)])

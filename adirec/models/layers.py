@@ -270,6 +270,52 @@ def make_adaptation(kind: str, num_fields: int, dim: int, num_domains: int, se_r
 
 
 # -----------------------------------------------------------------------------
+# dropout
+
+
+def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Inverted dropout: in training each element is zeroed with probability ``p`` and the rest
+    are scaled by ``1 / (1 - p)``; the identity otherwise.
+
+    On the CPU the mask is drawn from 15-bit uniform integers (four per 64-bit draw of torch's
+    generator), so ``p`` is rounded to a multiple of 1 / 32768 and the scale uses the rounded
+    value: the expectation is still ``x``. Why: ``torch.nn.functional.dropout`` draws its mask with
+    ``bernoulli_``, which on CPUs where MKL takes its generic path (AMD EPYC) is 3-4x slower than
+    this mask and was 15% of a Transformer-tower training step (benchmarks/README.md, "Dropout").
+    On other devices it is ``torch.nn.functional.dropout``.
+    """
+    if not training or p == 0.0:
+        return x
+    if x.device.type != "cpu":
+        return F.dropout(x, p, training=True)
+    threshold = min(round(p * _DROPOUT_LEVELS), _DROPOUT_LEVELS - 1)
+    n = x.numel()
+    draws = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_()  # [0, 2^63)
+    uniform = draws.view(torch.int16)[:n].view(x.shape).bitwise_and_(_DROPOUT_LEVELS - 1)  # [0, 2^15)
+    keep = (uniform >= threshold).to(x.dtype).mul_(_DROPOUT_LEVELS / (_DROPOUT_LEVELS - threshold))
+    return x * keep
+
+
+_DROPOUT_LEVELS = 1 << 15
+
+
+class Dropout(nn.Module):
+    """:func:`dropout` as a module (``nn.Dropout``'s interface: ``p``, active in training)."""
+
+    def __init__(self, p: float = 0.5):
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {p}")
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return dropout(x, self.p, self.training)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+# -----------------------------------------------------------------------------
 # MLP: Linear -> norm -> ReLU -> dropout per layer
 
 
@@ -313,7 +359,7 @@ class MLP(nn.Module):
         self.norms: nn.ModuleList | None = nn.ModuleList(
             DomainSpecificBatchNorm(h, num_domains) if dsbn else nn.BatchNorm1d(h) for h in hidden
         )
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.inner_se = HiddenSE(hidden[0], 1, se_reduction) if se_reduction is not None else None
 
     def remove_norms(self) -> None:

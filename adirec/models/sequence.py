@@ -26,7 +26,8 @@ import math
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+
+from adirec.models.layers import Dropout, dropout as dropout_of
 
 HISTORY_ENCODERS = ("mean", "recency", "transformer")
 
@@ -90,7 +91,7 @@ class TransformerEncoder(HistoryEncoder):
             raise ValueError(f"the embedding width {dim} must be a multiple of the attention heads {heads}")
         self.max_len, self.heads, self.dim = max_len, heads, dim
         self.position = nn.Embedding(max_len, dim)  # (L, E)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.blocks = nn.ModuleList(_Block(dim, heads, dropout) for _ in range(layers))
         self.norm = nn.LayerNorm(dim)
 
@@ -123,15 +124,17 @@ class _Block(nn.Module):
         self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
-        self.ff = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(dim, dim))
-        self.dropout = nn.Dropout(dropout)
+        self.ff = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), Dropout(dropout), nn.Linear(dim, dim))
+        self.dropout = Dropout(dropout)
         self.attn_dropout = dropout
 
     def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
         B, L, E = x.shape
         q, k, v = self.qkv(self.norm1(x)).view(B, L, 3, self.heads, E // self.heads).permute(2, 0, 3, 1, 4)
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None],  # (B, H, L, E/H)
-                                           dropout_p=self.attn_dropout if self.training else 0.0)
+        # scaled dot-product attention, written out so that its dropout is adirec's (layers.dropout)
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(E // self.heads)  # (B, H, L, L)
+        weights = torch.softmax(scores.masked_fill(~allowed[:, None], float("-inf")), dim=-1)
+        a = dropout_of(weights, self.attn_dropout, self.training) @ v  # (B, H, L, E/H)
         x = x + self.dropout(self.proj(a.transpose(1, 2).reshape(B, L, E)))
         return x + self.dropout(self.ff(self.norm2(x)))
 
