@@ -257,6 +257,7 @@ def test_sparse_gradients_update_only_touched_rows(tiny):
     model = TwoTowerModel(tiny.schema, tiny.num_domains, build_config("dnn", **SMALL, sparse_embeddings=True))
     opt = make_optimizer(model, 1e-2, 0.0)
     assert isinstance(opt, SparseDenseAdam) and isinstance(opt.optimizers[0], torch.optim.SparseAdam)
+    assert opt.optimizers[1].defaults["fused"]  # the dense parameters take torch's fused Adam
     t = Trainer(model, tiny, TrainConfig(epochs=1, batch_size=64, num_negatives=8, progress=False, device="cpu"))
     table = model.embeddings.tables["item_id"].weight
     start = table.detach().clone()
@@ -271,4 +272,5 @@ def test_sparse_gradients_update_only_touched_rows(tiny):
     moved = (table.detach() != start).any(dim=1)
     assert moved.any() and torch.equal(moved, touched & (torch.arange(len(table)) != 0))  # row 0: padding
     dense = TwoTowerModel(tiny.schema, tiny.num_domains, build_config("dnn", **SMALL))
-    assert isinstance(make_optimizer(dense, 1e-2, 0.0), torch.optim.Adam)
+    plain = make_optimizer(dense, 1e-2, 0.0)
+    assert isinstance(plain, torch.optim.Adam) and plain.defaults["fused"]

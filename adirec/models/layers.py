@@ -277,12 +277,13 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     """Inverted dropout: in training each element is zeroed with probability ``p`` and the rest
     are scaled by ``1 / (1 - p)``; the identity otherwise.
 
-    On the CPU the mask is drawn from 15-bit uniform integers (four per 64-bit draw of torch's
-    generator), so ``p`` is rounded to a multiple of 1 / 32768 and the scale uses the rounded
-    value: the expectation is still ``x``. Why: ``torch.nn.functional.dropout`` draws its mask with
-    ``bernoulli_``, which on CPUs where MKL takes its generic path (AMD EPYC) is 3-4x slower than
-    this mask and was 15% of a Transformer-tower training step (benchmarks/README.md, "Dropout").
-    On other devices it is ``torch.nn.functional.dropout``.
+    On the CPU the mask comes from 15-bit uniform integers, four from each draw of torch's
+    generator (``random_`` on int64 gives 63 uniform bits: the low 15 bits of each 16-bit lane
+    are used), so ``p`` is rounded to a multiple of 1 / 32768 and the scale uses the rounded
+    value: the expectation is still ``x``. Why: ``torch.nn.functional.dropout`` draws its mask
+    with ``bernoulli_``, which on an AMD EPYC CPU made dropout about 3x slower (forward and
+    backward) and 15% of a Transformer-tower training step (benchmarks/README.md, "Dropout and
+    Adam"). On other devices it is ``torch.nn.functional.dropout``.
     """
     if not training or p == 0.0:
         return x

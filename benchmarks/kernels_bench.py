@@ -1,0 +1,105 @@
+"""Two kernels of a training step, adirec's choice beside torch's default, timed in the same run:
+
+* dropout (forward + backward) on a Transformer activation of ``adi-plus``'s size:
+  ``torch.nn.functional.dropout`` against ``adirec.models.layers.dropout`` (masks from 15-bit
+  uniform integers);
+* one Adam step over ``adi-plus``'s parameters (built on ``synthetic:default``): torch's default
+  Adam (a loop over the parameters on the CPU), ``foreach=True`` and ``fused=True`` (adirec's).
+
+    python benchmarks/kernels_bench.py [--threads 2] [--rounds 5] [--out benchmarks/results]
+
+Variants run in interleaved rounds (A B A B ...), each round the mean of ``--repeats`` calls, and
+the median round is reported, so that a busy machine slows all of them alike. Writes
+``kernels_bench.json`` to ``--out``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from adirec.bench.provenance import environment  # noqa: E402
+from adirec.data.sources import load_source  # noqa: E402
+from adirec.models.layers import dropout  # noqa: E402
+from adirec.models.registry import build_config, build_model  # noqa: E402
+
+
+def timed_rounds(variants: dict, rounds: int, repeats: int) -> dict[str, float]:
+    """Median over ``rounds`` of the mean seconds of one call, variants interleaved."""
+    seconds: dict[str, list[float]] = {name: [] for name in variants}
+    for fn in variants.values():  # warm up
+        fn()
+    for _ in range(rounds):
+        for name, fn in variants.items():
+            start = time.perf_counter()
+            for _ in range(repeats):
+                fn()
+            seconds[name].append((time.perf_counter() - start) / repeats)
+    return {name: statistics.median(s) for name, s in seconds.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--p", type=float, default=0.2, help="dropout probability (adi-plus's Transformer)")
+    ap.add_argument("--shape", default="163,50,64",
+                    help="activation shape: users x history positions x width (a genre3 batch of 8,192 rows)")
+    ap.add_argument("--out", default="benchmarks/results")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    shape = tuple(int(v) for v in args.shape.split(","))
+    x = torch.randn(*shape, requires_grad=True)
+
+    def torch_dropout():
+        F.dropout(x, args.p, training=True).sum().backward()
+
+    def adirec_dropout():
+        dropout(x, args.p, training=True).sum().backward()
+
+    drop = timed_rounds({"torch.nn.functional.dropout": torch_dropout, "adirec dropout": adirec_dropout},
+                        args.rounds, args.repeats)
+
+    data = load_source("synthetic:default")
+    model = build_model("adi-plus", data.schema, data.num_domains, build_config("adi-plus", data.num_domains))
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        p.grad = torch.randn_like(p) * 1e-3
+    optimizers = {"Adam (default)": torch.optim.Adam(params, lr=1e-4),
+                  "Adam foreach=True": torch.optim.Adam(params, lr=1e-4, foreach=True),
+                  "Adam fused=True": torch.optim.Adam(params, lr=1e-4, fused=True)}
+    adam = timed_rounds({name: opt.step for name, opt in optimizers.items()}, args.rounds, args.repeats)
+
+    result = {
+        "threads": args.threads, "rounds": args.rounds, "repeats": args.repeats,
+        "dropout": {"shape": list(shape), "p": args.p, "seconds_fwd_bwd": drop,
+                    "speedup": drop["torch.nn.functional.dropout"] / drop["adirec dropout"]},
+        "adam": {"model": "adi-plus on synthetic:default", "tensors": len(params),
+                 "parameters": sum(p.numel() for p in params), "seconds_per_step": adam,
+                 "speedup_fused": adam["Adam (default)"] / adam["Adam fused=True"]},
+        "mkl": torch.backends.mkl.is_available(),
+        "environment": environment(),
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "kernels_bench.json").write_text(json.dumps(result, indent=2) + "\n")
+    for part in ("dropout", "adam"):
+        timings = result[part]["seconds_fwd_bwd" if part == "dropout" else "seconds_per_step"]
+        for name, s in timings.items():
+            print(f"{name:32s} {s * 1000:8.2f} ms")
+    print(f"dropout speedup {result['dropout']['speedup']:.2f}x, fused Adam {result['adam']['speedup_fused']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
