@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -58,6 +59,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    load_before = os.getloadavg()
 
     shape = tuple(int(v) for v in args.shape.split(","))
     x = torch.randn(*shape, requires_grad=True)
@@ -88,6 +90,7 @@ def main() -> None:
         "adam": {"model": "adi-plus on synthetic:default", "tensors": len(params),
                  "parameters": sum(p.numel() for p in params), "seconds_per_step": adam,
                  "speedup_fused": adam["Adam (default)"] / adam["Adam fused=True"]},
+        "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
         "mkl": torch.backends.mkl.is_available(),
         "environment": environment(),
     }

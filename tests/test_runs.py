@@ -210,10 +210,14 @@ def test_diverging_training_stops_with_one_line_and_a_failed_run(tmp_path, capsy
 def _cli(*args: str, cwd: Path) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     # Ctrl-C's default action in the child even when these tests run in a background job, whose
-    # commands inherit SIGINT ignored (and Python then installs no KeyboardInterrupt handler)
-    return subprocess.Popen([sys.executable, "-m", "adirec", *args], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    # commands inherit SIGINT ignored (and Python then installs no KeyboardInterrupt handler): a
+    # handled signal is reset to its default at exec, so handle it here while the child starts
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return subprocess.Popen([sys.executable, "-m", "adirec", *args], cwd=cwd, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])

@@ -11,7 +11,7 @@ from adirec.data.dataset import HIST_ALL
 from adirec.models.adi import TwoTowerModel
 from adirec.models.config import TwoTowerConfig
 from adirec.models.layers import Dropout, dropout
-from adirec.models.sequence import HistoryEncoder, RecencyEncoder, TransformerEncoder
+from adirec.models.sequence import HistoryEncoder, RecencyEncoder, TransformerEncoder, written_out_attention
 from adirec.train.loss import full_softmax_loss, sampled_softmax_loss
 
 SMALL = dict(embedding_dim=8, expert_hidden=(16,), expert_out=8, forward_hidden=(8,), output_dim=8)
@@ -46,10 +46,20 @@ def test_transformer_attention_is_scaled_dot_product_attention_with_the_causal_m
     L = x.shape[1]
     allowed = (torch.arange(L)[:, None] >= torch.arange(L)[None, :]) & mask[:, None, :] | torch.eye(L, dtype=torch.bool)
     q, k, v = block.qkv(block.norm1(x)).view(3, L, 3, 2, 4).permute(2, 0, 3, 1, 4)
-    a = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None])
+    # softmax(q k^T / sqrt(d)) v over the allowed keys, by hand
+    scores = torch.einsum("bhtd,bhjd->bhtj", q, k) / 2.0
+    weights = torch.softmax(scores.masked_fill(~allowed[:, None], float("-inf")), dim=-1)
+    a = torch.einsum("bhtj,bhjd->bhtd", weights, v)
     h = x + block.proj(a.transpose(1, 2).reshape(3, L, 8))
     expected = h + block.ff(block.norm2(h))
     assert torch.allclose(block(x, allowed), expected, atol=1e-6)
+    # training on the CPU: the same attention with layers.dropout on its weights
+    torch.manual_seed(1)
+    got = written_out_attention(q, k, v, allowed[:, None], 0.3)
+    torch.manual_seed(1)
+    kept = dropout(torch.ones_like(weights), 0.3, training=True)  # the same draws: the same mask
+    assert torch.allclose(got, torch.einsum("bhtj,bhjd->bhtd", weights * kept, v), atol=1e-6)
+    assert not torch.allclose(got, a, atol=1e-3)
 
 
 def test_dropout_zeroes_a_p_share_and_keeps_the_expectation():
@@ -70,6 +80,8 @@ def test_dropout_zeroes_a_p_share_and_keeps_the_expectation():
     assert torch.equal(dropout(x, 0.0, training=True), x)
     with pytest.raises(ValueError, match="dropout must be in"):
         Dropout(1.0)
+    with pytest.raises(ValueError, match="dropout must be in"):
+        dropout(x, -0.1, training=True)
 
 
 @pytest.mark.parametrize("encoder", [HistoryEncoder(), RecencyEncoder(6)])

@@ -280,11 +280,13 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     On the CPU the mask comes from 15-bit uniform integers, four from each draw of torch's
     generator (``random_`` on int64 gives 63 uniform bits: the low 15 bits of each 16-bit lane
     are used), so ``p`` is rounded to a multiple of 1 / 32768 and the scale uses the rounded
-    value: the expectation is still ``x``. Why: ``torch.nn.functional.dropout`` draws its mask
-    with ``bernoulli_``, which on an AMD EPYC CPU made dropout about 3x slower (forward and
-    backward) and 15% of a Transformer-tower training step (benchmarks/README.md, "Dropout and
-    Adam"). On other devices it is ``torch.nn.functional.dropout``.
+    value: in float32 and float64 the expectation is still ``x``. Why: ``torch.nn.functional.dropout``
+    draws its mask with ``bernoulli_``, which on an AMD EPYC CPU made dropout about 3x slower
+    (forward and backward; benchmarks/README.md, "Dropout and Adam"). On other devices it is
+    ``torch.nn.functional.dropout``.
     """
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {p}")
     if not training or p == 0.0:
         return x
     if x.device.type != "cpu":

@@ -109,8 +109,10 @@ def make_optimizer(model: nn.Module, lr: float, weight_decay: float):
 
 def _adam(params: list[nn.Parameter], lr: float, weight_decay: float) -> torch.optim.Adam:
     """Adam with torch's fused kernel where it has one (float parameters on the CPU or CUDA):
-    the same update, one kernel for all parameters instead of a loop over them (a step over
-    adi-plus's parameters 5x faster on the CPU; benchmarks/README.md, "Dropout and Adam")."""
+    the same update up to float rounding, one kernel for all parameters instead of a loop over
+    them (a step over adi-plus's parameters 5x faster on the CPU; benchmarks/README.md, "Dropout
+    and Adam"). A run resumed from a checkpoint written before adirec used it keeps that
+    checkpoint's loop (the optimizer's saved settings win)."""
     fused = bool(params) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
     return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
 
