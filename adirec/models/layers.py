@@ -285,8 +285,7 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     (forward and backward; benchmarks/README.md, "Dropout and Adam"). On other devices it is
     ``torch.nn.functional.dropout``.
     """
-    if not 0.0 <= p < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {p}")
+    _check_dropout(p)
     if not training or p == 0.0:
         return x
     if x.device.type != "cpu":
@@ -302,13 +301,17 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
 _DROPOUT_LEVELS = 1 << 15
 
 
+def _check_dropout(p: float) -> None:
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {p}")
+
+
 class Dropout(nn.Module):
     """:func:`dropout` as a module (``nn.Dropout``'s interface: ``p``, active in training)."""
 
     def __init__(self, p: float = 0.5):
         super().__init__()
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {p}")
+        _check_dropout(p)
         self.p = p
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -351,8 +354,7 @@ class MLP(nn.Module):
             raise ValueError(f"MLP in_dim must be >= 1, got {in_dim}")
         if any(h < 1 for h in hidden):
             raise ValueError(f"MLP hidden sizes must be >= 1, got {hidden}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        _check_dropout(dropout)
         if se_reduction is not None and not hidden:
             raise ValueError("an SE block inside an MLP needs at least one layer")
         self.dsbn = dsbn
