@@ -263,6 +263,54 @@ def test_an_older_bench_directory_is_accepted_or_refused_by_what_determines_the_
     assert "other settings (kwargs.lam: 7.0 there, " in res["failed"][0]["error"]
 
 
+def test_a_published_bench_goes_on_elsewhere_with_resume_from(tmp_path, capsys):
+    from adirec.bench.runner import Bench
+    from adirec.data.sources.synthetic import load_synthetic
+    dest = tmp_path / "published"
+    first, _ = _references_bench(tmp_path / "a", publish=dest)
+    # a new OUT continues the published bench: its runs are not run again, a new one runs
+    out = tmp_path / "b"
+    args = ["bench", "--data", "synthetic:tiny", "--suite", "references", "--out", str(out), "--resume-from",
+            str(dest), "--methods", "popularity,ease-pooled,itemknn", "--ease-lambda", "auto", "--threads", "1"]
+    assert main(args) == 0
+    log = capsys.readouterr().out
+    assert f"restored 2 finished runs from {dest}" in log
+    assert "references/popularity: done before" in log and "references/ease-pooled: done before" in log
+    assert "references/itemknn: fitted" in log and "choosing" not in log
+    res = json.loads((out / "results.json").read_text())
+    runs = {r["key"]: r for r in res["runs"]}
+    assert set(runs) == {"popularity", "ease-pooled", "itemknn"}
+    for r in first["runs"]:
+        assert runs[r["key"]]["metrics"] == r["metrics"] and runs[r["key"]]["restored_from"] == str(dest)
+    assert "restored_from" not in runs["itemknn"]
+    assert json.loads((out / "ease_lambda.json").read_text())["pooled"] == \
+        json.loads((dest / "ease_lambda.json").read_text())["pooled"]
+    assert "2 of them restored from a published bench (--resume-from)." in (out / "results.md").read_text()
+    # again: the runs OUT holds are kept as they are
+    stamp = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/*/*/bench.json")}
+    assert main(args) == 0
+    assert f"restored 0 finished runs from {dest} (2 already in {out}, kept)" in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in out.glob("runs/*/*/*/bench.json")} == stamp
+    # refused: another data set, a file that is no results.json, a record outside runs/, no file
+    cfg = BenchConfig(DataSpec(source="synthetic:tiny"), tmp_path / "c", ["references"], resume_from=dest)
+    with pytest.raises(ValueError, match=r"--resume-from .* is a bench with other data \(train rows"):
+        Bench(cfg, data=load_synthetic("tiny", seed=3), log=lambda _: None).run()
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "results.json").write_text("{")
+    with pytest.raises(ValueError, match="is not a bench's results.json \\(JSONDecodeError"):
+        _references_bench(tmp_path / "d", resume_from=bad)
+    published = json.loads((dest / "results.json").read_text())
+    published["runs"][-1]["run_dir"] = "../../elsewhere/reference"
+    (bad / "results.json").write_text(json.dumps(published))
+    with pytest.raises(ValueError, match=r"a run record without a request or a run directory runs/SUITE/KEY/RUN "
+                                         r"\('\.\./\.\./elsewhere/reference'\)"):
+        _references_bench(tmp_path / "e", resume_from=bad)
+    assert not (tmp_path / "e" / "runs").exists()  # nothing of it was written
+    with pytest.raises(ValueError, match="holds no results.json: name a directory that --publish wrote"):
+        BenchConfig(DataSpec(source="synthetic:tiny"), out, ["references"], resume_from=tmp_path / "none")
+
+
 def test_a_missing_config_field_counts_at_its_default():
     from adirec.bench.runner import normal_request, request_difference, request_hash
     from adirec.models.config import TwoTowerConfig

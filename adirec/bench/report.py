@@ -239,7 +239,9 @@ def _header(meta: dict, records: list[dict], provenance: dict | None) -> list[st
             parts.append(f"{unknown} recorded by an earlier version without provenance")
         lines.append(f"- **Runs**: {len(records)} records; code: " + ", ".join(parts)
                      + ("; devices: " + ", ".join(f"{n} {d}" for d, n in sorted(devices.items())) if devices else "")
-                     + "." + (" The rows come from several code versions." if len(commits) + bool(unknown) > 1 else ""))
+                     + "." + (" The rows come from several code versions." if len(commits) + bool(unknown) > 1 else "")
+                     + (f" {restored} of them restored from a published bench (--resume-from)."
+                        if (restored := sum(1 for r in records if r.get("restored_from"))) else ""))
     return lines
 
 

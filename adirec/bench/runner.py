@@ -115,6 +115,8 @@ class BenchConfig:
             sequential protocol: HR@10), [20, 50, 100] for full ranking over several domains.
         publish: also copy the tables, JSON and figures (never runs or data) to this directory,
             e.g. ``benchmarks/results/NAME`` (a figure or number in the README comes from there).
+        resume_from: a published bench whose finished runs are restored into ``out`` before the
+            bench runs (:meth:`Bench.restore`).
         threads: torch threads (None = torch's default).
         progress: per-epoch progress bars of the trainer.
     """
@@ -138,6 +140,10 @@ class BenchConfig:
     publish: Path | None = option(None, "also copy results.md, results.json, bench.json, the EASE choices and "
                                   "the figures (never runs or data) to DIR, e.g. benchmarks/results/NAME",
                                   metavar="DIR")
+    resume_from: Path | None = option(None, "a published bench (a --publish directory) of the same data, "
+                                      "protocol and cut-offs: its finished runs are put into --out first and "
+                                      "not run again, so a long bench goes on in another place or session",
+                                      metavar="DIR")
     threads: int | None = None
     progress: bool = True
 
@@ -145,6 +151,11 @@ class BenchConfig:
         if self.out is None or not str(self.out):
             raise ValueError("an output directory is required (--out DIR)")
         self.out = Path(self.out)
+        if self.resume_from is not None:
+            self.resume_from = Path(self.resume_from)
+            if not (self.resume_from / "results.json").is_file():
+                raise ValueError(f"--resume-from {self.resume_from} holds no results.json: name a directory "
+                                 "that --publish wrote")
         if self.publish is not None:
             self.publish = Path(self.publish)
             if self.publish.resolve() == self.out.resolve():
@@ -275,27 +286,78 @@ class Bench:
                     tasks += [Task(spec, s, base / f"seed{s}") for s in seeds]
         return tasks
 
+    def _differences(self, old: dict) -> list[str]:
+        """What makes the bench described by ``old`` (an ``OUT/bench.json``) another bench than this
+        one: other data, protocol, split or cut-offs. A ``bench.json`` written before fingerprints
+        were recorded is compared by its DataSpec."""
+        problems = [f"{k}={old.get(k)!r}, not {self.meta[k]!r}" for k in ("protocol", "split", "ks")
+                    if old.get(k) != self.meta[k]]
+        stored = (old.get("data_fingerprint") or {}).get("sha256")
+        if stored is not None:
+            if stored != self.meta["data_fingerprint"]["sha256"]:
+                from adirec.data.fingerprint import describe_difference
+                problems.append("other data (" + describe_difference(old["data_fingerprint"],
+                                                                    self.meta["data_fingerprint"]) + ")")
+        else:
+            problems += [f"data {k}={a!r}, not {b!r}" for k, (a, b) in
+                         sorted(data_spec_difference(old.get("data") or {}, self.meta["data"]).items())]
+        return problems
+
     def _check_out(self) -> None:
         """Refuse an ``OUT`` that holds a bench of other data or another protocol (see the module
         docstring); accept one written by an earlier version for the same data."""
         path = self.cfg.out / "bench.json"
         if path.is_file():
-            old = json.loads(path.read_text())
-            problems = [f"{k}={old.get(k)!r}, not {self.meta[k]!r}" for k in ("protocol", "split", "ks")
-                        if old.get(k) != self.meta[k]]
-            stored = (old.get("data_fingerprint") or {}).get("sha256")
-            if stored is not None:
-                if stored != self.meta["data_fingerprint"]["sha256"]:
-                    from adirec.data.fingerprint import describe_difference
-                    problems.append("other data (" + describe_difference(old["data_fingerprint"],
-                                                                        self.meta["data_fingerprint"]) + ")")
-            else:
-                problems += [f"data {k}={a!r}, not {b!r}" for k, (a, b) in
-                             sorted(data_spec_difference(old.get("data") or {}, self.meta["data"]).items())]
+            problems = self._differences(json.loads(path.read_text()))
             if problems:
                 raise ValueError(f"{self.cfg.out} holds a bench with " + "; ".join(problems)
                                  + ". Choose another --out, or the settings it was run with")
         atomic_write_json(path, self.meta)
+
+    def restore(self, source: Path) -> tuple[int, int]:
+        """Put the finished runs of the published bench ``source`` (``--resume-from``) into ``OUT``:
+        each run record of its ``results.json`` becomes the run's ``bench.json``, as if the run had
+        finished here, and its reference settings (``ease_lambda.json``) join ``OUT``'s. A run that
+        ``OUT`` already holds is kept as it is. The published bench must be of the same data (by
+        fingerprint), protocol, split and cut-offs. A restored run asked for with other settings is
+        refused like any finished run. Returns (restored, kept)."""
+        path = Path(source) / "results.json"
+        try:
+            published = json.loads(path.read_text())
+            meta, records = published["bench"], published["runs"]
+            if not isinstance(meta, dict) or not isinstance(records, list):
+                raise TypeError("'bench' must be an object and 'runs' a list")
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"--resume-from {source}: {path} is not a bench's results.json "
+                             f"({type(e).__name__}: {e})") from None
+        problems = self._differences(meta)
+        if problems:
+            raise ValueError(f"--resume-from {source} is a bench with " + "; ".join(problems)
+                             + "; its runs cannot continue here")
+        targets = []
+        for record in records:  # every record is checked before anything is written
+            rel = Path(str(record.get("run_dir", ""))) if isinstance(record, dict) else Path()
+            if (not isinstance(record, dict) or "request" not in record or rel.is_absolute()
+                    or len(rel.parts) != 4 or rel.parts[0] != "runs" or ".." in rel.parts):
+                name = record.get("run_dir") if isinstance(record, dict) else record
+                raise ValueError(f"--resume-from {source}: a run record without a request or a run directory "
+                                 f"runs/SUITE/KEY/RUN ({name!r})")
+            targets.append((self.cfg.out / rel / "bench.json", record))
+        restored = kept = 0
+        for target, record in targets:
+            if target.is_file():
+                kept += 1
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(target, {"restored_from": str(source), **record})  # the first origin stays
+            restored += 1
+        choices, here = Path(source) / "ease_lambda.json", self.cfg.out / "ease_lambda.json"
+        if choices.is_file():
+            mine = json.loads(here.read_text()) if here.is_file() else {}
+            atomic_write_json(here, {**json.loads(choices.read_text()), **mine})
+        self.log(f"restored {restored} finished run{'s' if restored != 1 else ''} from {source}"
+                 + (f" ({kept} already in {self.cfg.out}, kept)" if kept else ""))
+        return restored, kept
 
     # ------------------------------------------------------------------ run
     def run(self) -> dict:
@@ -303,6 +365,8 @@ class Bench:
         use_threads(self.cfg.threads)
         self.cfg.out.mkdir(parents=True, exist_ok=True)
         self._check_out()
+        if self.cfg.resume_from is not None:
+            self.restore(self.cfg.resume_from)
         tasks = self.plan()
         for s in self.skipped:
             self.log(f"skipped {s['suite']}/{s['key']}: {s['reason']}")
