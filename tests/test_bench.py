@@ -268,47 +268,78 @@ def test_a_published_bench_goes_on_elsewhere_with_resume_from(tmp_path, capsys):
     from adirec.data.sources.synthetic import load_synthetic
     dest = tmp_path / "published"
     first, _ = _references_bench(tmp_path / "a", publish=dest)
-    # a new OUT continues the published bench: its runs are not run again, a new one runs
+    # a new OUT continues the published bench: its runs are not run again, new ones run, and a
+    # run of another suite that is the same computation reuses the restored one
     out = tmp_path / "b"
-    args = ["bench", "--data", "synthetic:tiny", "--suite", "references", "--out", str(out), "--resume-from",
+    args = ["bench", "--data", "synthetic:tiny", "--suite", "references,paper", "--out", str(out), "--resume-from",
             str(dest), "--methods", "popularity,ease-pooled,itemknn", "--ease-lambda", "auto", "--threads", "1"]
     assert main(args) == 0
     log = capsys.readouterr().out
-    assert f"restored 2 finished runs from {dest}" in log
+    assert f"restored 2 finished runs from {dest}\n" in log
     assert "references/popularity: done before" in log and "references/ease-pooled: done before" in log
     assert "references/itemknn: fitted" in log and "choosing" not in log
+    assert "paper/popularity: reused runs/references/popularity/reference" in log
     res = json.loads((out / "results.json").read_text())
-    runs = {r["key"]: r for r in res["runs"]}
-    assert set(runs) == {"popularity", "ease-pooled", "itemknn"}
+    runs = {(r["suite"], r["key"]): r for r in res["runs"]}
+    assert set(runs) == {(s, k) for s in ("references", "paper") for k in ("popularity", "ease-pooled", "itemknn")}
     for r in first["runs"]:
-        assert runs[r["key"]]["metrics"] == r["metrics"] and runs[r["key"]]["restored_from"] == str(dest)
-    assert "restored_from" not in runs["itemknn"]
+        assert runs[("references", r["key"])]["metrics"] == r["metrics"] == runs[("paper", r["key"])]["metrics"]
+        assert runs[("references", r["key"])]["restored_from"] == str(dest)
+        assert "restored_from" not in runs[("paper", r["key"])]  # reused here, not restored
+    assert "restored_from" not in runs[("references", "itemknn")]
     assert json.loads((out / "ease_lambda.json").read_text())["pooled"] == \
         json.loads((dest / "ease_lambda.json").read_text())["pooled"]
+    assert "6 records; " in (out / "results.md").read_text()
     assert "2 of them restored from a published bench (--resume-from)." in (out / "results.md").read_text()
     # again: the runs OUT holds are kept as they are
     stamp = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/*/*/bench.json")}
     assert main(args) == 0
     assert f"restored 0 finished runs from {dest} (2 already in {out}, kept)" in capsys.readouterr().out
     assert {p: p.stat().st_mtime_ns for p in out.glob("runs/*/*/*/bench.json")} == stamp
-    # refused: another data set, a file that is no results.json, a record outside runs/, no file
-    cfg = BenchConfig(DataSpec(source="synthetic:tiny"), tmp_path / "c", ["references"], resume_from=dest)
-    with pytest.raises(ValueError, match=r"--resume-from .* is a bench with other data \(train rows"):
-        Bench(cfg, data=load_synthetic("tiny", seed=3), log=lambda _: None).run()
-    bad = tmp_path / "bad"
-    bad.mkdir()
-    (bad / "results.json").write_text("{")
-    with pytest.raises(ValueError, match="is not a bench's results.json \\(JSONDecodeError"):
-        _references_bench(tmp_path / "d", resume_from=bad)
+    # a run begun in OUT (another bench may be training it) is left alone
+    begun = tmp_path / "c" / "runs" / "references" / "popularity" / "reference"
+    begun.mkdir(parents=True)
+    (begun / "partial").write_text("")
+    _, logs = _references_bench(tmp_path / "c", resume_from=dest, methods=("ease-pooled",))
+    assert f"restored 1 finished run from {dest} (1 already in {tmp_path / 'c'}, kept)" in logs
+    assert sorted(p.name for p in begun.iterdir()) == ["partial"]
+
+    # refused, with nothing of the published bench written
+    def refused(published: dict, match: str, settings=None, out_dir="r"):
+        src = tmp_path / "bad"
+        src.mkdir(exist_ok=True)
+        (src / "results.json").write_text(json.dumps(published) if isinstance(published, dict) else published)
+        (src / "ease_lambda.json").write_text(json.dumps(settings or json.loads((dest / "ease_lambda.json").read_text())))
+        with pytest.raises(ValueError, match=match):
+            _references_bench(tmp_path / out_dir, resume_from=src)
+        assert not (tmp_path / out_dir / "runs").exists()
+
+    refused("{", r"is not a bench's results.json \(JSONDecodeError")
+    unprinted = json.loads((dest / "results.json").read_text())
+    del unprinted["bench"]["data_fingerprint"]  # published before fingerprints were recorded
+    refused(unprinted, r"is not a bench's results.json \(KeyError: .the data's fingerprint")
+    for run_dir in ("../../elsewhere/reference", "runs/../x/reference", "runs/references/itemknn/reference",
+                    "runs/references/ease-pooled/seed0", "/abs/runs/references/ease-pooled/reference"):
+        published = json.loads((dest / "results.json").read_text())
+        published["runs"][-1]["run_dir"] = run_dir  # the record is references/ease-pooled's
+        refused(published, "a run record that is not a finished run of runs/SUITE/KEY/RUN")
     published = json.loads((dest / "results.json").read_text())
-    published["runs"][-1]["run_dir"] = "../../elsewhere/reference"
-    (bad / "results.json").write_text(json.dumps(published))
-    with pytest.raises(ValueError, match=r"a run record without a request or a run directory runs/SUITE/KEY/RUN "
-                                         r"\('\.\./\.\./elsewhere/reference'\)"):
-        _references_bench(tmp_path / "e", resume_from=bad)
-    assert not (tmp_path / "e" / "runs").exists()  # nothing of it was written
+    del published["runs"][0]["metrics"]
+    refused(published, r"not a finished run of runs/SUITE/KEY/RUN \('runs/references/popularity/reference'\)")
+    published = json.loads((dest / "results.json").read_text())
+    refused({**published, "runs": published["runs"] * 2}, "two run records of runs/references/popularity/reference")
+    refused(published, "holds no reference settings", settings={"pooled": {"lam": 1.0}})
+    other = tmp_path / "o" / "ease_lambda.json"  # this OUT chose EASE's lambda otherwise
+    other.parent.mkdir()
+    other.write_text(json.dumps({"pooled": {"lam": 123.0, "lambdas": [123.0]}}))
+    refused(published, r"its reference settings \['pooled'\] differ from the ones .* holds", out_dir="o")
+    cfg = BenchConfig(DataSpec(source="synthetic:tiny"), tmp_path / "d", ["references"], resume_from=dest)
+    with pytest.raises(ValueError, match=r"--resume-from .* a bench with other data \(train rows"):
+        Bench(cfg, data=load_synthetic("tiny", seed=3), log=lambda _: None).run()
     with pytest.raises(ValueError, match="holds no results.json: name a directory that --publish wrote"):
         BenchConfig(DataSpec(source="synthetic:tiny"), out, ["references"], resume_from=tmp_path / "none")
+    with pytest.raises(ValueError, match="is the bench's own --out"):
+        BenchConfig(DataSpec(source="synthetic:tiny"), out, ["references"], resume_from=out)
 
 
 def test_a_missing_config_field_counts_at_its_default():

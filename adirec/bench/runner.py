@@ -141,9 +141,9 @@ class BenchConfig:
                                   "the figures (never runs or data) to DIR, e.g. benchmarks/results/NAME",
                                   metavar="DIR")
     resume_from: Path | None = option(None, "a published bench (a --publish directory) of the same data, "
-                                      "protocol and cut-offs: its finished runs are put into --out first and "
-                                      "not run again, so a long bench goes on in another place or session",
-                                      metavar="DIR")
+                                      "protocol, split and cut-offs: its finished runs are put into --out "
+                                      "first and not run again, so a long bench goes on in another place or "
+                                      "session", metavar="DIR")
     threads: int | None = None
     progress: bool = True
 
@@ -156,6 +156,9 @@ class BenchConfig:
             if not (self.resume_from / "results.json").is_file():
                 raise ValueError(f"--resume-from {self.resume_from} holds no results.json: name a directory "
                                  "that --publish wrote")
+            if self.resume_from.resolve() == self.out.resolve():
+                raise ValueError(f"--resume-from {self.resume_from} is the bench's own --out; name what "
+                                 "--publish wrote")
         if self.publish is not None:
             self.publish = Path(self.publish)
             if self.publish.resolve() == self.out.resolve():
@@ -317,44 +320,71 @@ class Bench:
     def restore(self, source: Path) -> tuple[int, int]:
         """Put the finished runs of the published bench ``source`` (``--resume-from``) into ``OUT``:
         each run record of its ``results.json`` becomes the run's ``bench.json``, as if the run had
-        finished here, and its reference settings (``ease_lambda.json``) join ``OUT``'s. A run that
-        ``OUT`` already holds is kept as it is. The published bench must be of the same data (by
-        fingerprint), protocol, split and cut-offs. A restored run asked for with other settings is
-        refused like any finished run. Returns (restored, kept)."""
+        finished here, and its reference settings (``ease_lambda.json``) join ``OUT``'s. The
+        published bench must hold the same data (by its fingerprint; a bench published before
+        fingerprints were recorded is refused), protocol, split and cut-offs; every record and
+        setting is checked before anything is written. A run that ``OUT`` already holds, finished
+        or in progress, is kept as it is; a reference setting that ``OUT`` chose otherwise is an
+        error. A restored run asked for with other settings is refused like any finished run.
+        Returns (restored, kept)."""
+        def refuse(why: str) -> ValueError:
+            return ValueError(f"--resume-from {source}: {why}")
+
         path = Path(source) / "results.json"
         try:
             published = json.loads(path.read_text())
             meta, records = published["bench"], published["runs"]
             if not isinstance(meta, dict) or not isinstance(records, list):
                 raise TypeError("'bench' must be an object and 'runs' a list")
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise ValueError(f"--resume-from {source}: {path} is not a bench's results.json "
-                             f"({type(e).__name__}: {e})") from None
-        problems = self._differences(meta)
+            if not isinstance(meta.get("data_fingerprint"), dict) or "sha256" not in meta["data_fingerprint"]:
+                raise KeyError("the data's fingerprint (written by a version that recorded none)")
+            problems = self._differences(meta)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise refuse(f"{path} is not a bench's results.json ({type(e).__name__}: {e})") from None
         if problems:
-            raise ValueError(f"--resume-from {source} is a bench with " + "; ".join(problems)
-                             + "; its runs cannot continue here")
-        targets = []
-        for record in records:  # every record is checked before anything is written
+            raise refuse("a bench with " + "; ".join(problems) + "; its runs cannot continue here")
+        targets, seen = [], set()
+        for record in records:
             rel = Path(str(record.get("run_dir", ""))) if isinstance(record, dict) else Path()
-            if (not isinstance(record, dict) or "request" not in record or rel.is_absolute()
-                    or len(rel.parts) != 4 or rel.parts[0] != "runs" or ".." in rel.parts):
-                name = record.get("run_dir") if isinstance(record, dict) else record
-                raise ValueError(f"--resume-from {source}: a run record without a request or a run directory "
-                                 f"runs/SUITE/KEY/RUN ({name!r})")
-            targets.append((self.cfg.out / rel / "bench.json", record))
+            name = record.get("run_dir") if isinstance(record, dict) else record
+            ok = (isinstance(record, dict) and isinstance(record.get("request"), dict)
+                  and isinstance(record.get("metrics"), dict)
+                  and all(isinstance(record.get(k), str) for k in ("suite", "key", "label", "model", "kind")))
+            run = "reference" if ok and record.get("seed") is None else f"seed{record.get('seed')}" if ok else None
+            if (not ok or rel.is_absolute() or ".." in rel.parts
+                    or rel.parts != ("runs", record["suite"], record["key"], run)):
+                raise refuse(f"a run record that is not a finished run of runs/SUITE/KEY/RUN ({name!r})")
+            if rel in seen:
+                raise refuse(f"two run records of {rel}")
+            seen.add(rel)
+            targets.append((self.cfg.out / rel, record))
+        settings_path, here = Path(source) / "ease_lambda.json", self.cfg.out / "ease_lambda.json"
+        settings: dict = {}
+        if settings_path.is_file():
+            try:
+                settings = json.loads(settings_path.read_text())
+                if not (isinstance(settings, dict) and all(isinstance(v, dict) and "lam" in v and "lambdas" in v
+                                                           for v in settings.values())):
+                    raise TypeError("expected an object of settings, each with 'lam' and 'lambdas'")
+            except (OSError, ValueError, TypeError) as e:
+                raise refuse(f"{settings_path} holds no reference settings ({type(e).__name__}: {e})") from None
+        mine = json.loads(here.read_text()) if here.is_file() else {}
+        clash = sorted(k for k in settings.keys() & mine.keys() if settings[k] != mine[k])
+        if clash:
+            raise refuse(f"its reference settings {clash} differ from the ones {here} holds; "
+                         "restore into another --out")
+        if settings.keys() - mine.keys():  # the settings first: a restored reference run needs them
+            atomic_write_json(here, {**mine, **settings})
         restored = kept = 0
-        for target, record in targets:
-            if target.is_file():
+        for run_dir, record in targets:
+            # finished here, or begun here (perhaps by another bench sharing OUT): left alone
+            if run_dir.exists() and any(run_dir.iterdir()):
                 kept += 1
                 continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(target, {"restored_from": str(source), **record})  # the first origin stays
+            run_dir.mkdir(parents=True, exist_ok=True)
+            # a record restored before keeps its first origin
+            atomic_write_json(run_dir / "bench.json", {"restored_from": str(source), **record})
             restored += 1
-        choices, here = Path(source) / "ease_lambda.json", self.cfg.out / "ease_lambda.json"
-        if choices.is_file():
-            mine = json.loads(here.read_text()) if here.is_file() else {}
-            atomic_write_json(here, {**json.loads(choices.read_text()), **mine})
         self.log(f"restored {restored} finished run{'s' if restored != 1 else ''} from {source}"
                  + (f" ({kept} already in {self.cfg.out}, kept)" if kept else ""))
         return restored, kept
@@ -365,9 +395,9 @@ class Bench:
         use_threads(self.cfg.threads)
         self.cfg.out.mkdir(parents=True, exist_ok=True)
         self._check_out()
+        tasks = self.plan()  # before the restore: a bad --methods writes nothing
         if self.cfg.resume_from is not None:
             self.restore(self.cfg.resume_from)
-        tasks = self.plan()
         for s in self.skipped:
             self.log(f"skipped {s['suite']}/{s['key']}: {s['reason']}")
         done: dict[str, dict] = {}
@@ -428,7 +458,9 @@ class Bench:
                 "budget": request.get("budget"), "hash": h, "request": request}
         if h in done:  # the same computation finished under another suite
             src = done[h]
-            rec = {**src, **base, "reused_from": src.get("reused_from") or src.get("run_dir")}
+            # a reuse happens here: the restored count of results.md is of restored records only
+            rec = {**{k: v for k, v in src.items() if k != "restored_from"}, **base,
+                   "reused_from": src.get("reused_from") or src.get("run_dir")}
             rec["run_dir"] = str(task.run_dir.relative_to(self.cfg.out))
             task.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_json(path, rec)
