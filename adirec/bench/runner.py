@@ -345,14 +345,9 @@ class Bench:
             raise refuse("a bench with " + "; ".join(problems) + "; its runs cannot continue here")
         targets, seen = [], set()
         for record in records:
-            rel = Path(str(record.get("run_dir", ""))) if isinstance(record, dict) else Path()
-            name = record.get("run_dir") if isinstance(record, dict) else record
-            ok = (isinstance(record, dict) and isinstance(record.get("request"), dict)
-                  and isinstance(record.get("metrics"), dict)
-                  and all(isinstance(record.get(k), str) for k in ("suite", "key", "label", "model", "kind")))
-            run = "reference" if ok and record.get("seed") is None else f"seed{record.get('seed')}" if ok else None
-            if (not ok or rel.is_absolute() or ".." in rel.parts
-                    or rel.parts != ("runs", record["suite"], record["key"], run)):
+            rel = _restorable_run_dir(record)
+            if rel is None:
+                name = record.get("run_dir") if isinstance(record, dict) else record
                 raise refuse(f"a run record that is not a finished run of runs/SUITE/KEY/RUN ({name!r})")
             if rel in seen:
                 raise refuse(f"two run records of {rel}")
@@ -606,6 +601,19 @@ class Bench:
                 "epochs_run": summary.get("epochs_run"), "device": device, "metrics": report["metrics"],
                 "dial_weights": dial_weights(model, self.data, self.split),
                 "provenance": run_provenance(device, self.cfg.threads or torch.get_num_threads())}
+
+
+def _restorable_run_dir(record) -> Path | None:
+    """The run directory (relative to ``OUT``) of a published run record, or None when the record
+    is not a finished run (no request, metrics or names) or names a directory other than its own
+    ``runs/SUITE/KEY/seedN`` or ``runs/SUITE/KEY/reference``."""
+    if not (isinstance(record, dict) and isinstance(record.get("request"), dict)
+            and isinstance(record.get("metrics"), dict)
+            and all(isinstance(record.get(k), str) for k in ("suite", "key", "label", "model", "kind"))):
+        return None
+    run = "reference" if record.get("seed") is None else f"seed{record['seed']}"
+    rel = Path(str(record.get("run_dir", "")))
+    return rel if rel.parts == ("runs", record["suite"], record["key"], run) and ".." not in rel.parts else None
 
 
 # ---------------------------------------------------------------- comparing settings
