@@ -16,6 +16,14 @@ def test_demo_prints_the_table_and_what_it_shows(tmp_path, capsys):
     assert sorted(p.parent.name for p in runs) == ["adi-se", "dnn", "dnn-blind"]
 
 
+def test_demo_reading_gives_a_reason_only_for_an_order_it_measured():
+    from adirec.cli import demo_reading
+    ahead = demo_reading({"adi-se": 0.30, "dnn-blind": 0.20, "dnn": 0.25})
+    assert "30.0%" in ahead and "20.0%" in ahead and "because" in ahead and "reaches 25.0%" in ahead
+    behind = demo_reading({"adi-se": 0.19, "dnn-blind": 0.20})
+    assert "because" not in behind and "is not ahead" in behind and "dnn," not in behind
+
+
 @pytest.mark.slow  # about 3 minutes on two busy cores: 3 seeds x 2 models x 2 epochs
 def test_adi_beats_the_domain_blind_dnn_on_the_demo_world(tmp_path):
     from adirec.cli import demo_runs

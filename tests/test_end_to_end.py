@@ -107,3 +107,22 @@ def test_movielens_age3_protocol():
 
     r = evaluate(DomainPopularity(), data, split="test", protocol="full", ks=[50], seen=SeenItems(data))
     assert r.metrics(data.domains)["recall@50"]["mean"] == pytest.approx(0.154, abs=0.005)
+
+
+@pytest.mark.parametrize("name, flags, model_fields, train_fields", [
+    # a flag that contradicts the paper preset's own default wins, and the run records it
+    ("mmoe", ["--gate", "linear", "--shared-experts", "2"], {"gate": "linear", "shared_experts": 2}, {}),
+    ("dnn", ["--self-training"], {}, {"self_training.enabled": True}),
+    ("adi-se", ["--no-self-training", "--fusion", "sum"], {"fusion": "sum"}, {"self_training.enabled": False}),
+])
+def test_flags_over_a_paper_presets_defaults_apply_and_are_recorded(tmp_path, name, flags, model_fields,
+                                                                    train_fields):
+    run = tmp_path / "run"
+    assert main(["train", "--data", "synthetic:tiny", "--model", name, "--epochs", "1", *flags,
+                 "--out", str(run), *TINY]) == 0
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["model"] == name
+    assert {k: cfg["model_config"][k] for k in model_fields} == model_fields
+    for key, value in train_fields.items():
+        section, field = key.split(".")
+        assert cfg["train_config"][section][field] is value

@@ -49,3 +49,38 @@ def test_negatives_outside_the_domain_corpus_do_not_count():
         assert np.all(masked[allowed & ~hits] == False)  # noqa: E712  in-corpus negatives stay
     assert (~np.isin(batch.item.numpy(), np.concatenate(data.corpus[1:]))).any()  # the check had work
     assert torch.isfinite(z[torch.arange(len(batch)), torch.arange(len(batch))]).all()
+
+
+def test_full_softmax_runs_over_every_corpus_without_corpus_negatives_only(monkeypatch):
+    """dnn-blind's one softmax over everything holds under --softmax full too: each row is scored
+    against the union of the domains' corpora, with its positive at the right column."""
+    import adirec.train.objective as objective
+
+    data = load_source("synthetic:tiny")
+    union = np.unique(np.concatenate(data.corpus))
+    assert all(len(c) < len(union) for c in data.corpus)  # the corpora differ: the check has work
+    for corpus_only in (True, False):
+        torch.manual_seed(0)
+        model = TwoTowerModel(data.schema, data.num_domains, build_config("dnn", embedding_dim=8))
+        cfg = TrainConfig(progress=False, device="cpu", corpus_negatives_only=corpus_only, softmax="full",
+                          self_training={"enabled": False})
+        t = Trainer(model, data, cfg, report_split="test")
+        tr = t.train_data.splits["train"]
+        batch = Batch.from_interactions(tr, np.arange(64))
+        calls = []
+        real = objective.full_softmax_loss
+
+        def spy(u, items, target, **kw):
+            calls.append((items.shape[0], target))
+            return real(u, items, target, **kw)
+
+        monkeypatch.setattr(objective, "full_softmax_loss", spy)
+        t.loss(batch, 0.0)
+        monkeypatch.setattr(objective, "full_softmax_loss", real)
+        domains = sorted({int(d) for d in batch.domain})
+        assert len(calls) == len(domains)
+        for d, (columns, target) in zip(domains, calls):
+            corpus = union if not corpus_only else np.asarray(data.corpus[d])
+            assert columns == len(corpus)
+            rows = (batch.domain == d).numpy()
+            assert np.array_equal(corpus[target.numpy()], batch.item.numpy()[rows])  # the positives' columns

@@ -1,3 +1,4 @@
+import json
 import math
 
 import numpy as np
@@ -141,3 +142,21 @@ def test_cosine_schedule_sets_each_steps_rate_from_the_planned_epochs():
                 for e in range(3) for s in range(per_epoch)]
     assert rates == pytest.approx(expected)
     assert rates[0] == pytest.approx(0.01) and rates[-1] < 0.01 * 0.05
+
+
+def test_self_training_says_once_when_disjoint_catalogues_leave_nothing_to_label(tmp_path, capsys):
+    import pyarrow as pa
+
+    import adirec
+    rng = np.random.default_rng(0)
+    rows = [(f"u{u}", f"{name}{rng.integers(0, 15)}", name, t)  # each domain its own 15 items
+            for u in range(40) for name in ("a", "b", "c") for t in range(6)]
+    users, items, domains, times = map(list, zip(*rows))
+    data = adirec.load_data(pa.table({"user": users, "item": items, "scenario": domains, "ts": times}),
+                            user_col="user", item_col="item", domain_col="scenario", time_col="ts")
+    run = adirec.train(data, "adi-se", out=str(tmp_path / "run"), epochs=3, progress=False, eval_ks=[10],
+                       early_stopping_metric="recall@10", model_config={"embedding_dim": 8})
+    epochs = [json.loads(line) for line in (run.path / "metrics.jsonl").read_text().splitlines()]
+    assert [e["pseudo_fraction"] > 0 for e in epochs] == [False, True, True]  # self-training was on
+    assert all(e["pseudo_candidates"] == 0 and e["pseudo_rows"] == 0 for e in epochs)
+    assert capsys.readouterr().err.count("self-training has nothing to label") == 1

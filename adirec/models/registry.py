@@ -10,7 +10,9 @@ options); ``build_model(name, schema, num_domains, config)`` -> the model (a
 ``match_parameter_budget(...)`` -> the preset with its widths scaled to a parameter budget.
 
 Every preset is the model its paper describes, with the paper's own defaults; a departure is a
-named TwoTowerConfig option, never a preset default:
+named TwoTowerConfig option, never a preset default. Settings the papers leave open (the widths,
+which fields feed the towers, batch statistics in the item tower) take TwoTowerConfig's defaults,
+the same for every preset:
 
 * ``adi-se``, ``adi-va``, ``adi-lt``: ADI (Jiang et al., CIKM 2022) with the SE block, vanilla
   attention or linear transformation as the per-domain adaptation layer (eq. 21-26); one shared

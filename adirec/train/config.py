@@ -123,6 +123,7 @@ class TrainConfig:
     temperature: float = option(0.1, "softmax temperature on the scores (cosine scores need < 1)")
     corpus_negatives_only: bool = option(
         True, "a row of domain d has as negatives only items of d's corpus (its domain's softmax); "
+        "off, every row's softmax runs over every domain's items (dnn-blind), sampled or full; "
         "the logQ correction is unchanged: it describes how the columns were drawn")
     softmax: str = option("sampled", "sampled: in-batch + sampled negatives with logQ correction (eq. 4-5, the "
                           "paper's training); full: each row against its domain's whole corpus (eq. 2-3); auto: "

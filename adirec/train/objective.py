@@ -5,8 +5,9 @@ correction, eq. 4-5); this module assembles them for a batch:
 
 * **Full softmax** (``TrainConfig.softmax="full"``, or ``"auto"`` when the domains' corpora hold at
   most ``full_softmax_max_items`` items together): a row of domain d is scored against every item
-  of d's corpus, the item tower run on the whole corpus in every step. No sampling, no
-  correction: the exact objective of eq. 2-3.
+  of d's corpus (without ``corpus_negatives_only``: every item of every domain's corpus, one
+  softmax over everything, as ``dnn-blind`` trains), the item tower run on those items in every
+  step. No sampling, no correction: the exact objective of eq. 2-3.
 * **Sampled softmax** (``"sampled"``, or ``"auto"`` above the threshold), eq. 4-5: a batch of rows
   is scored against the batch's own positives plus ``num_negatives`` items drawn from the
   proposal Q (in-batch + sampled, "mixed" negatives; Q unigram^alpha or uniform), each logit
@@ -49,6 +50,9 @@ class RetrievalObjective:
         self.num_domains = data.num_domains
         self.full = uses_full_softmax(config, data)
         self.corpus = [torch.as_tensor(np.asarray(c, dtype=np.int64)) for c in data.corpus]
+        if not config.corpus_negatives_only:  # one softmax over the union of the corpora, in every domain
+            union = torch.unique(torch.cat(self.corpus)) if self.corpus else torch.zeros(0, dtype=torch.long)
+            self.corpus = [union] * data.num_domains
         position = torch.full((data.num_domains, data.num_items + 1), -1, dtype=torch.long)  # (D, I + 1)
         for d, c in enumerate(self.corpus):
             position[d, c] = torch.arange(len(c))
@@ -91,7 +95,8 @@ class RetrievalObjective:
 
     # ------------------------------------------------------------------ objectives
     def corpus_matrix(self, d: int) -> torch.Tensor:
-        """(|C_d|, O) vectors of domain d's corpus, with gradient."""
+        """(|C_d|, O) vectors of the items a domain-d row's full softmax runs over (d's corpus, or
+        every corpus's items without ``corpus_negatives_only``), with gradient."""
         if d not in self._corpus_features:  # the features of a corpus do not change: look them up once
             self._corpus_features[d] = self.store.item_features(self.corpus[d], d, device=self.device)
         ids = self._corpus_features[d]
@@ -99,7 +104,7 @@ class RetrievalObjective:
         return self.model.item_embedding(ids, dom)
 
     def _full(self, u: torch.Tensor, item: torch.Tensor, domain: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """Eq. 2-3 per domain: each row against its domain's whole corpus."""
+        """Eq. 2-3 per domain: each row against its domain's whole corpus (or every corpus)."""
         total = u.new_zeros(())
         for d, rows in domain_groups(domain, self.num_domains):
             target = self.corpus_position[d, item[rows]]  # (n,)
