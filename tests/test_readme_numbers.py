@@ -1,0 +1,105 @@
+"""The README's result tables say what the published artifacts under benchmarks/results/ say.
+
+Each checked table is found by a phrase just above it; every number cell of a row is compared
+with the artifact's value printed to the same number of decimals, so a table that drifts from
+its results.json (or a run republished without the README) fails here.
+"""
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def _table_after(marker: str) -> list[list[str]]:
+    """The cells of the body rows of the first markdown table after the line holding ``marker``."""
+    lines = README[README.index(marker):].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    rows = []
+    for line in lines[start + 2:]:  # past the header and its rule
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip().strip("|").split("|")])
+    assert rows, f"no table after {marker!r}"
+    return rows
+
+
+def _summary(directory: str) -> dict:
+    return json.loads((RESULTS / directory / "results.json").read_text())["summary"]
+
+
+def _entry(name: str, entries: dict) -> tuple[str, dict]:
+    """The (key, summary entry) a README row names: its label or model, followed by nothing or by a
+    parenthesised remark; the longest such name wins (``DNN (domain-blind)`` over ``DNN``)."""
+    name = name.replace("`", "").replace("*", "").lower()
+    found = [(len(n), key, e) for key, e in entries.items() for n in {e["label"].lower(), e["model"].lower()}
+             if name == n or name.startswith(n + " (")]
+    assert found, f"README row {name!r} names no published run"
+    _, key, entry = max(found, key=lambda f: f[0])
+    return key, entry
+
+
+def _same(cell: str, value: float, what: str) -> None:
+    """``cell`` (e.g. ``0.625`` or ``**0.625 ± 0.002**``) shows ``value`` at its own precision."""
+    text = cell.replace("*", "").split("±")[0].strip()
+    decimals = len(text.partition(".")[2])
+    assert text == f"{value:.{decimals}f}", f"{what}: README says {text}, the artifact {value:.6f}"
+
+
+def _check_spread(cell: str, std: float, what: str) -> None:
+    if "±" in cell:
+        _same(cell.replace("*", "").split("±")[1], std, what + " (seed std)")
+
+
+def test_xmrec_paper_table_matches_its_artifact():
+    summary = _summary("xmrec-v2")
+    entries = {**summary["references"], **summary["paper"], **summary["plus"]}
+    rows = _table_after("Every `paper` row but the natural-size ADI-SE (MAX) is width-scaled")
+    assert len(rows) >= 18
+    for name, *cells in rows:
+        _, e = _entry(name, entries)
+        recall = e["metrics"]["recall@10"]
+        for domain, cell in zip(("s1", "s2", "s3", "mean"), cells, strict=True):
+            _same(cell, recall[domain]["mean"], f"xmrec-v2 {name} {domain}")
+        _check_spread(cells[3], recall["mean"]["std"], f"xmrec-v2 {name} mean")
+        if "3 seeds" in name:
+            assert len(e["seeds"]) == 3, name
+
+
+def test_xmrec_variant_table_matches_its_artifact():
+    summary = _summary("xmrec-v2")
+    rows = _table_after("The ADI-SE variants of Tables 6-8")
+    assert {r[0] for r in rows} == {"fusion", "ablation", "SE"}
+    for suite, name, *cells in rows:
+        _, e = _entry(name, summary[suite.lower()])
+        for domain, cell in zip(("s1", "s2", "s3", "mean"), cells, strict=True):
+            _same(cell, e["metrics"]["recall@10"][domain]["mean"], f"xmrec-v2 {suite} {name} {domain}")
+
+
+def test_age3_paper_table_matches_its_artifacts():
+    directory = "movielens-age3"
+    entries = _summary(directory)["paper"]
+    rows = _table_after("The paper's comparison on age3")
+    for name, r20, r50, r100, valid, minutes in rows:
+        key, e = _entry(name, entries)
+        assert e["seeds"] == [0], name
+        for k, cell in ((20, r20), (50, r50), (100, r100)):
+            _same(cell, e["metrics"][f"recall@{k}"]["mean"]["mean"], f"age3 {name} Recall@{k}")
+        assert minutes == str(round(e["seconds"] / 60)), f"age3 {name}: {minutes} minutes"
+        one_model = re.fullmatch(r"(0\.\d+) \((\d+) / (\d+)\)", valid)
+        if one_model is None:  # dnn-single: one model per domain, its validation told in words
+            assert e["model"] == "dnn-single", f"age3 {name}: {valid!r}"
+            continue
+        best = json.loads((RESULTS / directory / "validation" / f"paper-{key}_seed0_summary.json").read_text())
+        _same(one_model[1], best["best_valid_recall@50"], f"age3 {name} best validation")
+        assert (int(one_model[2]), int(one_model[3])) == (best["best_epoch"], best["epochs_run"]), name
+
+
+@pytest.mark.parametrize("phrase", ["Every `paper` row but the natural-size", "The ADI-SE variants of Tables 6-8",
+                                    "The paper's comparison on age3"])
+def test_the_checked_tables_are_still_where_the_checks_look(phrase):
+    assert phrase in README
