@@ -124,3 +124,18 @@ def test_trainer_and_self_training_ask_for_time_consistent_histories():
                     assert order[(u[r], h)] < (t[r], i[r])
                     checked += 1
     assert checked > 100
+
+
+def test_holdout_takes_the_last_positive_in_the_splits_order():
+    """Equal timestamps are ordered by item id, as histories are: user u's last positive is d@3;
+    at d's time moved to 2, b and c and d tie and the largest item id, d, is still the last."""
+    from adirec.data.split import holdout_split
+    for times in ([1, 2, 2, 3, 5], [1, 2, 2, 2, 5]):
+        users = np.array(["u", "u", "u", "u", "v"], dtype=object)
+        items = np.array(["a", "b", "c", "d", "a"], dtype=object)
+        train = RawInteractions(users, items, np.array([0, 1, 0, 0, 0]), np.ones(5, np.float32), np.array(times))
+        data = build_dataset("timeline", ["d0", "d1"], train, history_len=4)
+        assert _ids(data, ["b", "c", "d"]) == sorted(_ids(data, ["b", "c", "d"]))  # item ids follow the keys
+        for seed in range(8):
+            _, held = holdout_split(data, 1.0, seed=seed)
+            assert [data.item_keys[i] for i in held.item.tolist()] == ["d"], (times, seed)

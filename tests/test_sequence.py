@@ -244,6 +244,22 @@ def test_batch_size_auto_follows_how_the_run_batches(tmp_path, encoder, batching
     assert Trainer(model, data, TrainConfig(**{**cfg.__dict__, "batch_size": 7})).batch_size == 7
 
 
+def test_auto_batching_takes_rows_when_the_run_self_trains_and_sequences_refuse_it(tmp_path):
+    """An order-aware encoder under a self-training preset (adi-se --history-encoder transformer)
+    trains: auto batches rows, since Algorithm 1 labels rows; asking for sequences says why not."""
+    from adirec.train.config import TrainConfig
+    from adirec.train.loop import Trainer
+    data = _timeline_data(n_users=40)
+    model = TwoTowerModel(data.schema, data.num_domains, TwoTowerConfig(**SMALL, history_encoder="transformer"))
+    cfg = TrainConfig(epochs=2, batch_size="auto", num_negatives=4, progress=False, holdout_fraction=0.25,
+                      eval_ks=(5,), early_stopping_metric="recall@5", self_training={"enabled": True})
+    trainer = Trainer(model, data, cfg, out_dir=tmp_path)
+    assert trainer.sequences is None and trainer.batch_size == 1024
+    assert trainer.fit()["epochs_run"] == 2
+    with pytest.raises(ValueError, match="self-training labels rows, not sequences"):
+        Trainer(model, data, TrainConfig(**{**cfg.__dict__, "batching": "sequences"}))
+
+
 @pytest.mark.parametrize("bad", ["big", 0, -1, 2.5, True])
 def test_batch_size_is_a_positive_integer_or_auto(bad):
     from adirec.train.config import TrainConfig

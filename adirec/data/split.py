@@ -11,12 +11,16 @@ from adirec.data.dataset import Candidates, Interactions, MultiDomainData
 
 
 def holdout_split(data: MultiDomainData, fraction: float, seed: int) -> tuple[MultiDomainData, Interactions]:
-    """Move the last (by time; a random one without timestamps) training positive of a random
-    ``fraction`` of users with >= 3 positives out of train. Returns (reduced data, held-out rows);
-    the reduced data's count features (activity, popularity) are recomputed without those rows."""
+    """Move the last training positive of a random ``fraction`` of users with >= 3 positives out
+    of train: on data with time the last in the split's order (timestamp, then item id), the order
+    behaviour histories follow, so no training row the held-out one is validated beside comes after
+    it; without time a random one. Returns (reduced data, held-out rows); the reduced data's count
+    features (activity, popularity) are recomputed without those rows."""
     tr = data.splits["train"]
     rng = np.random.default_rng(seed)
-    tiebreak = rng.random(len(tr))  # random order among equal timestamps
+    tiebreak = rng.random(len(tr))  # drawn either way: the users chosen below do not depend on time
+    if len(tr) and np.any(tr.timestamp != tr.timestamp[0]):
+        tiebreak = tr.item
     order = np.lexsort((tiebreak, tr.timestamp, tr.user))
     users = tr.user[order]
     last = np.flatnonzero(np.r_[users[1:] != users[:-1], True])

@@ -89,7 +89,8 @@ _MULTI_TASK = dict(dial="none", dsbn=False, domain_forward=True)
 _DNN = dict(backbone="mlp", dial="none", dsbn=False, domain_forward=False)
 
 # adirec's improvements, the same for adi-plus and dnn-plus so that "does domain adaptation pay?" is
-# asked with equal machinery (values chosen on the shared data sets' validation slices: README)
+# asked with equal machinery; the values are provisional, set by hand from single validation runs
+# and not yet chosen by an `adirec tune` search (README)
 _PLUS_MODEL = dict(history_encoder="auto", item_bias=True)
 _PLUS_TRAIN = {"self_training": {"enabled": False}, "softmax": "auto", "batch_size": "auto", "lr": 2e-3}
 

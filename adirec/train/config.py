@@ -133,7 +133,8 @@ class TrainConfig:
                                          "softmax")
     batching: str = option("auto", "rows: batches of interactions; sequences: batches of users' time-ordered "
                            "sequences, every position a row, each history encoded once per batch; auto: "
-                           "sequences for an order-aware history encoder on data with time", choices=BATCHINGS)
+                           "sequences for an order-aware history encoder on data with time, unless the run "
+                           "self-trains (Algorithm 1 labels rows) or streams its rows", choices=BATCHINGS)
     self_training: SelfTrainingConfig = dc_field(default_factory=SelfTrainingConfig)
     early_stopping_metric: str | None = option(
         None, "validation metric (mean over domains) to stop on; default recall@10 on candidate lists "

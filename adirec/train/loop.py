@@ -8,6 +8,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from adirec.data.build import DataWarning
 from adirec.data.batches import Batch, FeatureStore, SequenceBatch, SequenceBatches, iterate_batches
 from adirec.data.dataset import HIST_ALL
 from adirec.data.dataset import MultiDomainData
@@ -162,6 +164,12 @@ class Trainer:
             "recall@10" if self.val_protocol == "sampled" else "recall@50")
         self.eval_ks = sorted(set(config.eval_ks) | {int(self.metric.partition("@")[2])})
         self.store = store if store is not None else FeatureStore(self.train_data)
+        ordered = any(f.name == HIST_ALL and f.ordered for f in self.train_data.schema.fields)
+        if ordered and not self.store.time_ordered:  # a streamed layout keeps each user's latest window only
+            warnings.warn("training streams its rows from a Parquet layout, whose stored histories are each "
+                          "user's latest training positives: a row's history can hold positives after it. Load "
+                          "the data in memory (a layout without a test split, or another source) for histories "
+                          "that hold only the positives before each row", DataWarning, stacklevel=2)
         in_corpus = torch.zeros(data.num_domains, data.num_items + 1, dtype=torch.bool)  # (D, I+1)
         for d, corpus in enumerate(data.corpus):
             in_corpus[d, torch.from_numpy(np.asarray(corpus, dtype=np.int64))] = True
@@ -327,8 +335,10 @@ class Trainer:
         cfg = self.config
         encoder = self.model.config.history_encoder
         fields = {f.name: f for f in self.train_data.schema.fields}
+        # auto picks sequences only where they can be built; an explicit "sequences" explains why not
         wanted = cfg.batching == "sequences" or (
-            cfg.batching == "auto" and encoder != "mean" and self.store.time_ordered and HIST_ALL in fields)
+            cfg.batching == "auto" and encoder != "mean" and self.store.time_ordered and HIST_ALL in fields
+            and isinstance(self.model, TwoTowerModel) and stream is None and not cfg.self_training.enabled)
         if not wanted:
             return None
         if not isinstance(self.model, TwoTowerModel) or HIST_ALL not in fields:
