@@ -243,6 +243,12 @@ def test_dry_run_shows_the_plus_presets_additions(name, backbone, capsys):
     assert plan["train_config"]["softmax"] == "sampled" and plan["model_config"]["history_encoder"] == "mean"
 
 
+def test_adi_plus_is_what_train_builds_without_model(capsys):
+    import json
+    assert main(["train", "--data", "synthetic:tiny", "--dry-run"]) == 0
+    assert json.loads(capsys.readouterr().out)["model"] == "adi-plus"
+
+
 def test_batch_size_flag_takes_a_number_or_auto(capsys):
     import json
     for text, value in (("512", 512), ("auto", "auto")):
