@@ -13,8 +13,8 @@ from adirec.data.dataset import Candidates, Interactions, MultiDomainData
 def holdout_split(data: MultiDomainData, fraction: float, seed: int) -> tuple[MultiDomainData, Interactions]:
     """Move the last training positive of a random ``fraction`` of users with >= 3 positives out
     of train: on data with time the last in the split's order (timestamp, then item id), the order
-    behaviour histories follow, so no training row the held-out one is validated beside comes after
-    it; without time a random one. Returns (reduced data, held-out rows); the reduced data's count
+    behaviour histories follow, so every training row of its user comes before it; without time a
+    random one. Returns (reduced data, held-out rows); the reduced data's count
     features (activity, popularity) are recomputed without those rows."""
     tr = data.splits["train"]
     rng = np.random.default_rng(seed)
