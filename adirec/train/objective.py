@@ -51,8 +51,7 @@ class RetrievalObjective:
         self.full = uses_full_softmax(config, data)
         self.corpus = [torch.as_tensor(np.asarray(c, dtype=np.int64)) for c in data.corpus]
         if not config.corpus_negatives_only:  # one softmax over the union of the corpora, in every domain
-            union = torch.unique(torch.cat(self.corpus)) if self.corpus else torch.zeros(0, dtype=torch.long)
-            self.corpus = [union] * data.num_domains
+            self.corpus = [torch.unique(torch.cat(self.corpus))] * data.num_domains
         position = torch.full((data.num_domains, data.num_items + 1), -1, dtype=torch.long)  # (D, I + 1)
         for d, c in enumerate(self.corpus):
             position[d, c] = torch.arange(len(c))
