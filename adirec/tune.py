@@ -25,8 +25,9 @@ The search space (:class:`SearchSpace`) maps setting names to one of ``{"range":
 of ``adirec train --set``: TrainConfig and TwoTowerConfig fields, dotted for nesting
 (``self_training.p0``). A range over an integer field samples integers. The default space
 (:func:`default_space`) is the same for every preset, plus the self-training settings when the
-base configuration trains with self-training (the ADI presets); see :data:`COMMON_SPACE` and
-:data:`SELF_TRAINING_SPACE`.
+base configuration trains with self-training (the ADI presets), less the batch size under
+``--batch-size auto`` and the sampled negatives under the full softmax (the plus presets); see
+:data:`COMMON_SPACE` and :data:`SELF_TRAINING_SPACE`.
 
 The sampler is Optuna's TPE, made anew for every trial with a seed drawn from (``seed``, trial
 number), so a study that was interrupted and continued proposes what an uninterrupted one would.
@@ -298,14 +299,27 @@ def _parse_dimension(key, entry, source: str) -> Dimension:
     return Dimension(key, kind, (lo, hi), integer)
 
 
-def default_space(train_config: TrainConfig) -> SearchSpace:
+def default_space(train_config: TrainConfig, data=None) -> SearchSpace:
     """:data:`COMMON_SPACE`, plus :data:`SELF_TRAINING_SPACE` when ``train_config`` trains with
-    self-training (the ADI presets unless ``--no-self-training``)."""
+    self-training (the ADI presets unless ``--no-self-training``), less what the base does not
+    use: ``batch_size`` when it is ``auto`` (a rule that depends on how the run batches, which
+    fixed sizes would replace), ``num_negatives`` when the run trains the full softmax (``full``,
+    or ``auto`` on ``data`` whose corpora are small enough; without ``data`` it stays)."""
+    from adirec.train.objective import uses_full_softmax
     entries = dict(COMMON_SPACE)
+    left_out = []
+    if train_config.batch_size == "auto":
+        left_out.append("batch_size")
+    if train_config.softmax == "full" or (train_config.softmax == "auto" and data is not None
+                                          and uses_full_softmax(train_config, data)):
+        left_out.append("num_negatives")
+    for key in left_out:
+        del entries[key]
     if train_config.self_training.enabled:
         entries.update(SELF_TRAINING_SPACE)
     family = "with self-training" if train_config.self_training.enabled else "without self-training"
-    return SearchSpace.from_dict(entries, source=f"the default search space ({family})")
+    without = f", without {' and '.join(left_out)}" if left_out else ""
+    return SearchSpace.from_dict(entries, source=f"the default search space ({family}{without})")
 
 
 def trial_configs(model_name: str, model_overrides: dict, train_config: TrainConfig,
@@ -456,11 +470,11 @@ def tune(spec: DataSpec, model_name: str, config: TuneConfig, *, model_overrides
     spec = resolve_spec(spec)
     overrides = dict(model_overrides or {})
     tcfg = dataclasses.replace(train_config or TrainConfig(), seed=config.seed)
-    space = space or default_space(tcfg)
-    space.check(model_name, overrides, tcfg)
     layout = _streamable(spec) if data is None else None
     if layout is None and data is None:
         data = spec.load()
+    space = space or default_space(tcfg, data)
+    space.check(model_name, overrides, tcfg)
     data_print = layout_fingerprint(layout) if layout is not None else fingerprint(data)
     definition = _definition(spec, model_name, overrides, tcfg, space, config.seed, data_print)
     _check_directory(out)

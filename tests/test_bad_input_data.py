@@ -215,8 +215,10 @@ def test_convert_overwrite_replaces_only_a_parquet_layout(tmp_path, capsys):
 
 # ------------------------------------------------------------------ options a source does not use
 def test_an_option_the_source_does_not_use_is_an_error_not_ignored(tmp_path):
-    with pytest.raises(ValueError, match="--domains does not apply to synthetic sources"):
-        load_source("synthetic:tiny", domains=["d1"])
+    with pytest.raises(ValueError, match="--positive does not apply to synthetic sources"):
+        load_source("synthetic:tiny", positive="rating>=4")
+    with pytest.raises(ValueError, match="--domains does not apply to parquet sources; they apply when converting"):
+        load_source(f"parquet:{tmp_path}", domains=["d1"])
     _xmrec(tmp_path)
     with pytest.raises(ValueError, match="--positive, --split do not apply to xmrec sources"):
         load_source(f"xmrec:{tmp_path}", positive="rating>=4", split="last")

@@ -12,7 +12,7 @@ from adirec.data.batches import FeatureStore
 from adirec.data.dataset import HIST_ALL, HIST_DOMAIN
 from adirec.data.sources.synthetic import (
     GENDERS, PRESETS, SPLIT_CODES, InteractionChunk, SyntheticConfig, SyntheticWorld, generate_chunks,
-    load_synthetic,
+    leave_last_out, load_synthetic,
 )
 
 
@@ -173,6 +173,61 @@ def test_leave_last_out_by_time(tiny):
     assert np.all(t_valid[te.user] < t_test[te.user])
     # held-out rows keep their domain, which follows the traffic
     assert set(np.unique(te.domain)) == set(range(tiny.num_domains))
+
+
+def test_leave_last_out_is_the_generators_split(small_rows):
+    _, rows = small_rows
+    assert np.array_equal(leave_last_out(rows.user, rows.timestamp), rows.split)
+    shuffled = np.random.default_rng(0).permutation(len(rows))  # any row order: the rule reads time
+    assert np.array_equal(leave_last_out(rows.user[shuffled], rows.timestamp[shuffled]), rows.split[shuffled])
+
+
+def test_domains_keeps_those_domains_in_order_and_splits_again():
+    cfg = dataclasses.replace(PRESETS["tiny"], item_domain_dense=True)
+    full = InteractionChunk.concat(list(generate_chunks(cfg, 0)))
+    data = load_synthetic(cfg, domains=["d3", "d1"], history_len=10)
+    assert data.domains == ["d3", "d1"]
+    kept = np.isin(full.domain, [2, 0])
+    assert data.meta["rows"]["outside_domains"] == int((~kept).sum()) > 0
+    got = _all_splits(data)
+    new_domain = np.array([1, -1, 0])[full.domain[kept]]  # d1 -> 1, d3 -> 0
+    known_items = data.item_keys[1:].astype(np.int64)  # held-out items never trained on are id 0
+    want_item = np.where(np.isin(full.item[kept], known_items), full.item[kept], -1)
+    want = sorted(zip(full.user[kept].tolist(), want_item.tolist(), new_domain.tolist(),
+                      full.timestamp[kept].tolist()))
+    got_item = np.where(got["item"] > 0, np.r_[-1, known_items][got["item"]], -1)
+    assert sorted(zip(data.user_keys[got["user"]].astype(np.int64).tolist(), got_item.tolist(),
+                      got["domain"].tolist(), got["timestamp"].tolist())) == want
+    # split again on the kept rows: every user with >= 3 of them has its last as test, and a test
+    # row after every valid and train row of its user
+    U1 = data.num_users + 1
+    total = np.bincount(got["user"], minlength=U1)
+    te, va, tr = (data.splits[s] for s in ("test", "valid", "train"))
+    assert np.array_equal(np.bincount(te.user, minlength=U1), (total >= 3).astype(np.int64))
+    assert np.array_equal(np.bincount(va.user, minlength=U1), (total >= 3).astype(np.int64))
+    latest = np.full(U1, -1, np.int64)
+    np.maximum.at(latest, got["user"], got["timestamp"])
+    assert np.array_equal(te.timestamp, latest[te.user])
+    last_train = np.full(U1, -1, np.int64)
+    np.maximum.at(last_train, tr.user, tr.timestamp)
+    assert np.all(last_train[va.user] < va.timestamp)
+    # the per-domain item features follow their domain: one affine map (the standardisation) of
+    # the world's values in the kept domains' new order
+    world_ctr = SyntheticWorld(cfg, 0).item_domain_dense()["item_domain_ctr"][..., 0]  # (3, items)
+    table = data.item_domain_table["item_domain_ctr"][..., 0]  # (2, 1 + known items)
+    x = np.concatenate([world_ctr[2, known_items], world_ctr[0, known_items]])
+    y = np.concatenate([table[0, 1:], table[1, 1:]])
+    slope, intercept = np.polyfit(x, y, 1)
+    assert slope > 0 and np.allclose(y, slope * x + intercept, atol=1e-4)
+
+
+def test_domains_errors_name_the_problem():
+    with pytest.raises(ValueError, match=r"unknown domains \['x'\] \(--domains\); known domains: \['d1', 'd2', 'd3'\]"):
+        load_synthetic("tiny", domains=["x"])
+    with pytest.raises(ValueError, match="names a domain twice"):
+        load_synthetic("tiny", domains=["d1", "d1"])
+    with pytest.raises(ValueError, match="names no domain"):
+        load_synthetic("tiny", domains=[])
 
 
 def test_rows_sorted_distinct_and_increasing_in_time():
@@ -393,3 +448,14 @@ def test_demo_world_needs_the_domain_to_rank():
             hits += list((top == rows.item[q][:, None]).any(axis=1))
         recall[aware] = float(np.mean(hits))
     assert recall[True] > recall[False] + 0.15, recall
+
+
+def test_domains_through_load_source_and_convert(tmp_path):
+    from adirec.data.convert import convert
+    from adirec.data.parquet import load_parquet
+    from adirec.data.sources import load_source
+    direct = load_synthetic("tiny", domains=["d2", "d1"], history_len=10)
+    assert _same(load_source("synthetic:tiny", domains=["d2", "d1"], history_len=10), direct)
+    layout = convert("synthetic:tiny", tmp_path / "layout", domains=["d2", "d1"], history_len=10)
+    back = load_parquet(layout)
+    assert back.domains == ["d2", "d1"] and _same(back, direct)

@@ -21,6 +21,7 @@ import adirec.train.distributed as distributed
 import adirec.tune as tune_module
 from adirec.cli import main
 from adirec.data.dataset import Interactions
+from adirec.data.sources import load_source
 from adirec.data.spec import DataSpec
 from adirec.models.registry import MODELS, train_defaults
 from adirec.train.config import TrainConfig
@@ -201,9 +202,24 @@ def test_the_default_space_is_valid_for_every_preset():
         space = default_space(config)
         space.check(name, {}, config)
         keys = set(space.to_dict())
-        assert set(tune_module.COMMON_SPACE) <= keys
+        unused = {"batch_size"} if config.batch_size == "auto" else set()
+        assert set(tune_module.COMMON_SPACE) - unused <= keys and not unused & keys, name
         assert ("self_training.p0" in keys) == train_defaults(name)["self_training"]["enabled"], name
     assert "self_training.p0" not in default_space(TrainConfig(self_training={"enabled": False})).to_dict()
+
+
+def test_the_default_space_leaves_out_what_the_base_does_not_use():
+    data = load_source("synthetic:tiny")  # 250 items: the full softmax under auto
+    plus = TrainConfig(**train_defaults("adi-plus"))
+    assert plus.softmax == "auto" and plus.batch_size == "auto"
+    keys = set(default_space(plus, data).to_dict())
+    assert "num_negatives" not in keys and "batch_size" not in keys and "lr" in keys
+    assert "num_negatives" in default_space(plus).to_dict()  # without the data auto cannot be told
+    assert "num_negatives" in default_space(dataclasses.replace(plus, full_softmax_max_items=10), data).to_dict()
+    sampled = TrainConfig(softmax="sampled", batch_size=512)
+    assert {"num_negatives", "batch_size"} <= set(default_space(sampled, data).to_dict())
+    assert "num_negatives" not in default_space(TrainConfig(softmax="full"), data).to_dict()
+    assert "without batch_size and num_negatives" in default_space(plus, data).source
 
 
 def test_a_failed_trial_is_recorded_and_the_search_goes_on(tmp_path, monkeypatch, capsys):

@@ -1,6 +1,7 @@
 """Writing a data set as a Parquet layout (:mod:`adirec.data.parquet` describes the layout):
 :func:`convert` takes an in-memory data set, a source spec (``xmrec:DIR``, ``table:PATH``, ...) or
-a synthetic world, which is generated straight to Parquet block by block.
+a synthetic world, which is generated straight to Parquet block by block (in memory when
+``--domains`` keeps some of its domains, since their split is made again).
 
 This module sits above both :mod:`adirec.data.parquet` (the layout's writers and readers) and
 :mod:`adirec.data.sources` (which loads ``parquet:DIR`` through the reader), so neither imports
@@ -25,7 +26,7 @@ from adirec.data.parquet import (
 )
 from adirec.data.schema import Field, Schema
 from adirec.data.sources import check_options, load_source
-from adirec.data.sources.synthetic import SPLIT_CODES, SyntheticConfig, SyntheticWorld, _resolve
+from adirec.data.sources.synthetic import SPLIT_CODES, SyntheticConfig, SyntheticWorld, _resolve, load_synthetic
 from adirec.utils import atomic_write_json, publish_directory
 
 
@@ -185,10 +186,13 @@ def convert(source, out_dir: str | Path, *, row_group_rows: int = DEFAULT_ROW_GR
             _write_data(w, source)
         elif isinstance(source, SyntheticConfig):
             opts = check_options("synthetic", "synthetic:custom", options)
-            _write_synthetic(w, source, opts["seed"], opts["history_len"])
+            if opts["domains"] is None:
+                _write_synthetic(w, source, opts["seed"], opts["history_len"])
+            else:
+                _write_data(w, load_synthetic(source, **opts))
         else:
             kind, _, location = str(source).partition(":")
-            if kind == "synthetic":
+            if kind == "synthetic" and options.get("domains") is None:
                 opts = check_options("synthetic", str(source), options)
                 _write_synthetic(w, location or "default", opts["seed"], opts["history_len"])
             else:

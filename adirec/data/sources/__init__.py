@@ -18,7 +18,7 @@ USES = {
     "xmrec": ("domains",),
     "recbole": ("domains", "domain_by", "positive", "split", "row_order", "feature_types"),
     "table": _TABLE_OPTIONS,
-    "synthetic": ("seed",),
+    "synthetic": ("domains", "seed"),
     "parquet": (),
 }
 

@@ -230,23 +230,29 @@ def lookup_domains(row_keys: np.ndarray, keys: np.ndarray, dom_of_key: np.ndarra
     return by_code[code]
 
 
+def domain_remap(name: str, domains: list[str], wanted: list[str]) -> np.ndarray:
+    """``--domains``: for every known domain index, its index among ``wanted`` (-1 when it is not
+    kept); ValueError for an empty list, an unknown domain or a repeated one."""
+    if not wanted:
+        raise ValueError(f"{name}: --domains names no domain; known domains: {domains}")
+    unknown = [d for d in wanted if d not in domains]
+    if unknown:
+        raise ValueError(f"{name}: unknown domains {unknown} (--domains); known domains: {domains}")
+    if len(set(wanted)) != len(wanted):
+        raise ValueError(f"{name}: --domains names a domain twice: {wanted}")
+    remap = np.full(len(domains), -1, np.int64)
+    for j, d in enumerate(wanted):
+        remap[domains.index(d)] = j
+    return remap
+
+
 def keep_domains(name: str, rows: Rows, domains: list[str], wanted: list[str] | None, meta: dict,
                  *, rule: str) -> tuple[Rows, list[str]]:
     """Step 2: keep the ``wanted`` domains (all by default) in the order given; every kept
     domain must have interactions."""
     if wanted is not None:
         wanted = list(wanted)
-        if not wanted:
-            raise ValueError(f"{name}: --domains names no domain; known domains: {domains}")
-        unknown = [d for d in wanted if d not in domains]
-        if unknown:
-            raise ValueError(f"{name}: unknown domains {unknown} (--domains); known domains: {domains}")
-        if len(set(wanted)) != len(wanted):
-            raise ValueError(f"{name}: --domains names a domain twice: {wanted}")
-        remap = np.full(len(domains), -1, np.int64)
-        for j, d in enumerate(wanted):
-            remap[domains.index(d)] = j
-        new_domain = remap[rows.domain]
+        new_domain = domain_remap(name, domains, wanted)[rows.domain]
         kept = new_domain >= 0
         count(meta, "outside_domains", int((~kept).sum()))
         rows = rows.take(np.flatnonzero(kept))

@@ -40,7 +40,8 @@ real to learn and its quality can be compared with the truth:
   the full softmax that keeps very large worlds affordable; exact below that size).
 * **Time and splits.** Each user's interactions get strictly increasing timestamps in random
   domain order; per user the last one is the test row, the second last the valid row, the rest
-  train (users with fewer than 3 interactions keep everything in train).
+  train (users with fewer than 3 interactions keep everything in train). ``--domains`` drops the
+  other domains' interactions first and splits what is left by the same rule.
 
 Everything is generated per block of ``block_users`` users from random streams keyed by
 ``(seed, stream, block)``, so :func:`generate_chunks` can stream a huge world block by block and
@@ -697,28 +698,57 @@ def generate_chunks(config: SyntheticConfig | str, seed: int = 0) -> Iterator[In
     yield from SyntheticWorld(cfg, seed).chunks()
 
 
+def leave_last_out(user: np.ndarray, timestamp: np.ndarray) -> np.ndarray:
+    """:data:`SPLIT_CODES` of rows by the generator's rule: per user, in time order, the last row
+    is test and the second last valid, when the user has at least 3 rows (else all train)."""
+    order = np.lexsort((timestamp, user))
+    su = user[order]
+    starts = np.flatnonzero(np.r_[True, su[1:] != su[:-1]]) if len(su) else np.zeros(0, np.int64)
+    per_user = np.diff(np.r_[starts, len(su)])
+    from_end = np.repeat(starts + per_user - 1, per_user) - np.arange(len(su))
+    n = np.repeat(per_user, per_user)
+    split = np.empty(len(su), np.int8)
+    split[order] = np.where(n >= 3, np.where(from_end == 0, 2, np.where(from_end == 1, 1, 0)), 0)
+    return split
+
+
 def load_synthetic(preset: str | SyntheticConfig = "default", *, seed: int = 0,
-                   history_len: int = 50, **overrides) -> MultiDomainData:
+                   domains: list[str] | None = None, history_len: int = 50, **overrides) -> MultiDomainData:
     """Generate a synthetic multi-domain data set.
 
     Args:
         preset: a name in :data:`PRESETS` (``tiny``, ``small``, ``default``, ``large``, ``xl``)
             or a :class:`SyntheticConfig`.
         seed: random seed (same seed, config and ``block_users`` -> identical data).
+        domains: keep these domains, in this order (``--domains``): the other domains'
+            interactions are dropped before the split, which is then made again on what is left.
         history_len: length of the behaviour-history fields.
         **overrides: any :class:`SyntheticConfig` field, replacing the preset's value.
     """
+    from adirec.data.sources.rows import count, domain_remap
     name, cfg = _resolve(preset, overrides)
     world = SyntheticWorld(cfg, seed)
     rows = InteractionChunk.concat(list(world.chunks()))
+    meta: dict = {"source": "synthetic", "preset": name, "seed": int(seed), "config": cfg.to_dict()}
+    names, dense = cfg.domains, world.item_domain_dense() if cfg.item_domain_dense else None
+    if domains is not None:
+        remap = domain_remap(f"synthetic-{name}", names, list(domains))
+        new_domain = remap[rows.domain]
+        kept = np.flatnonzero(new_domain >= 0)
+        count(meta, "outside_domains", len(rows) - len(kept))
+        rows = InteractionChunk(rows.block, rows.user[kept], rows.item[kept], new_domain[kept],
+                                rows.timestamp[kept], leave_last_out(rows.user[kept], rows.timestamp[kept]))
+        if dense is not None:
+            kept_old = [names.index(d) for d in domains]
+            dense = {k: v[kept_old] for k, v in dense.items()}
+        names = list(domains)
     parts: dict[str, RawInteractions] = {}
     for s, code in SPLIT_CODES.items():
         m = rows.split == code
         parts[s] = RawInteractions(rows.user[m], rows.item[m], rows.domain[m],
                                    np.ones(int(m.sum()), np.float32), rows.timestamp[m])
-    meta = {"source": "synthetic", "preset": name, "seed": int(seed), "config": cfg.to_dict()}
     return build_dataset(
-        f"synthetic-{name}", cfg.domains, parts["train"], parts["valid"], parts["test"],
+        f"synthetic-{name}", names, parts["train"], parts["valid"], parts["test"],
         users=world.user_table(), items=world.item_table(), history_len=history_len,
-        item_domain_dense=world.item_domain_dense() if cfg.item_domain_dense else None, meta=meta,
+        item_domain_dense=dense, meta=meta,
     )
