@@ -475,3 +475,37 @@ def test_time_left_is_estimated_per_kind_of_run():
     assert estimate_left({"neural": [60.0]}, ["reference"]) == "1 run not yet timed"
     assert estimate_left({}, ["reference"]) == ""  # nothing ran yet: every run may be done before
     assert estimate_left(timed, []) == ""
+
+
+def test_history_train_valid_ranks_the_test_split_with_the_validation_positives(tmp_path):
+    from adirec.bench.runner import Bench
+    from adirec.data.sources.synthetic import load_synthetic
+    from adirec.data.split import history_view
+    from adirec.eval.protocols import SeenItems, evaluate
+    from adirec.models.references import build_reference
+    data = load_synthetic("tiny", domain_shares=(1.0,))
+    methods = ("popularity", "ease-pooled-recency", "seq-linear")
+    plain, _ = _references_bench(tmp_path / "train", data=data, methods=methods)
+    longer, _ = _references_bench(tmp_path / "tv", data=data, methods=methods, history="train+valid")
+    assert "history" not in plain["bench"] and longer["bench"]["history"] == "train+valid"
+    view = history_view(data, "test", "train+valid")
+    by_key = {r["key"]: r for r in longer["runs"]}
+    assert set(by_key) == set(methods) and not longer["failed"]
+    for key in methods:  # fitted on train, histories (and the removed items) from train + valid
+        model = build_reference(key, **by_key[key]["config"]).fit(data)
+        weights = [w.clone() for w in getattr(model, "weights", [])]
+        model.use_histories(view)
+        assert all(torch.equal(a, b) for a, b in zip(weights, getattr(model, "weights", []), strict=True))
+        want = evaluate(model, view, split="test", protocol="full", ks=[10], seen=SeenItems(view))
+        assert by_key[key]["metrics"] == want.metrics(data.domains), key
+    plain_seq = {r["key"]: r for r in plain["runs"]}["seq-linear"]["metrics"]
+    assert plain_seq != by_key["seq-linear"]["metrics"]  # the validation item changes the next-item ranking
+    assert "training and validation positives removed" in (tmp_path / "tv" / "results.md").read_text()
+    # another history is another bench: its directory is refused, and requests differ
+    with pytest.raises(ValueError, match="holds a bench with history='train\\+valid', not 'train'"):
+        _references_bench(tmp_path / "tv", data=data, methods=methods)
+    cfg = BenchConfig(DataSpec(source="synthetic:tiny"), tmp_path / "x", ["references"], progress=False)
+    task = Bench(cfg, data=data).plan()[0]
+    assert "history" not in Bench(cfg, data=data)._request(task)  # earlier requests keep their hashes
+    with pytest.raises(ValueError, match="history must be one of train, train\\+valid"):
+        BenchConfig(DataSpec(source="synthetic:tiny"), tmp_path / "y", ["references"], history="valid")

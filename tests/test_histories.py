@@ -139,3 +139,27 @@ def test_holdout_takes_the_last_positive_in_the_splits_order():
         for seed in range(8):
             _, held = holdout_split(data, 1.0, seed=seed)
             assert [data.item_keys[i] for i in held.item.tolist()] == ["d"], (times, seed)
+
+
+def test_the_train_valid_view_adds_the_known_validation_positives_to_the_histories():
+    import pytest
+    from adirec.data.split import history_view
+    users = np.array(["u", "u", "v", "v"], dtype=object)
+    train = RawInteractions(users, np.array(["a", "b", "a", "c"], dtype=object), np.zeros(4, np.int64),
+                            np.ones(4, np.float32), np.array([1, 2, 1, 2]))
+    # u's validation item c is known; v's is z, never trained on (id 0): no history can hold it
+    valid = RawInteractions(np.array(["u", "v"], dtype=object), np.array(["c", "z"], dtype=object),
+                            np.zeros(2, np.int64), np.ones(2, np.float32), np.array([3, 3]))
+    test = RawInteractions(np.array(["u", "v"], dtype=object), np.array(["b", "b"], dtype=object),
+                           np.zeros(2, np.int64), np.ones(2, np.float32), np.array([4, 4]))
+    data = build_dataset("views", ["d0"], train, valid, test, history_len=4)
+    assert history_view(data, "test") is data and history_view(data, "valid", "train+valid") is data
+    view = history_view(data, "test", "train+valid")
+    assert len(view.splits["train"]) == 5 and len(view.splits["valid"]) == 0
+    assert len(view.splits["test"]) == 2 and view.splits["test"] is data.splits["test"]
+    store = FeatureStore(view)
+    u = np.array([list(data.user_keys).index(k) for k in ("u", "v")])
+    hist = store.user_features(u, np.zeros(2, np.int64))[HIST_ALL]
+    assert [[data.item_keys[x] for x in row if x] for row in hist.tolist()] == [["a", "b", "c"], ["a", "c"]]
+    with pytest.raises(ValueError, match="history must be one of"):
+        history_view(data, "test", "valid")

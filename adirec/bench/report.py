@@ -200,11 +200,17 @@ def _header(meta: dict, records: list[dict], provenance: dict | None) -> list[st
     lines[-1] += "."
     lines.append(f"- **Split**: {summary.get('split_rule') or 'the train / valid / test rows the source defines'}.")
     metrics = ", ".join(metric_label(m, meta) for m in meta.get("table_metrics") or [f"recall@{k}" for k in meta["ks"]])
+    seen = "training positives" if meta.get("history", "train") == "train" else "training and validation positives"
     how = ("each query's candidate list from the source's run file" if meta["protocol"] == "sampled"
-           else "every item of the domain's corpus, the user's training positives removed")
+           else f"every item of the domain's corpus, the user's {seen} removed")
     lines.append(f"- **Protocol**: {meta['protocol']} ranking ({how}), split `{meta['split']}`; {metrics} per "
                  f"domain and the unweighted mean over domains; main metric {metric_label(meta['main_metric'], meta)}. "
                  f"The same protocol for every row.")
+    if meta.get("history", "train") != "train":
+        lines.append("- **Histories** (`--history train+valid`): when the test split is ranked, a user's history "
+                     "holds the validation positives too, the interaction just before the test one (leave-one-out, "
+                     "as published sequential recommenders are evaluated); every model and reference is still "
+                     "fitted on the training split alone.")
     if meta.get("metric_names", {}).get("recall") == "HR":
         lines.append("- Every query has one relevant item, so Recall@N is the hit rate HR@N.")
     seeds = sorted({r["seed"] for r in records if r.get("seed") is not None})

@@ -53,6 +53,7 @@ from adirec.eval.protocols import SeenItems, evaluate
 from adirec.models.references import (RECENCY_REFERENCES, TUNED_REFERENCES, build_reference, has_time,
                                       select_settings)
 from adirec.data.spec import DataSpec
+from adirec.data.split import EVAL_HISTORIES, history_view
 from adirec.models.config import TwoTowerConfig
 from adirec.options import option
 from adirec.runs import default_protocol, default_split, evaluate_run, load_run, train_run
@@ -117,6 +118,10 @@ class BenchConfig:
             e.g. ``benchmarks/results/NAME`` (a figure or number in the README comes from there).
         resume_from: a published bench whose finished runs are restored into ``out`` before the
             bench runs (:meth:`Bench.restore`).
+        history: what a user's history holds when the test split is ranked, for every row
+            (:data:`adirec.data.split.EVAL_HISTORIES`): ``train``, or ``train+valid`` (the
+            validation positives too: leave-one-out as published sequential recommenders are
+            evaluated; models and references are still fitted on the training split).
         threads: torch threads (None = torch's default).
         progress: per-epoch progress bars of the trainer.
     """
@@ -144,6 +149,10 @@ class BenchConfig:
                                       "protocol, split and cut-offs: its finished runs are put into --out "
                                       "first and not run again, so a long bench goes on in another place or "
                                       "session", metavar="DIR")
+    history: str = option("train", "what users' histories hold when the test split is ranked, for every row: "
+                          "train, or train+valid (leave-one-out as published sequential recommenders are "
+                          "evaluated; every model is still fitted on the training split)",
+                          choices=EVAL_HISTORIES)
     threads: int | None = None
     progress: bool = True
 
@@ -169,6 +178,8 @@ class BenchConfig:
         unknown = [x for x in self.suites if x not in SUITES]
         if unknown:
             raise ValueError(f"unknown suite(s) {unknown}; known: {', '.join(SUITES)}")
+        if self.history not in EVAL_HISTORIES:
+            raise ValueError(f"history must be one of {', '.join(EVAL_HISTORIES)}, got {self.history!r}")
         if self.seeds < 1:
             raise ValueError(f"seeds must be >= 1, got {self.seeds}")
         if self.first_seed < 0:
@@ -258,6 +269,8 @@ class Bench:
             "one_relevant_per_query": one_relevant,
             "data_fingerprint": fingerprint(self.data),
             "data_summary": _data_summary(self.data), "has_time": has_time(self.data)}
+        if config.history != "train":  # absent for the default, so earlier benches stay the same bench
+            self.meta["history"] = config.history
         self.skipped: list[dict] = []
         self.failed: list[dict] = []
         self._size_targets: dict[str, int] = {}  # budget preset -> its dense parameter count
@@ -295,6 +308,8 @@ class Bench:
         were recorded is compared by its DataSpec."""
         problems = [f"{k}={old.get(k)!r}, not {self.meta[k]!r}" for k in ("protocol", "split", "ks")
                     if old.get(k) != self.meta[k]]
+        if old.get("history", "train") != self.cfg.history:
+            problems.append(f"history={old.get('history', 'train')!r}, not {self.cfg.history!r}")
         stored = (old.get("data_fingerprint") or {}).get("sha256")
         if stored is not None:
             if stored != self.meta["data_fingerprint"]["sha256"]:
@@ -472,6 +487,8 @@ class Bench:
     def _request(self, task: Task) -> dict:
         """Everything that determines the run's result (compared with a finished run's)."""
         common = {"data": self.meta["data"], "protocol": self.protocol, "split": self.split, "ks": self.ks}
+        if self.cfg.history != "train":  # absent for the default: earlier requests keep their hashes
+            common["history"] = self.cfg.history
         if task.spec.kind == "reference":
             return {**common, "reference": task.spec.model, "kwargs": self._reference_kwargs(task.spec.model)}
         mcfg, budget = self._model_config(task.spec)
@@ -562,10 +579,13 @@ class Bench:
     def _run_reference(self, task: Task, request: dict) -> dict:
         t0 = time.time()
         model = build_reference(task.spec.model, **request["kwargs"]).fit(self.data)
+        seen = history_view(self.data, self.split, self.cfg.history)
+        if seen is not self.data:  # fitted on the training split, scoring the longer histories
+            model.use_histories(seen)
         fit_seconds = time.time() - t0
         t1 = time.time()
-        result = evaluate(model, self.data, split=self.split, protocol=self.protocol, ks=self.ks,
-                          seen=SeenItems(self.data))
+        result = evaluate(model, seen, split=self.split, protocol=self.protocol, ks=self.ks,
+                          seen=SeenItems(seen))
         eval_seconds = time.time() - t1
         task.run_dir.mkdir(parents=True, exist_ok=True)
         return {"config": request["kwargs"], "params": model.num_parameters(), "params_dense": None,
@@ -589,7 +609,7 @@ class Bench:
                       train_config=self._train_config(task.spec, task.seed), data=self.data,
                       report_split=self.split)
         report = evaluate_run(run_dir, protocol=self.protocol, split=self.split, ks=self.ks, data=self.data,
-                              device=self.cfg.train.get("device", "auto"))
+                              device=self.cfg.train.get("device", "auto"), history=self.cfg.history)
         summary = json.loads((run_dir / "summary.json").read_text())
         model, _, cfg = load_run(run_dir, self.data)
         train_seconds = float(summary.get("train_seconds") or 0.0)

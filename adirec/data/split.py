@@ -112,11 +112,14 @@ EVAL_HISTORIES = ("train", "train+valid")
 def history_view(data: MultiDomainData, split: str, history: str = "train") -> MultiDomainData:
     """``data`` as seen when ``split`` is evaluated under ``history`` (:data:`EVAL_HISTORIES`): its
     training split holds every interaction a user's history (and the removal of seen items) may
-    use. With ``"train+valid"`` and ``split == "test"`` the validation rows join the training rows;
+    use. With ``"train+valid"`` and ``split == "test"`` the validation rows join the training rows
+    (but those naming an item or user never trained on, id 0, which no history can hold);
     otherwise ``data`` itself."""
     if history not in EVAL_HISTORIES:
         raise ValueError(f"history must be one of {EVAL_HISTORIES}, got {history!r}")
     if history == "train" or split != "test" or not len(data.splits["valid"]):
         return data
-    seen = Interactions.concat([data.splits["train"], data.splits["valid"]])
+    valid = data.splits["valid"]
+    valid = valid.take(np.flatnonzero((valid.item != 0) & (valid.user != 0)))
+    seen = Interactions.concat([data.splits["train"], valid])
     return dataclasses.replace(data, splits={**data.splits, "train": seen, "valid": Interactions.empty()})

@@ -156,6 +156,12 @@ class Reference:
         """Stored numbers the ranking depends on (counts or matrix entries)."""
         raise NotImplementedError
 
+    def use_histories(self, data: MultiDomainData) -> Reference:
+        """Score with the users' histories in ``data``'s training split (e.g. the training and
+        validation positives of :func:`adirec.data.split.history_view`); what was fitted stays.
+        Nothing to do for a reference that reads no history."""
+        return self
+
 
 class Popularity(Reference):
     """Scores every item by its training count, over all domains or within the queried domain."""
@@ -216,6 +222,16 @@ class ItemItemModel(Reference):
         if decay < 1.0 and getattr(self, "_timeless", False):
             raise ValueError(f"{self.name}: recency weighting needs timestamps; this data set has none")
         self.decay = decay
+        return self
+
+    def use_histories(self, data: MultiDomainData) -> ItemItemModel:
+        if not hasattr(self, "_hist"):
+            raise RuntimeError(f"{self.name}: call fit(data) before use_histories")
+        fitted = (len(self._hist), len(self._hist[0][0]) - 2)  # CSR over ids 0..U: U + 2 offsets
+        if (data.num_domains, data.num_users) != fitted:
+            raise ValueError(f"{self.name}: histories of another data set ({data.num_domains} domains, "
+                             f"{data.num_users} users; fitted on {fitted[0]} domains, {fitted[1]} users)")
+        self._fit_histories(data)
         return self
 
     def weight_matrix(self, gram: torch.Tensor) -> torch.Tensor:
@@ -323,6 +339,16 @@ class ItemKNN(ItemItemModel):
         super().__init__(scope, history, decay)
         self.name = ("itemknn" if scope == "domain" else "itemknn-pooled") + ("-recency" if decay < 1 else "")
 
+    def use_histories(self, data: MultiDomainData) -> ItemItemModel:
+        if not hasattr(self, "_hist"):
+            raise RuntimeError(f"{self.name}: call fit(data) before use_histories")
+        fitted = (len(self._hist), len(self._hist[0][0]) - 2)  # CSR over ids 0..U: U + 2 offsets
+        if (data.num_domains, data.num_users) != fitted:
+            raise ValueError(f"{self.name}: histories of another data set ({data.num_domains} domains, "
+                             f"{data.num_users} users; fitted on {fitted[0]} domains, {fitted[1]} users)")
+        self._fit_histories(data)
+        return self
+
     def weight_matrix(self, gram: torch.Tensor) -> torch.Tensor:
         norm = gram.diagonal().sqrt().clone()  # (I_m,) = sqrt(|U_i|); every item has >= 1 user
         gram.div_(norm[:, None]).div_(norm[None, :])  # cosine of binary columns
@@ -345,6 +371,16 @@ class EASE(ItemItemModel):
         super().__init__(scope, history, decay)
         self.lam = float(lam)
         self.name = ("ease" if scope == "domain" else "ease-pooled") + ("-recency" if decay < 1 else "")
+
+    def use_histories(self, data: MultiDomainData) -> ItemItemModel:
+        if not hasattr(self, "_hist"):
+            raise RuntimeError(f"{self.name}: call fit(data) before use_histories")
+        fitted = (len(self._hist), len(self._hist[0][0]) - 2)  # CSR over ids 0..U: U + 2 offsets
+        if (data.num_domains, data.num_users) != fitted:
+            raise ValueError(f"{self.name}: histories of another data set ({data.num_domains} domains, "
+                             f"{data.num_users} users; fitted on {fitted[0]} domains, {fitted[1]} users)")
+        self._fit_histories(data)
+        return self
 
     def weight_matrix(self, gram: torch.Tensor) -> torch.Tensor:
         gram.diagonal().add_(self.lam)  # X^T X + lam I: symmetric positive definite
