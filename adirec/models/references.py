@@ -339,16 +339,6 @@ class ItemKNN(ItemItemModel):
         super().__init__(scope, history, decay)
         self.name = ("itemknn" if scope == "domain" else "itemknn-pooled") + ("-recency" if decay < 1 else "")
 
-    def use_histories(self, data: MultiDomainData) -> ItemItemModel:
-        if not hasattr(self, "_hist"):
-            raise RuntimeError(f"{self.name}: call fit(data) before use_histories")
-        fitted = (len(self._hist), len(self._hist[0][0]) - 2)  # CSR over ids 0..U: U + 2 offsets
-        if (data.num_domains, data.num_users) != fitted:
-            raise ValueError(f"{self.name}: histories of another data set ({data.num_domains} domains, "
-                             f"{data.num_users} users; fitted on {fitted[0]} domains, {fitted[1]} users)")
-        self._fit_histories(data)
-        return self
-
     def weight_matrix(self, gram: torch.Tensor) -> torch.Tensor:
         norm = gram.diagonal().sqrt().clone()  # (I_m,) = sqrt(|U_i|); every item has >= 1 user
         gram.div_(norm[:, None]).div_(norm[None, :])  # cosine of binary columns
@@ -371,16 +361,6 @@ class EASE(ItemItemModel):
         super().__init__(scope, history, decay)
         self.lam = float(lam)
         self.name = ("ease" if scope == "domain" else "ease-pooled") + ("-recency" if decay < 1 else "")
-
-    def use_histories(self, data: MultiDomainData) -> ItemItemModel:
-        if not hasattr(self, "_hist"):
-            raise RuntimeError(f"{self.name}: call fit(data) before use_histories")
-        fitted = (len(self._hist), len(self._hist[0][0]) - 2)  # CSR over ids 0..U: U + 2 offsets
-        if (data.num_domains, data.num_users) != fitted:
-            raise ValueError(f"{self.name}: histories of another data set ({data.num_domains} domains, "
-                             f"{data.num_users} users; fitted on {fitted[0]} domains, {fitted[1]} users)")
-        self._fit_histories(data)
-        return self
 
     def weight_matrix(self, gram: torch.Tensor) -> torch.Tensor:
         gram.diagonal().add_(self.lam)  # X^T X + lam I: symmetric positive definite
