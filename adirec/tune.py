@@ -65,6 +65,7 @@ COMMON_SPACE: dict[str, dict] = {
     "temperature": {"log": [0.03, 0.3]},
     "batch_size": {"choice": [256, 512, 1024, 2048]},
     "dropout": {"range": [0.0, 0.3]},
+    "history_dropout": {"range": [0.0, 0.4]},
     "num_negatives": {"choice": [256, 1024, 4096]},
 }
 
