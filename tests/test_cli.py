@@ -231,8 +231,10 @@ def test_dry_run_shows_the_plus_presets_additions(name, backbone, capsys):
     plan = json.loads(capsys.readouterr().out)
     m, t = plan["model_config"], plan["train_config"]
     assert m["backbone"] == backbone and m["item_bias"] is True
-    assert m["history_encoder"] in ("transformer", "mean")  # auto, resolved from the data's time order
-    assert {k: t[k] for k in ("softmax", "batch_size", "lr")} == {"softmax": "auto", "batch_size": "auto", "lr": 2e-3}
+    # auto, resolved from the data's time order (the synthetic world has time), and the history
+    # dropout by that encoder
+    assert (m["history_encoder"], m["history_dropout"]) == ("transformer", 0.0)
+    assert {k: t[k] for k in ("softmax", "batch_size", "lr")} == {"softmax": "auto", "batch_size": "auto", "lr": 5e-3}
     assert t["self_training"]["enabled"] is False
     if name == "adi-plus":  # narrower experts than the paper's ADI-SE
         assert (m["expert_hidden"], m["expert_out"]) == ([64], 32)
@@ -241,6 +243,9 @@ def test_dry_run_shows_the_plus_presets_additions(name, backbone, capsys):
                  "--set", "history_encoder=mean"]) == 0
     plan = json.loads(capsys.readouterr().out)
     assert plan["train_config"]["softmax"] == "sampled" and plan["model_config"]["history_encoder"] == "mean"
+    assert plan["model_config"]["history_dropout"] == 0.25  # auto, under the mean encoder
+    assert main(["train", "--data", "synthetic:tiny", "--model", name, "--dry-run", "--history-dropout", "0.1"]) == 0
+    assert json.loads(capsys.readouterr().out)["model_config"]["history_dropout"] == 0.1
 
 
 def test_adi_plus_is_what_train_builds_without_model(capsys):

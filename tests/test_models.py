@@ -475,11 +475,33 @@ def test_registry_presets_and_overrides():
         (dict(embedding_dim=0), "embedding_dim"),
         (dict(expert_hidden=(8, 0)), "expert_hidden"),
         (dict(dropout=1.0), "dropout"),
+        (dict(history_dropout="sometimes"), r"history_dropout must be in \[0, 1\) or 'auto'"),
+        (dict(history_dropout=1.0), "history_dropout"),
     ],
 )
 def test_config_validation(bad, match):
     with pytest.raises(ValueError, match=match):
         TwoTowerConfig(**bad)
+
+
+def test_auto_history_dropout_follows_the_resolved_history_encoder():
+    import numpy as np
+    from adirec.data.build import RawInteractions, build_dataset
+    from adirec.models.config import AUTO_HISTORY_DROPOUT
+    rng = np.random.default_rng(0)
+    u, i = rng.integers(0, 20, 200).astype(str).astype(object), rng.integers(0, 30, 200).astype(str).astype(object)
+    timed = build_dataset("timed", ["a"], RawInteractions(u, i, np.zeros(200, np.int64), None, np.arange(200)))
+    timeless = build_dataset("timeless", ["a"], RawInteractions(u, i, np.zeros(200, np.int64)))
+    auto = TwoTowerConfig(history_encoder="auto", history_dropout="auto")
+    assert auto.resolved(1).history_dropout == "auto"  # without the schema the encoder is not known yet
+    got = {name: auto.resolved(1, d.schema) for name, d in (("timed", timed), ("timeless", timeless))}
+    assert (got["timed"].history_encoder, got["timed"].history_dropout) == ("transformer", 0.0)
+    assert (got["timeless"].history_encoder, got["timeless"].history_dropout) == ("mean", AUTO_HISTORY_DROPOUT)
+    for encoder, want in (("mean", AUTO_HISTORY_DROPOUT), ("recency", 0.0), ("transformer", 0.0)):
+        assert TwoTowerConfig(history_encoder=encoder, history_dropout="auto").resolved(1).history_dropout == want
+    assert TwoTowerConfig(history_dropout=0.1).resolved(1, timeless.schema).history_dropout == 0.1  # a number stays
+    model = TwoTowerModel(timeless.schema, 1, TwoTowerConfig(**TINY, history_dropout="auto"))
+    assert model.user_tower.embeddings.history_dropout == AUTO_HISTORY_DROPOUT
 
 
 def test_model_rejects_bad_inputs():
