@@ -103,3 +103,33 @@ def test_age3_paper_table_matches_its_artifacts():
                                     "The paper's comparison on age3"])
 def test_the_checked_tables_are_still_where_the_checks_look(phrase):
     assert phrase in README
+
+
+def _trials(study: str) -> dict[int, dict]:
+    t = json.loads((RESULTS / "tune" / study / "trials.json").read_text())
+    return {x["number"]: x for x in t["trials"]}
+
+
+def test_tuning_tables_match_their_studies():
+    trials = _trials("xmrec-adi-plus")
+    rows = _table_after("history dropout, the widths, the temperature and the weight decay together:")
+    assert sorted(int(r[0]) for r in rows) == sorted(n for n, t in trials.items() if t["state"] == "finished")
+    for number, value, lr, drop, emb, experts, temperature, decay in rows:
+        t = trials[int(number)]
+        p, what = t["params"], f"XMRec tuning trial {number}"
+        _same(value, t["value"], what)
+        assert f"{p['lr']:.1e}".replace("e-0", "e-") == lr, what
+        _same(drop, p["history_dropout"], what)
+        _same(temperature, p["temperature"], what)
+        assert (int(emb), experts) == (p["embedding_dim"], f"{p['expert_hidden'][0]} / {p['expert_out']}"), what
+        assert float(decay) == p["weight_decay"], what
+    for study, setting, marker in (("genre3-adi-plus-lr", "lr", "| learning rate |"),
+                                   ("genre3-adi-plus-history-dropout", "history_dropout", "| history dropout (lr 5e-3) |")):
+        line = next(line for line in README.splitlines() if line.startswith(marker))
+        pairs = re.findall(r"([0-9.e-]+) → ([0-9.]+)", line.replace("*", ""))
+        assert len(pairs) == len(_trials(study))
+        for (x, value), t in zip(pairs, sorted(_trials(study).values(), key=lambda t: t["params"][setting]),
+                                 strict=True):
+            shown = f"{t['params'][setting]:.2e}".replace("e-0", "e-") if setting == "lr" else None
+            assert x == (shown if shown else f"{t['params'][setting]:.2f}"), (study, x)
+            _same(value, t["value"], f"{study} at {x}")
