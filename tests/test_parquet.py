@@ -220,17 +220,71 @@ def test_shuffling_is_seeded_and_the_buffer_is_bounded(layout):
 
 
 def test_trainer_runs_from_a_stream(layout):
+    import warnings
     view = layout.training_view()
     torch.manual_seed(0)
     model = TwoTowerModel(view.data.schema, view.data.num_domains, build_config("dnn", **SMALL))
     tcfg = TrainConfig(epochs=1, batch_size=256, num_negatives=32, progress=False, num_threads=1, device="cpu")
-    # the stored windows are each user's latest positives: on data with time, the run says so
-    with pytest.warns(DataWarning, match="a row's history can hold positives after it"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DataWarning)  # time-consistent histories: nothing to warn about
         t = Trainer(model, view.data, tcfg,
                     batches=view.batches, store=view.store, item_counts=view.item_counts)
+    assert view.store.time_ordered
     s = t.fit()
     assert t.history[0]["loss"] > 0 and 0.0 <= s["best_valid_recall@50"] <= 1.0
     assert t.sampler.q.shape == (view.data.num_items + 1,)
+
+
+def _older_layout(layout, tmp_path):
+    """A copy of ``layout`` as written before the stored positives: the latest-positive windows only."""
+    import shutil
+    old = tmp_path / "older"
+    shutil.copytree(layout.path, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    for rel in [r for r in manifest["files"] if r.startswith("history/positives_")]:
+        (old / rel).unlink()
+        del manifest["files"][rel]
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    return ParquetLayout(old)
+
+
+def test_streamed_histories_hold_only_the_positives_before_each_row(tiny, layout, tmp_path):
+    ref, got = FeatureStore(tiny), layout.feature_store()
+    assert ref.time_ordered and got.time_ordered
+    assert isinstance(got._hist_all.sorted, np.memmap)  # read on demand, not loaded
+    tr = tiny.splits["train"]
+    for d_shift in (0, 1):  # the row's own domain (training rows), another one (pseudo rows)
+        dom = (tr.domain + d_shift) % tiny.num_domains
+        a = ref.user_features(tr.user, dom, exclude_item=tr.item, before=(tr.timestamp, tr.item))
+        b = got.user_features(tr.user, dom, exclude_item=tr.item, before=(tr.timestamp, tr.item))
+        for k in (HIST_ALL, HIST_DOMAIN):
+            assert torch.equal(a[k], b[k]), k
+    # no history item at or after its row in the split order (time, then item id)
+    hist = b[HIST_ALL].numpy()
+    when = {(u, i): t for u, i, t in zip(tr.user.tolist(), tr.item.tolist(), tr.timestamp.tolist())}
+    for r in np.random.default_rng(0).choice(len(tr), 300, replace=False):
+        u, t, i = int(tr.user[r]), int(tr.timestamp[r]), int(tr.item[r])
+        assert all((when[(u, h)], h) < (t, i) for h in hist[r].tolist() if h)
+    # an older layout keeps only each user's latest positives: a streamed run warns
+    older = _older_layout(layout, tmp_path)
+    store = older.feature_store()
+    assert not store.time_ordered
+    view = older.training_view()
+    model = TwoTowerModel(view.data.schema, view.data.num_domains, build_config("dnn", **SMALL))
+    tcfg = TrainConfig(epochs=1, batch_size=256, num_negatives=32, progress=False, num_threads=1, device="cpu")
+    with pytest.warns(DataWarning, match="a row's history can hold positives after it"):
+        Trainer(model, view.data, tcfg, batches=view.batches, store=view.store, item_counts=view.item_counts)
+
+
+def test_synthetic_written_in_blocks_stores_the_same_positives(tmp_path):
+    cfg = dataclasses.replace(PRESETS["tiny"], block_users=48)
+    blocks = ParquetLayout(convert(cfg, tmp_path / "blocks", seed=2))
+    whole = ParquetLayout(convert(load_synthetic(cfg, seed=2), tmp_path / "whole"))
+    for n in ("all", "domain"):
+        for rel in (f"history/positives_{n}.npy", f"history/positives_{n}_offsets.npy"):
+            a, b = np.load(blocks.path / rel), np.load(whole.path / rel)
+            assert a.dtype == b.dtype and np.array_equal(a, b), rel
+            assert blocks.manifest["files"][rel] == whole.manifest["files"][rel]
 
 
 # ------------------------------------------------------------- high-cardinality ids

@@ -163,33 +163,49 @@ class SequenceBatches:
                                                               (window, window_domain, target, domain, weight)))
 
 
-#: sort key of a timeline entry: the history key (user, or user and domain), time, item id
-_ORDER = np.dtype([("key", "<i8"), ("time", "<i8"), ("item", "<i8")])
+#: one history entry: its key (a user, or user * D + domain), time and item; sorted, the split order
+ENTRY_DTYPE = np.dtype([("key", "<i8"), ("time", "<i8"), ("item", "<i8")])
 
 
 def _order_keys(keys: np.ndarray, times: np.ndarray, items: np.ndarray) -> np.ndarray:
-    out = np.empty(len(keys), dtype=_ORDER)
+    out = np.empty(len(keys), dtype=ENTRY_DTYPE)
     out["key"], out["time"], out["item"] = keys, times, items
     return out
 
 
 class _RecentPositives(Protocol):
     """Where the feature store finds behaviour histories: the training split's positives
-    (:class:`_Histories`) or a Parquet layout's windows of recent positives."""
+    (:class:`PositiveHistories`, also as a Parquet layout stores them) or an older layout's windows
+    of recent positives."""
 
     def recent(self, keys: np.ndarray, length: int, exclude: np.ndarray | None,
                before: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray: ...
 
 
-class _Histories:
-    """Training positives grouped by key (CSR), in the split order: time, then item id."""
+class PositiveHistories:
+    """Training positives grouped by key (CSR), in the split order: time, then item id.
+
+    ``entries`` (P,) holds (key, time, item) sorted ascending, ``indptr`` (num_keys + 1,) where
+    each key's entries start; :meth:`stored` takes both as written (a Parquet layout keeps them as
+    memory-mapped arrays, so lookups read only the entries they need)."""
 
     def __init__(self, keys: np.ndarray, items: np.ndarray, times: np.ndarray, num_keys: int):
         order = np.lexsort((items, times, keys))
         self.sorted = _order_keys(keys[order], times[order], items[order])  # (P,) ascending
-        self.values = items[order].astype(np.int64)
+        self.values = self.sorted["item"]
         self.indptr = np.zeros(num_keys + 1, dtype=np.int64)
         np.cumsum(np.bincount(keys, minlength=num_keys), out=self.indptr[1:])
+
+    @classmethod
+    def stored(cls, entries: np.ndarray, indptr: np.ndarray) -> PositiveHistories:
+        """The histories of ``entries`` and ``indptr`` as :class:`PositiveHistories` makes them."""
+        if entries.dtype != ENTRY_DTYPE or indptr.ndim != 1 or len(entries) != (indptr[-1] if len(indptr) else 0):
+            raise ValueError(f"stored histories: entries of dtype {entries.dtype} and {len(entries)} rows do not "
+                             f"match {ENTRY_DTYPE} and the offsets ({len(indptr)}, ending at "
+                             f"{indptr[-1] if len(indptr) else None})")
+        self = cls.__new__(cls)
+        self.sorted, self.values, self.indptr = entries, entries["item"], indptr
+        return self
 
     def recent(self, keys: np.ndarray, length: int, exclude: np.ndarray | None,
                before: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
@@ -245,8 +261,8 @@ class FeatureStore:
         pos = train.weight > 0
         u, i, d, t = train.user[pos], train.item[pos], train.domain[pos], train.timestamp[pos]
         self.time_ordered = bool(np.any(t != t[0])) if len(t) else False
-        self._hist_all: _RecentPositives = _Histories(u, i, t, data.num_users + 1)
-        self._hist_domain: _RecentPositives = _Histories(u * self.num_domains + d, i, t,
+        self._hist_all: _RecentPositives = PositiveHistories(u, i, t, data.num_users + 1)
+        self._hist_domain: _RecentPositives = PositiveHistories(u * self.num_domains + d, i, t,
                                                          (data.num_users + 1) * self.num_domains)
         self._user_fields = self.schema.side("user")
         self._item_fields = self.schema.side("item")

@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from adirec.data.batches import ENTRY_DTYPE, PositiveHistories
 from adirec.data.build import Vocabulary, _domain_dense_tables, _feature_table, log_count_features
 from adirec.data.dataset import HIST_ALL, HIST_DOMAIN, SPLITS, Interactions, MultiDomainData
 from adirec.data.parquet import (
@@ -43,12 +44,14 @@ def _write_synthetic(w: _Writer, preset, seed: int, history_len: int) -> None:
     D = cfg.num_domains
     user_seen = np.zeros(cfg.num_users, bool)
     item_seen = np.zeros(cfg.num_items, bool)
+    positives = 0  # training rows (every synthetic row is a positive)
     scratch = w.root / "_scratch_raw.parquet"
     raw_schema = pa.schema([("user", pa.int64()), ("item", pa.int64()), ("domain", pa.int64()),
                             ("timestamp", pa.int64()), ("split", pa.int8())])
     with pq.ParquetWriter(scratch, raw_schema) as raw:
         for chunk in world.chunks():
             tr = chunk.split == SPLIT_CODES["train"]
+            positives += int(tr.sum())
             user_seen[chunk.user[tr]] = True
             item_seen[chunk.item[tr]] = True
             if len(chunk):  # one row group per block: a user's rows never straddle two
@@ -65,6 +68,10 @@ def _write_synthetic(w: _Writer, preset, seed: int, history_len: int) -> None:
     item_domain_counts = np.zeros((D, I1), np.int64)
     recent_all = np.zeros((U1, W), np.int32)
     recent_domain = np.zeros((U1 * D, W), np.int32)
+    # the sorted positives, appended block after block: a block's users (so its keys, user and
+    # user * D + domain) all come after the previous block's
+    entries = {n: w.array(f"history/positives_{n}.npy", ENTRY_DTYPE, positives) for n in ("all", "domain")}
+    filled = 0
     writers = {s: w.interactions(s) for s in SPLITS}
     pf = pq.ParquetFile(scratch)
     for g in range(pf.num_row_groups):
@@ -83,6 +90,11 @@ def _write_synthetic(w: _Writer, preset, seed: int, history_len: int) -> None:
                 item_domain_counts += np.bincount(it.domain * I1 + it.item, minlength=D * I1).reshape(D, I1)
                 recent_windows(it.user, it.item, it.timestamp, recent_all)
                 recent_windows(it.user * D + it.domain, it.item, it.timestamp, recent_domain)
+                end = filled + len(it)
+                entries["all"][filled:end] = PositiveHistories(it.user, it.item, it.timestamp, U1).sorted
+                entries["domain"][filled:end] = PositiveHistories(it.user * D + it.domain, it.item, it.timestamp,
+                                                                  U1 * D).sorted
+                filled = end
     del pf
     scratch.unlink()
     splits = {}
@@ -96,6 +108,8 @@ def _write_synthetic(w: _Writer, preset, seed: int, history_len: int) -> None:
     empty = [cfg.domains[d] for d in range(D) if item_domain_counts[d].sum() == 0]
     if empty:
         raise ValueError(f"synthetic-{name}: domains with no training interactions: {empty}")
+    w.histories("all", entries["all"], user_domain_counts.sum(axis=0))
+    w.histories("domain", entries["domain"], user_domain_counts.T.reshape(-1))  # key user * D + domain
 
     def keys_by_code(code: np.ndarray, n: int) -> np.ndarray:
         keys = np.empty(n, np.int64)

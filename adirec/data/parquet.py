@@ -17,6 +17,10 @@ Layout of a directory written by :func:`adirec.data.convert.convert` (ids alread
     candidates/SPLIT.parquet       user, domain, items (fixed-size list, -1 = padding)
     stats/item_counts.parquet      training rows per item (the negative sampler's counts)
     stats/user_counts.parquet      training rows per user
+    history/positives_all.npy      every training positive as (user, time, item), sorted: the
+                                   split order (NumPy ``.npy``, read memory-mapped)
+    history/positives_all_offsets.npy   where each user's entries start (U + 2 offsets)
+    history/positives_domain.npy   the same keyed by user * D + domain, and its offsets file
     history/recent_all.parquet     per user: its last W training positives, oldest first,
                                    left-padded with 0 (W = history length + 1)
     history/recent_domain.parquet  the same per (user, domain), row = user * D + domain
@@ -25,10 +29,15 @@ Multi-dimensional arrays are stored as fixed-size lists; ``schema.json`` records
 shape and dtype so that loading gives back bit-identical arrays. The directory is written under
 a temporary name beside its destination and renamed into place when complete.
 
-The ``history/`` windows are what a streaming trainer needs instead of the whole training split:
-:class:`adirec.data.batches.FeatureStore` only ever looks at a user's last ``L + 1`` positives, so
-:class:`LayoutFeatureStore` serves the same features from ``O(users x L)`` memory, whatever the
-number of interactions.
+The ``history/`` files are what a streaming trainer needs instead of the whole training split.
+A training row's history holds only the positives before it in the split order (time, then item
+id), so it needs the user's whole timeline, not only its latest positives:
+:class:`LayoutFeatureStore` looks rows up in the sorted ``positives_*.npy`` entries, memory-mapped,
+so that only the pages a batch touches are read and the process's own memory does not grow with
+the number of interactions; the results are those of the in-memory
+:class:`adirec.data.batches.FeatureStore`. Layouts written before these files existed keep only
+the ``recent_*`` windows (each user's latest positives, which can come after a training row); they
+are still read, and a run streamed from one warns.
 """
 from __future__ import annotations
 
@@ -43,7 +52,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pds
 import pyarrow.parquet as pq
 
-from adirec.data.batches import FeatureStore
+from adirec.data.batches import FeatureStore, PositiveHistories
 from adirec.data.dataset import (
     HIST_ALL, HIST_DOMAIN, SPLITS, Candidates, Interactions, MultiDomainData,
 )
@@ -130,21 +139,25 @@ class _Windows:
 
 
 class LayoutFeatureStore(FeatureStore):
-    """A :class:`FeatureStore` whose behaviour histories come from the layout's recent-positive
-    windows instead of the training split: the same features, in memory that does not grow with
-    the number of interactions."""
+    """A :class:`FeatureStore` whose behaviour histories come from the layout's ``history/`` files
+    instead of the training split: the same features, in memory that does not grow with the
+    number of interactions. ``hist_all`` / ``hist_domain``: the stored positives
+    (:class:`PositiveHistories`, time-consistent where the data has time) or, for an older
+    layout, the latest-positive windows (never time-consistent)."""
 
     def __init__(self, schema: Schema, num_domains: int, tables: dict[str, dict[str, np.ndarray]],
-                 recent_all: np.ndarray, recent_domain: np.ndarray):
+                 hist_all: PositiveHistories | _Windows, hist_domain: PositiveHistories | _Windows):
         # FeatureStore.__init__ would derive the histories from a full training split; set the
         # same attributes from the layout instead
         self.schema = schema
         self.num_domains = num_domains
         self._user_table, self._item_table = tables["user"], tables["item"]
         self._user_domain_table, self._item_domain_table = tables["user_domain"], tables["item_domain"]
-        self._hist_all = _Windows(recent_all)
-        self._hist_domain = _Windows(recent_domain)
-        self.time_ordered = False  # the windows hold each user's latest positives only
+        self._hist_all, self._hist_domain = hist_all, hist_domain
+        # the data has time when its histories are ordered (build_dataset's Field.ordered); the
+        # windows hold each user's latest positives only, with no "before" to cut at
+        ordered = any(f.name == HIST_ALL and f.ordered for f in schema.fields)
+        self.time_ordered = ordered and isinstance(hist_all, PositiveHistories)
         self._user_fields = schema.side("user")
         self._item_fields = schema.side("item")
 
@@ -165,6 +178,33 @@ class _Writer:
 
     def interactions(self, split: str) -> _SplitWriter:
         return _SplitWriter(self, f"interactions/{split}.parquet")
+
+    def array(self, rel: str, dtype, length: int) -> np.ndarray:
+        """A ``.npy`` file of ``length`` entries to fill (memory-mapped); :meth:`done` records it."""
+        path = self.root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=(length,))
+
+    def done(self, rel: str, array: np.ndarray) -> None:
+        if isinstance(array, np.memmap):
+            array.flush()
+        self.files[rel] = {"rows": len(array), "bytes": (self.root / rel).stat().st_size}
+
+    def histories(self, name: str, entries: np.ndarray, counts: np.ndarray) -> None:
+        """``history/positives_NAME.npy`` (the sorted ``entries``, already written into the file
+        :meth:`array` gave when it is a memmap) and its offsets from the entries per key."""
+        rel = f"history/positives_{name}.npy"
+        if not isinstance(entries, np.memmap):
+            stored = self.array(rel, entries.dtype, len(entries))
+            stored[:] = entries
+            entries = stored
+        self.done(rel, entries)
+        offsets = self.array(f"history/positives_{name}_offsets.npy", np.int64, len(counts) + 1)
+        offsets[0] = 0
+        np.cumsum(counts, out=offsets[1:])
+        if offsets[-1] != len(entries):
+            raise AssertionError(f"history/positives_{name}: {len(entries)} entries, the counts say {offsets[-1]}")
+        self.done(f"history/positives_{name}_offsets.npy", offsets)
 
 
 class _SplitWriter:
@@ -268,6 +308,8 @@ def _write_data(w: _Writer, data: MultiDomainData) -> None:
     tr = data.splits["train"]
     pos = tr.weight > 0
     u, i, d, t = tr.user[pos], tr.item[pos], tr.domain[pos], tr.timestamp[pos]
+    for name, keys, n in (("all", u, U1), ("domain", u * D + d, U1 * D)):
+        w.histories(name, PositiveHistories(keys, i, t, n).sorted, np.bincount(keys, minlength=n))
     recent_all = np.zeros((U1, L + 1), np.int32)
     recent_windows(u, i, t, recent_all)
     recent_domain = np.zeros((U1 * D, L + 1), np.int32)
@@ -394,10 +436,16 @@ class ParquetLayout:
         if history_len is not None and history_len > self.history_len:
             raise ValueError(f"{self.path}: the layout keeps histories of {self.history_len} items; "
                              f"convert again with --history-len {history_len} to use longer ones")
-        W = self.info["window"]
-        win = lambda rel: _array(pq.read_table(self.path / rel).column("items"), (-1, W), np.int32)  # noqa: E731
-        return LayoutFeatureStore(self._schema_for(history_len), len(self.domains), tables or self.tables(),
-                                  win("history/recent_all.parquet"), win("history/recent_domain.parquet"))
+        hists: list[PositiveHistories | _Windows]
+        if "history/positives_all.npy" in self.manifest["files"]:
+            load = lambda rel: np.load(self.path / rel, mmap_mode="r")  # noqa: E731
+            hists = [PositiveHistories.stored(load(f"history/positives_{n}.npy"),
+                                              load(f"history/positives_{n}_offsets.npy")) for n in ("all", "domain")]
+        else:  # a layout written before the stored positives
+            W = self.info["window"]
+            hists = [_Windows(_array(pq.read_table(self.path / f"history/recent_{n}.parquet").column("items"),
+                                     (-1, W), np.int32)) for n in ("all", "domain")]
+        return LayoutFeatureStore(self._schema_for(history_len), len(self.domains), tables or self.tables(), *hists)
 
     # -------------------------------------------------------------- whole data
     def load(self, history_len: int | None = None) -> MultiDomainData:
