@@ -52,6 +52,17 @@ def _peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
+def _rss_now_mib() -> dict:
+    """This process's resident memory now, by kind (Linux ``/proc/self/status``): ``anon`` is its
+    own, ``file`` the pages of mapped files (the stored histories), which the OS can drop."""
+    status = Path("/proc/self/status")
+    if not status.is_file():
+        return {}
+    kib = {k: int(v.split()[0]) for k, v in (line.split(":", 1) for line in status.read_text().splitlines())
+           if k in ("RssAnon", "RssFile")}
+    return {"rss_anon_mib": kib.get("RssAnon", 0) / 1024, "rss_file_mib": kib.get("RssFile", 0) / 1024}
+
+
 def _world(size: int):
     from adirec.data.sources.synthetic import PRESETS
     return dataclasses.replace(PRESETS["xl"], num_users=USERS, interactions_per_user=size / USERS)
@@ -130,7 +141,8 @@ def child_train(args) -> dict:
         batches = iterate_batches(data.splits["train"], BATCH, shuffle=True, seed=0)
     sec, n = _train_steps(trainer, batches, args.steps)
     return {"setup_seconds": setup, "steps": args.steps, "seconds": sec, "samples_per_second": n / sec,
-            "hash_buckets": args.buckets, "params": model.num_parameters(), "peak_rss_mib": _peak_mib()}
+            "hash_buckets": args.buckets, "params": model.num_parameters(), "peak_rss_mib": _peak_mib(),
+            **_rss_now_mib()}
 
 
 def child_ids(args) -> dict:
