@@ -163,3 +163,19 @@ def test_the_train_valid_view_adds_the_known_validation_positives_to_the_histori
     assert [[data.item_keys[x] for x in row if x] for row in hist.tolist()] == [["a", "b", "c"], ["a", "c"]]
     with pytest.raises(ValueError, match="history must be one of"):
         history_view(data, "test", "valid")
+
+
+def test_the_search_inside_each_segment_matches_a_search_of_the_whole_timeline():
+    from adirec.data.batches import ENTRY_DTYPE, PositiveHistories
+    rng = np.random.default_rng(0)
+    n, K = 2000, 60
+    keys, times, items = rng.integers(1, K, n), rng.integers(0, 30, n), rng.integers(1, 50, n)  # many ties
+    h = PositiveHistories(keys, items, times, K + 1)
+    q = 3000
+    qk, qt, qi = rng.integers(0, K + 1, q), rng.integers(-1, 32, q), rng.integers(0, 52, q)  # key 0: empty
+    needles = np.empty(q, ENTRY_DTYPE)
+    needles["key"], needles["time"], needles["item"] = qk, qt, qi
+    want = np.searchsorted(h.sorted, needles, side="left")
+    assert np.array_equal(h._first_not_before(qk, qt, qi, h.indptr[qk + 1]), want)
+    empty = PositiveHistories(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64), 3)
+    assert empty.recent(np.array([1, 2]), 4, None, before=(np.array([5, 5]), np.array([1, 1]))).shape == (2, 4)

@@ -207,6 +207,23 @@ class PositiveHistories:
         self.sorted, self.values, self.indptr = entries, entries["item"], indptr
         return self
 
+    def _first_not_before(self, keys: np.ndarray, times: np.ndarray, items: np.ndarray,
+                          hi: np.ndarray) -> np.ndarray:
+        """Per query, the position of the first entry of its key's segment at or after (time,
+        item): a binary search inside each segment, all queries at once, so that only the
+        entries of the queried keys are read (pages of a memory-mapped file included)."""
+        lo = np.array(self.indptr[keys], dtype=np.int64)
+        hi = np.array(hi, dtype=np.int64)
+        while True:
+            active = lo < hi
+            if not active.any():
+                return lo
+            mid = np.where(active, (lo + hi) // 2, 0)
+            entry = self.sorted[mid]  # (B,) only valid where active, which implies a non-empty segment
+            earlier = (entry["time"] < times) | ((entry["time"] == times) & (entry["item"] < items))
+            lo = np.where(active & earlier, mid + 1, lo)
+            hi = np.where(active & ~earlier, mid, hi)
+
     def recent(self, keys: np.ndarray, length: int, exclude: np.ndarray | None,
                before: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
         """(B, length) most recent items per key, 0-padded on the left, without ``exclude``.
@@ -214,10 +231,10 @@ class PositiveHistories:
         ``before = (time, item)``: only the entries that come strictly before that point of the
         split order (a row's own timeline position), so no history item is at or after the row.
         """
-        end = self.indptr[keys + 1]
+        end = np.asarray(self.indptr[keys + 1])
         if before is not None:
             # the first entry at or after (key, time, item) ends the visible part of the segment
-            end = np.searchsorted(self.sorted, _order_keys(keys, before[0], before[1]), side="left")
+            end = self._first_not_before(keys, np.asarray(before[0]), np.asarray(before[1]), end)
         window = length + 1  # one spare slot so dropping the target still leaves `length` items
         start = np.maximum(self.indptr[keys], end - window)
         pos = start[:, None] + np.arange(window)  # (B, L+1)
