@@ -48,7 +48,8 @@ def _parse_rate(text: str) -> float | str:
 
 #: ``history_dropout="auto"`` with the mean history encoder (data without time): dropping history
 #: items regularises a bag-of-items summary (chosen on XMRec's validation data); order-aware
-#: encoders have their own dropout and take none (on genre3's validation data it cost)
+#: encoders have their own dropout and take none (on genre3's validation data no history dropout
+#: validated above none)
 AUTO_HISTORY_DROPOUT = 0.25
 
 
