@@ -699,17 +699,15 @@ def generate_chunks(config: SyntheticConfig | str, seed: int = 0) -> Iterator[In
 
 
 def leave_last_out(user: np.ndarray, timestamp: np.ndarray) -> np.ndarray:
-    """:data:`SPLIT_CODES` of rows by the generator's rule: per user, in time order, the last row
-    is test and the second last valid, when the user has at least 3 rows (else all train)."""
-    order = np.lexsort((timestamp, user))
-    su = user[order]
-    starts = np.flatnonzero(np.r_[True, su[1:] != su[:-1]]) if len(su) else np.zeros(0, np.int64)
-    per_user = np.diff(np.r_[starts, len(su)])
-    from_end = np.repeat(starts + per_user - 1, per_user) - np.arange(len(su))
-    n = np.repeat(per_user, per_user)
-    split = np.empty(len(su), np.int8)
-    split[order] = np.where(n >= 3, np.where(from_end == 0, 2, np.where(from_end == 1, 1, 0)), 0)
-    return split
+    """:data:`SPLIT_CODES` of rows by the generator's rule, which is the sources' ``--split last``
+    (:func:`adirec.data.sources.rows.split_codes`): per user, in time order, the last row is test
+    and the second last valid, when the user has at least 3 rows (else all train)."""
+    from adirec.data.sources.rows import Rows, SplitRule, split_codes
+    n = len(user)
+    # a user's generated times are strictly increasing, so no tie needs the item to break it
+    rows = Rows(user, np.zeros(n, np.int64), np.zeros(n, np.int64), np.ones(n, np.float32), timestamp,
+                np.arange(n))
+    return split_codes("synthetic", rows, SplitRule.parse("last"), None)
 
 
 def load_synthetic(preset: str | SyntheticConfig = "default", *, seed: int = 0,
