@@ -123,8 +123,9 @@ def test_tuning_tables_match_their_studies():
         _same(temperature, p["temperature"], what)
         assert (int(emb), experts) == (p["embedding_dim"], f"{p['expert_hidden'][0]} / {p['expert_out']}"), what
         assert float(decay) == p["weight_decay"], what
-    for study, setting, marker in (("genre3-adi-plus-lr", "lr", "| learning rate |"),
-                                   ("genre3-adi-plus-history-dropout", "history_dropout", "| history dropout (lr 5e-3) |")):
+    for study, setting, marker in (
+            ("genre3-adi-plus-lr", "lr", "| learning rate |"),
+            ("genre3-adi-plus-history-dropout", "history_dropout", "| history dropout (lr 5e-3) |")):
         line = next(line for line in README.splitlines() if line.startswith(marker))
         pairs = re.findall(r"([0-9.e-]+) → ([0-9.]+)", line.replace("*", ""))
         assert len(pairs) == len(_trials(study))
@@ -133,3 +134,29 @@ def test_tuning_tables_match_their_studies():
             shown = f"{t['params'][setting]:.2e}".replace("e-0", "e-") if setting == "lr" else None
             assert x == (shown if shown else f"{t['params'][setting]:.2f}"), (study, x)
             _same(value, t["value"], f"{study} at {x}")
+
+
+def test_schedule_table_matches_its_runs():
+    """The learning-rate schedule / epoch cap table: every cell is the run's best validation
+    metric and best epoch; the default column comes from the published benches' validation."""
+    rows = _table_after("that reached it:")
+    sets = {"XMRec": ("xmrec", "xmrec-v2"), "genre3": ("genre3", "movielens-genre3-v2")}
+    assert len(rows) == 4
+    for name, seed, *cells in rows:
+        short, bench = sets[name.split(" (")[0]]
+        sources = [RESULTS / bench / "validation" / f"adi-plus_seed{seed}_summary.json",
+                   RESULTS / "tune" / "training-schedule" / f"{short}-cosine_seed{seed}" / "summary.json",
+                   RESULTS / "tune" / "training-schedule" / f"{short}-epochs30_seed{seed}" / "summary.json"]
+        for cell, source in zip(cells, sources, strict=True):
+            if not cell:
+                assert not source.exists(), f"{source} is published but not in the table"
+                continue
+            summary = json.loads(source.read_text())
+            value, epoch = re.fullmatch(r"([0-9.]+) \(epoch (\d+)\)", cell).groups()
+            metric = next(k for k in summary if k.startswith("best_valid_"))
+            _same(value, summary[metric], f"{source}")
+            assert int(epoch) == summary["best_epoch"], source
+    for run in (RESULTS / "tune" / "training-schedule").iterdir():
+        config = json.loads((run / "config.json").read_text())["train_config"]
+        schedule, epochs = ("cosine", 20) if "cosine" in run.name else ("constant", 30)
+        assert (config["lr_schedule"], config["epochs"], config["lr"]) == (schedule, epochs, 5e-3), run
