@@ -160,3 +160,22 @@ def test_schedule_table_matches_its_runs():
         config = json.loads((run / "config.json").read_text())["train_config"]
         schedule, epochs = ("cosine", 20) if "cosine" in run.name else ("constant", 30)
         assert (config["lr_schedule"], config["epochs"], config["lr"]) == (schedule, epochs, 5e-3), run
+
+
+def test_batch_size_table_matches_its_studies():
+    rows = _table_after("its best validation metric):")
+    assert [r[0].split(" (")[0] for r in rows] == ["XMRec", "genre3"]
+    for (_name, cell), study in zip(rows, ("xmrec-adi-plus-batch", "genre3-adi-plus-batch"), strict=True):
+        shown = []
+        for group in cell.split("; "):
+            size, _, trials = group.partition(": ")
+            for trial in trials.split(", "):
+                lr, _, value = trial.partition(" → ")
+                shown.append((int(size.replace(",", "")), lr, value))
+        finished = [t for t in _trials(study).values() if t["state"] == "finished"]
+        assert len(shown) == len(finished), study
+        for (size, lr, value), t in zip(shown, sorted(finished, key=lambda t: (t["params"]["batch_size"],
+                                                                            t["params"]["lr"])), strict=True):
+            assert size == t["params"]["batch_size"], study
+            assert lr == f"{t['params']['lr']:.1e}".replace("e-0", "e-"), (study, lr)
+            _same(value, t["value"], f"{study} trial {t['number']}")
