@@ -158,8 +158,22 @@ def test_schedule_table_matches_its_runs():
             assert int(epoch) == summary["best_epoch"], source
     for run in (RESULTS / "tune" / "training-schedule").iterdir():
         config = json.loads((run / "config.json").read_text())["train_config"]
-        schedule, epochs = ("cosine", 20) if "cosine" in run.name else ("constant", 30)
-        assert (config["lr_schedule"], config["epochs"], config["lr"]) == (schedule, epochs, 5e-3), run
+        expected = {"cosine": ("cosine", 20, "auto"), "epochs30": ("constant", 30, "auto"),
+                    "batch4096": ("constant", 20, 4096)}[run.name.split("-")[1].split("_")[0]]
+        assert (config["lr_schedule"], config["epochs"], config["batch_size"]) == expected, run
+        assert config["lr"] == 5e-3, run
+
+
+def test_batch_size_seed_check_matches_its_runs():
+    """The sentence on genre3's 4,096-position steps at seeds 1 and 2 against the defaults' runs."""
+    line = README[README.index("At 4,096 positions per step and the default rate"):].split(".)")[0]
+    shown = re.findall(r"seed (\d): ([0-9.]+) against ([0-9.]+)", line)
+    assert [s for s, _, _ in shown] == ["1", "2"]
+    for seed, mine, default in shown:
+        run = RESULTS / "tune" / "training-schedule" / f"genre3-batch4096_seed{seed}" / "summary.json"
+        base = RESULTS / "movielens-genre3-v2" / "validation" / f"adi-plus_seed{seed}_summary.json"
+        _same(mine, json.loads(run.read_text())["best_valid_recall@50"], str(run))
+        _same(default, json.loads(base.read_text())["best_valid_recall@50"], str(base))
 
 
 def test_batch_size_table_matches_its_studies():
