@@ -12,10 +12,14 @@ A study lives in one directory::
                         training settings, search space, seed; a rerun must match it
     study.log           Optuna's journal of the trials (the sampler's memory)
     trials/NNN/         each trial's run directory, weights and checkpoints deleted when it ends
-                        (config.json, summary.json, metrics.jsonl and status.json are kept)
+                        (config.json, summary.json, metrics.jsonl and status.json are kept);
+                        with ``seeds_per_trial`` k > 1, one run directory per seed,
+                        trials/NNN/seedS/ for S = seed .. seed + k - 1
     trials.json         every trial: params, value, state, seconds, error
-    best.json           the best trial's run config (a run's config.json plus "tune"):
-                        ``adirec train --config DIR/best.json --out RUN`` trains it again
+    best.json           the best trial's run config (a run's config.json plus "tune"; with
+                        k seeds per trial, the run of the first seed, and "tune" holds the
+                        mean and each seed's value): ``adirec train --config DIR/best.json
+                        --out RUN`` trains it again
 
 Rerunning the same command continues the study until ``trials`` trials have ended (finished or
 failed; a trial cut short by Ctrl-C or a killed process does not count and is run again).
@@ -28,6 +32,11 @@ of ``adirec train --set``: TrainConfig and TwoTowerConfig fields, dotted for nes
 base configuration trains with self-training (the ADI presets), less the batch size under
 ``--batch-size auto`` and the sampled negatives under the full softmax (the plus presets); see
 :data:`COMMON_SPACE` and :data:`SELF_TRAINING_SPACE`.
+
+With ``seeds_per_trial`` k > 1 a trial trains its settings k times, with the seeds ``seed``
+.. ``seed + k - 1``, and its value is the mean of the k runs' values: where one run's validation
+value moves with the seed about as much as the settings being compared move it, a single-seed
+study ranks noise. It costs k times the training.
 
 The sampler is Optuna's TPE, made anew for every trial with a seed drawn from (``seed``, trial
 number), so a study that was interrupted and continued proposes what an uninterrupted one would.
@@ -119,14 +128,17 @@ class TuneConfig:
     timeout: float | None = option(None, "start no trial after this many seconds (the running one finishes)",
                                    metavar="S")
     seed: int = option(0, "seeds the sampler and the training of every trial")
+    seeds_per_trial: int = option(1, "train each trial with this many seeds (--seed, --seed + 1, ...) and value "
+                                     "it by the mean of their validation values: steadier where one run's value "
+                                     "is noisy, at that many times the cost", metavar="K")
 
     def __post_init__(self) -> None:
         if not isinstance(self.out, (str, Path)) or not str(self.out).strip():
             raise ValueError(f"--out must name the study directory, got {self.out!r}")
-        for name, low in (("trials", 1), ("seed", 0)):
+        for name, low in (("trials", 1), ("seed", 0), ("seeds_per_trial", 1)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
-                raise ValueError(f"--{name} must be an integer >= {low}, got {v!r}")
+                raise ValueError(f"--{name.replace('_', '-')} must be an integer >= {low}, got {v!r}")
         if self.timeout is not None and (isinstance(self.timeout, bool) or not isinstance(self.timeout, (int, float))
                                          or not math.isfinite(self.timeout) or self.timeout <= 0):
             raise ValueError(f"--timeout must be a number of seconds > 0, got {self.timeout!r}")
@@ -337,12 +349,13 @@ def trial_configs(model_name: str, model_overrides: dict, train_config: TrainCon
 
 # ----------------------------------------------------------------------------- the study
 def _definition(spec: DataSpec, model_name: str, overrides: dict, tcfg: TrainConfig, space: SearchSpace,
-                seed: int, data_print: dict) -> dict:
+                config: TuneConfig, data_print: dict) -> dict:
     """What a study is: a rerun continues it only when all of this is unchanged."""
     train = {k: v for k, v in asdict(tcfg).items() if k not in RUNTIME_FIELDS}
     return {"format": STUDY_FORMAT, "format_version": STUDY_FORMAT_VERSION, "model": model_name,
             "data": asdict(spec), "data_fingerprint": data_print, "model_overrides": overrides,
-            "train_config": train, "space": space.to_dict(), "space_source": space.source, "seed": seed}
+            "train_config": train, "space": space.to_dict(), "space_source": space.source, "seed": config.seed,
+            "seeds_per_trial": config.seeds_per_trial}
 
 
 def _flatten(value, prefix: str = "") -> dict:
@@ -392,6 +405,7 @@ def _check_definition(out: Path, definition: dict) -> bool:
     if not path.is_file():
         return False
     stored = read_json(path)
+    stored.setdefault("seeds_per_trial", 1)  # studies written before the setting trained one seed per trial
     if stored.get("format") != STUDY_FORMAT or stored.get("format_version") != STUDY_FORMAT_VERSION:
         raise StudyError(f"{path}: not a study of this adirec (format {stored.get('format')!r} version "
                          f"{stored.get('format_version')!r}); choose another --out")
@@ -440,6 +454,14 @@ def _trial_dir(out: Path, number: int) -> Path:
     return out / "trials" / f"{number:03d}"
 
 
+def _seed_runs(out: Path, number: int, config: TuneConfig) -> list[tuple[int, Path]]:
+    """(seed, run directory) of each training run of a trial."""
+    trial = _trial_dir(out, number)
+    if config.seeds_per_trial == 1:
+        return [(config.seed, trial)]
+    return [(s, trial / f"seed{s}") for s in range(config.seed, config.seed + config.seeds_per_trial)]
+
+
 def _drop_weights(run: Path) -> None:
     """Delete a trial's checkpoints and weights; its config, summary, metrics and status stay."""
     shutil.rmtree(run / "checkpoints", ignore_errors=True)
@@ -477,7 +499,7 @@ def tune(spec: DataSpec, model_name: str, config: TuneConfig, *, model_overrides
     space = space or default_space(tcfg, data)
     space.check(model_name, overrides, tcfg)
     data_print = layout_fingerprint(layout) if layout is not None else fingerprint(data)
-    definition = _definition(spec, model_name, overrides, tcfg, space, config.seed, data_print)
+    definition = _definition(spec, model_name, overrides, tcfg, space, config, data_print)
     _check_directory(out)
     out.mkdir(parents=True, exist_ok=True)
     verbosity = optuna.logging.get_verbosity()
@@ -503,7 +525,8 @@ def _run_study(study, out: Path, spec, model_name, overrides, tcfg, space, data,
     from optuna.trial import TrialState
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         study.tell(t.number, state=TrialState.FAIL)  # its process died: interrupted, not counted
-        _drop_weights(_trial_dir(out, t.number))
+        for _, run in _seed_runs(out, t.number, config):
+            _drop_weights(run)
     started = time.time()
     while (ended := _counted(study)) < config.trials:
         if config.timeout is not None and time.time() - started >= config.timeout:
@@ -532,38 +555,48 @@ def _counted(study) -> int:
 
 def _run_trial(study, trial, out: Path, spec, model_name, overrides, tcfg, space, data, config, ended, echo):
     from optuna.trial import TrialState
-    run = _trial_dir(out, trial.number)
+    runs = _seed_runs(out, trial.number, config)
     settings = space.settings(trial.params)
-    trial.set_user_attr("run", str(run.relative_to(out)))
+    trial.set_user_attr("run", str(runs[0][1].relative_to(out)))
     t0 = time.time()
     label = f"trial {trial.number} ({ended + 1}/{config.trials})"
+    values = []
     try:
         mcfg, trial_tcfg = trial_configs(model_name, overrides, tcfg, settings)
-        summary = train_run(spec, model_name, run, model_overrides=mcfg, train_config=trial_tcfg, data=data)
-        assert summary is not None, "a study trains in one process, whose summary train_run returns"
-        metric, value = _objective(summary)
-        if not math.isfinite(value):
-            raise FloatingPointError(f"no finite validation value ({metric} {value})")
+        for seed, run in runs:
+            summary = train_run(spec, model_name, run, model_overrides=mcfg,
+                                train_config=dataclasses.replace(trial_tcfg, seed=seed), data=data)
+            assert summary is not None, "a study trains in one process, whose summary train_run returns"
+            metric, value = _objective(summary)
+            if not math.isfinite(value):
+                raise FloatingPointError(f"no finite validation value ({metric} {value}) at seed {seed}")
+            values.append(value)
+            _drop_weights(run)
     except KeyboardInterrupt:
         trial.set_user_attr("interrupted", True)
         study.tell(trial, state=TrialState.FAIL)
-        _drop_weights(run)
+        for _, run in runs:
+            _drop_weights(run)
         _write_reports(study, out, space, config)
         raise TuneInterrupted(out, trial.number, _counted(study)) from None
     except Exception as e:  # a failed trial is recorded and the search goes on
         reason = (str(e).splitlines() or [type(e).__name__])[0]
         trial.set_user_attr("error", f"{type(e).__name__}: {reason}")
         study.tell(trial, state=TrialState.FAIL)
-        _drop_weights(run)
+        for _, run in runs:
+            _drop_weights(run)
         _write_reports(study, out, space, config)
         echo(f"{label} failed after {time.time() - t0:.0f}s: {type(e).__name__}: {reason}  {_show(settings)}")
         return
     trial.set_user_attr("metric", metric)
+    if len(values) > 1:
+        trial.set_user_attr("seed_values", values)
+    value = sum(values) / len(values)
     study.tell(trial, value)
-    _drop_weights(run)
     report = _write_reports(study, out, space, config)
     best = report["best"]
-    echo(f"{label}: {metric} {value:.4f} (best {best['value']:.4f}, trial {best['number']})  "
+    seeds = f" (mean of {', '.join(f'{v:.4f}' for v in values)})" if len(values) > 1 else ""
+    echo(f"{label}: {metric} {value:.4f}{seeds} (best {best['value']:.4f}, trial {best['number']})  "
          f"{time.time() - t0:.0f}s  {_show(settings)}")
 
 
@@ -590,17 +623,20 @@ def _write_reports(study, out: Path, space: SearchSpace, config: TuneConfig) -> 
                    if t.datetime_complete and t.datetime_start else None)
         rows.append({"number": t.number, "state": _state(t), "value": t.value, "metric": t.user_attrs.get("metric"),
                      "params": space.settings(t.params), "seconds": seconds, "run": t.user_attrs.get("run"),
+                     **({"seed_values": t.user_attrs["seed_values"]} if "seed_values" in t.user_attrs else {}),
                      **({"error": t.user_attrs["error"]} if "error" in t.user_attrs else {})})
     finished = [r for r in rows if r["state"] == "finished"]
     best = max(finished, key=lambda r: (r["value"], -r["number"])) if finished else None
     report = {"study": str(out), "direction": "maximize", "budget": config.trials,
+              "seeds_per_trial": config.seeds_per_trial,
               "ended": sum(r["state"] in ("finished", "failed") for r in rows),
               "best": best, "trials": rows}
     atomic_write_json(out / "trials.json", report)
     if best is not None:
         run_config = read_json(out / best["run"] / "config.json")
         run_config["tune"] = {"study": str(out), "trial": best["number"], "metric": best["metric"],
-                              "value": best["value"], "params": best["params"]}
+                              "value": best["value"], "params": best["params"],
+                              **({"seed_values": best["seed_values"]} if "seed_values" in best else {})}
         atomic_write_json(out / "best.json", run_config)
     return report
 
@@ -610,8 +646,9 @@ def format_best(report: dict, out: Path, top: int = 5) -> str:
     rows = report["trials"]
     finished = sorted((r for r in rows if r["state"] == "finished"), key=lambda r: (-r["value"], r["number"]))
     failed = sum(r["state"] == "failed" for r in rows)
+    k = report.get("seeds_per_trial", 1)
     lines = [f"{out}: {len(finished)} finished, {failed} failed of {report['budget']} trials "
-             f"(values on validation data only)"]
+             f"(values on validation data only{f', each the mean of {k} seeds' if k > 1 else ''})"]
     if not finished:
         lines.append("no trial finished; the errors are in trials.json")
         return "\n".join(lines)

@@ -292,3 +292,43 @@ def test_a_directory_that_is_not_a_study_is_refused(tmp_path, capsys):
     assert _tune(out, _space_file(tmp_path), 1) == 2
     assert "is not a study directory (no study.json)" in _error_line(capsys)
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+def test_seeds_per_trial_values_a_trial_by_the_mean_of_its_seeds(study, tmp_path, capsys):
+    out = tmp_path / "study"
+    assert _tune(out, _space_file(tmp_path), 1, "--seeds-per-trial", "2") == 0
+    trial = _trials(out)[0]
+    values = [json.loads((out / "trials" / "000" / f"seed{s}" / "summary.json").read_text())
+              [f"best_valid_{trial['metric']}"] for s in (0, 1)]
+    assert trial["seed_values"] == values and trial["value"] == pytest.approx(sum(values) / 2)
+    assert values[0] != values[1]  # the seeds trained different models
+    # the first seed's run is the one-seed study's trial: same settings, same seed
+    assert values[0] == _trials(study)[0]["value"] and trial["params"] == _trials(study)[0]["params"]
+    for s in (0, 1):
+        run = out / "trials" / "000" / f"seed{s}"
+        assert json.loads((run / "config.json").read_text())["train_config"]["seed"] == s
+        assert not (run / "model.safetensors").exists()
+    best = json.loads((out / "best.json").read_text())
+    assert best["train_config"]["seed"] == 0 and best["tune"]["seed_values"] == values
+    assert "each the mean of 2 seeds" in capsys.readouterr().out
+    # a study is continued only with the number of seeds it was made with
+    assert _tune(out, _space_file(tmp_path), 2) == 2
+    assert "seeds_per_trial: 2 -> 1" in _error_line(capsys)
+
+
+def test_a_study_recorded_without_seeds_per_trial_continues_as_one_seed_per_trial(study, tmp_path, capsys):
+    out = tmp_path / "older"
+    shutil.copytree(study, out, ignore=shutil.ignore_patterns(".lock"))
+    definition = json.loads((out / "study.json").read_text())
+    del definition["seeds_per_trial"]
+    (out / "study.json").write_text(json.dumps(definition))
+    assert _tune(out, _space_file(tmp_path), 2) == 0  # the budget is spent: nothing to train
+    assert "2 finished, 0 failed of 2 trials" in capsys.readouterr().out
+    assert _tune(out, _space_file(tmp_path), 2, "--seeds-per-trial", "3") == 2
+    assert "seeds_per_trial: 1 -> 3" in _error_line(capsys)
+
+
+def test_seeds_per_trial_below_one_is_refused(tmp_path, capsys):
+    assert _tune(tmp_path / "study", _space_file(tmp_path), 1, "--seeds-per-trial", "0") == 2
+    assert "--seeds-per-trial must be an integer >= 1, got 0" in _error_line(capsys)
+    assert not (tmp_path / "study").exists()
