@@ -227,7 +227,7 @@ def test_an_ensemble_scores_the_weighted_sum_of_its_members(tmp_path):
     assert DataSpec(**cfg["data"]).source == "synthetic:tiny"
 
 
-@pytest.mark.parametrize("encoder, batching, size", [("transformer", "auto", 4096), ("mean", "auto", 1024),
+@pytest.mark.parametrize("encoder, batching, size", [("transformer", "auto", 8192), ("mean", "auto", 1024),
                                                      ("transformer", "rows", 1024)])
 def test_batch_size_auto_follows_how_the_run_batches(tmp_path, encoder, batching, size):
     from adirec.train.config import TrainConfig
@@ -238,7 +238,7 @@ def test_batch_size_auto_follows_how_the_run_batches(tmp_path, encoder, batching
                       holdout_fraction=0.25, eval_ks=(5,), early_stopping_metric="recall@5",
                       self_training={"enabled": False})
     trainer = Trainer(model, data, cfg, out_dir=tmp_path)
-    assert (trainer.sequences is not None) == (size == 4096)
+    assert (trainer.sequences is not None) == (size == 8192)
     assert trainer.batch_size == size and trainer.fit()["batch_size"] == size
     # a number is taken as given, however the run batches
     assert Trainer(model, data, TrainConfig(**{**cfg.__dict__, "batch_size": 7})).batch_size == 7

@@ -60,7 +60,7 @@ LR_SCHEDULES = ("constant", "cosine")
 BATCHINGS = ("auto", "rows", "sequences")
 # --batch-size auto: a batch of sequences holds every position of a few dozen users, so it needs
 # more positions per step than a batch of independent rows for the same number of users per step
-AUTO_BATCH_SIZE = {"rows": 1024, "sequences": 4096}
+AUTO_BATCH_SIZE = {"rows": 1024, "sequences": 8192}
 
 
 def _batch_size(text: str) -> int | str:
