@@ -9,7 +9,8 @@ the reported split is never read to choose a configuration.
 A study lives in one directory::
 
     study.json          what is searched: model, data (and its fingerprint), base model and
-                        training settings, search space, seed; a rerun must match it
+                        training settings, search space, seed, seeds per trial; a rerun
+                        must match it
     study.log           Optuna's journal of the trials (the sampler's memory)
     trials/NNN/         each trial's run directory, weights and checkpoints deleted when it ends
                         (config.json, summary.json, metrics.jsonl and status.json are kept);
