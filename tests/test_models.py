@@ -477,6 +477,7 @@ def test_registry_presets_and_overrides():
         (dict(dropout=1.0), "dropout"),
         (dict(history_dropout="sometimes"), r"history_dropout must be in \[0, 1\) or 'auto'"),
         (dict(history_dropout=1.0), "history_dropout"),
+        (dict(item_tower="tiny"), r"item_tower must be one of \('full', 'linear', 'auto'\), got 'tiny'"),
     ],
 )
 def test_config_validation(bad, match):
@@ -502,6 +503,31 @@ def test_auto_history_dropout_follows_the_resolved_history_encoder():
     assert TwoTowerConfig(history_dropout=0.1).resolved(1, timeless.schema).history_dropout == 0.1  # a number stays
     model = TwoTowerModel(timeless.schema, 1, TwoTowerConfig(**TINY, history_dropout="auto"))
     assert model.user_tower.embeddings.history_dropout == AUTO_HISTORY_DROPOUT
+
+
+def test_auto_item_tower_is_linear_under_the_transformer_encoder_only():
+    import numpy as np
+    from adirec.data.build import RawInteractions, build_dataset
+    from adirec.models.towers import IdentityBackbone
+    rng = np.random.default_rng(0)
+    u, i = rng.integers(0, 20, 200).astype(str).astype(object), rng.integers(0, 30, 200).astype(str).astype(object)
+    timed = build_dataset("timed", ["a"], RawInteractions(u, i, np.zeros(200, np.int64), None, np.arange(200)))
+    timeless = build_dataset("timeless", ["a"], RawInteractions(u, i, np.zeros(200, np.int64)))
+    auto = TwoTowerConfig(history_encoder="auto", item_tower="auto")
+    assert auto.resolved(1).item_tower == "auto"  # without the schema the encoder is not known yet
+    assert auto.resolved(1, timed.schema).item_tower == "linear"
+    assert auto.resolved(1, timeless.schema).item_tower == "full"
+    for encoder, want in (("mean", "full"), ("recency", "full"), ("transformer", "linear")):
+        assert TwoTowerConfig(history_encoder=encoder, item_tower="auto").resolved(1).item_tower == want
+    assert TwoTowerConfig(history_encoder="transformer", item_tower="full").resolved(1).item_tower == "full"
+    for data, linear in ((timed, True), (timeless, False)):
+        model = TwoTowerModel(data.schema, 1, TwoTowerConfig(**TINY, history_encoder="auto", item_tower="auto"))
+        assert model.config.item_tower == ("linear" if linear else "full")
+        assert isinstance(model.item_tower.backbone, IdentityBackbone) == linear
+        assert not isinstance(model.user_tower.backbone, IdentityBackbone)
+    for preset in ("adi-plus", "dnn-plus"):
+        assert build_config(preset).item_tower == "auto"
+    assert all(build_config(name).item_tower == "full" for name in MODELS if not name.endswith("-plus"))
 
 
 def test_model_rejects_bad_inputs():

@@ -119,7 +119,8 @@ class TwoTowerConfig:
         item_tower: "full": the item tower is built like the user tower (the paper's towers);
             "linear": the item vector is one linear map of the item's (adapted) field embeddings,
             no backbone or forward network (an order-aware recommender's item side, at a fraction
-            of the cost: adirec's option).
+            of the cost: adirec's option); "auto": linear under the transformer history encoder
+            (a SASRec-like user side scores items by their own embeddings), full otherwise.
         item_bias: a learned per-(domain, item) bias added to the score, started at the item's
             log popularity in the domain (a popularity prior). It stays retrievable by inner
             product: the user vector gets one more entry, 1, and the item vector the bias.
@@ -163,7 +164,8 @@ class TwoTowerConfig:
                                           "an order-aware one (adi-plus, dnn-plus)", parse=_parse_rate,
                                           metavar="P|auto")
     item_tower: str = option("full", "full: built like the user tower; linear: one linear map of the item's "
-                             "field embeddings", choices=ITEM_TOWERS)
+                             "field embeddings; auto: linear under the transformer history encoder, else full",
+                             choices=(*ITEM_TOWERS, "auto"))
     item_bias: bool = option(False, "a learned per-domain item bias (popularity prior), one more vector entry")
 
     def __post_init__(self) -> None:
@@ -201,8 +203,8 @@ class TwoTowerConfig:
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v < 1.0:
                 also = f" or {AUTO!r}" if name == "history_dropout" else ""
                 raise ValueError(f"{name} must be in [0, 1){also}, got {v!r}")
-        if self.item_tower not in ITEM_TOWERS:
-            raise ValueError(f"item_tower must be one of {ITEM_TOWERS}, got {self.item_tower!r}")
+        if self.item_tower not in (*ITEM_TOWERS, AUTO):
+            raise ValueError(f"item_tower must be one of {(*ITEM_TOWERS, AUTO)}, got {self.item_tower!r}")
         if self.history_encoder not in (*HISTORY_ENCODERS, AUTO):
             raise ValueError(f"history_encoder must be one of {(*HISTORY_ENCODERS, AUTO)}, "
                              f"got {self.history_encoder!r}")
@@ -236,8 +238,8 @@ class TwoTowerConfig:
         "domains+1"`` -> ``num_domains + 1``, and, given the data's ``schema``,
         ``history_encoder="auto"`` -> ``"transformer"`` when the behaviour history is in time order
         (``Field.ordered``), else ``"mean"``; then ``history_dropout="auto"`` by that encoder
-        (:data:`AUTO_HISTORY_DROPOUT` for ``"mean"``, else 0). Self when there is nothing to
-        resolve."""
+        (:data:`AUTO_HISTORY_DROPOUT` for ``"mean"``, else 0) and ``item_tower="auto"`` (``"linear"``
+        for ``"transformer"``, else ``"full"``). Self when there is nothing to resolve."""
         if not isinstance(num_domains, int) or num_domains < 1:
             raise ValueError(f"num_domains must be an int >= 1, got {num_domains!r}")
         changes: dict[str, Any] = {}
@@ -249,6 +251,8 @@ class TwoTowerConfig:
         encoder = changes.get("history_encoder", self.history_encoder)
         if self.history_dropout == AUTO and encoder != AUTO:
             changes["history_dropout"] = AUTO_HISTORY_DROPOUT if encoder == "mean" else 0.0
+        if self.item_tower == AUTO and encoder != AUTO:
+            changes["item_tower"] = "linear" if encoder == "transformer" else "full"
         return dataclasses.replace(self, **changes) if changes else self
 
     @classmethod

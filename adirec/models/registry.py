@@ -92,7 +92,7 @@ _DNN = dict(backbone="mlp", dial="none", dsbn=False, domain_forward=False)
 # asked with equal machinery. The learning rate and the history dropout come from `adirec tune`
 # studies on the validation data of XMRec and MovieLens-1M genre3 (README, "How adi-plus's defaults
 # were chosen"); the rest were set by hand from single validation runs
-_PLUS_MODEL = dict(history_encoder="auto", history_dropout="auto", item_bias=True)
+_PLUS_MODEL = dict(history_encoder="auto", history_dropout="auto", item_bias=True, item_tower="auto")
 _PLUS_TRAIN = {"self_training": {"enabled": False}, "softmax": "auto", "batch_size": "auto", "lr": 5e-3}
 
 MODELS: dict[str, Preset] = {

@@ -215,7 +215,8 @@ class Tower(nn.Module):
             encoder = make_history_encoder(config.history_encoder, config.embedding_dim, schema[HIST_ALL].dim,
                                            layers=config.transformer_layers, heads=config.transformer_heads,
                                            dropout=config.transformer_dropout)
-        assert not isinstance(config.history_dropout, str), "auto is resolved with the schema"
+        assert not isinstance(config.history_dropout, str) and config.item_tower != "auto", \
+            "auto is resolved with the schema"
         self.embeddings = FieldEmbeddings(schema, side, embeddings, ignored, encoder, float(config.history_dropout))
         n_fields, dim = self.embeddings.num_fields, self.embeddings.dim
         self.adaptation = make_adaptation(config.dial, n_fields, dim, num_domains, config.se_reduction,
