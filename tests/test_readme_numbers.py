@@ -43,6 +43,15 @@ def _entry(name: str, entries: dict) -> tuple[str, dict]:
     return key, entry
 
 
+def _item_full_run(bench: str, seed: int) -> Path:
+    """The validation summary of ``adi-plus`` at seed ``seed`` in ``bench`` with the paper's item tower:
+    on the timestamped MovieLens sets the runs from before ``--item-tower auto`` (``-itemfull``); on
+    XMRec, without timestamps, ``auto`` is the paper's tower, and the current runs are those."""
+    folder = RESULTS / bench / "validation"
+    older = folder / f"adi-plus-itemfull_seed{seed}_summary.json"
+    return older if bench != "xmrec-v2" else folder / f"adi-plus_seed{seed}_summary.json"
+
+
 def _same(cell: str, value: float, what: str) -> None:
     """``cell`` (e.g. ``0.625`` or ``**0.625 ± 0.002**``) shows ``value`` at its own precision."""
     text = cell.replace("*", "").split("±")[0].strip()
@@ -144,7 +153,7 @@ def test_schedule_table_matches_its_runs():
     assert len(rows) == 4
     for name, seed, *cells in rows:
         short, bench = sets[name.split(" (")[0]]
-        sources = [RESULTS / bench / "validation" / f"adi-plus_seed{seed}_summary.json",
+        sources = [_item_full_run(bench, int(seed)),
                    RESULTS / "tune" / "training-schedule" / f"{short}-cosine_seed{seed}" / "summary.json",
                    RESULTS / "tune" / "training-schedule" / f"{short}-epochs30_seed{seed}" / "summary.json"]
         for cell, source in zip(cells, sources, strict=True):
@@ -175,7 +184,7 @@ def test_batch_size_seed_check_matches_its_runs():
     assert [s for s, _, _ in shown] == ["1", "2"]
     for seed, mine, default in shown:
         run = RESULTS / "tune" / "training-schedule" / f"genre3-batch4096_seed{seed}" / "summary.json"
-        base = RESULTS / "movielens-genre3-v2" / "validation" / f"adi-plus_seed{seed}_summary.json"
+        base = _item_full_run("movielens-genre3-v2", int(seed))
         _same(mine, json.loads(run.read_text())["best_valid_recall@50"], str(run))
         _same(default, json.loads(base.read_text())["best_valid_recall@50"], str(base))
 
@@ -188,8 +197,7 @@ def test_sequences_batch_size_rule_matches_its_runs():
     for (mine, mean), name in zip(shown, ("age3", "age3", "seq"), strict=True):
         folder = {"age3": "movielens-age3", "seq": "movielens-seq-loo"}[name]
         run = RESULTS / "tune" / "training-schedule" / f"{name}-batch4096_seed0" / "summary.json"
-        base = [json.loads((RESULTS / folder / "validation" / f"adi-plus_seed{s}_summary.json").read_text())
-                ["best_valid_recall@50"] for s in range(3)]
+        base = [json.loads(_item_full_run(folder, s).read_text())["best_valid_recall@50"] for s in range(3)]
         _same(mine, json.loads(run.read_text())["best_valid_recall@50"], str(run))
         _same(mean, sum(base) / 3, f"{folder} validation mean")
         assert json.loads(run.read_text())["batch_size"] == 4096
@@ -203,11 +211,8 @@ def test_item_tower_table_matches_its_runs():
     assert [r[0] for r in rows] == list(benches)
     for name, defaults, linear, minutes in rows:
         short, bench = benches[name]
-        # the default columns are the runs with the paper's item tower: the lr2e-3 files are older
         for seed, cell in enumerate(defaults.split(" / ")):
-            base = RESULTS / bench / "validation" / f"adi-plus-itemfull_seed{seed}_summary.json"
-            if not base.exists():
-                base = RESULTS / bench / "validation" / f"adi-plus_seed{seed}_summary.json"
+            base = _item_full_run(bench, seed)
             _same(cell, json.loads(base.read_text())["best_valid_recall@50"], str(base))
         run = RESULTS / "tune" / "item-tower" / f"{short}-itemlinear_seed0"
         summary = json.loads((run / "summary.json").read_text())
@@ -215,6 +220,25 @@ def test_item_tower_table_matches_its_runs():
         _same(minutes, summary["train_seconds"] / 60, str(run))
         config = json.loads((run / "config.json").read_text())
         assert config["model_config"]["item_tower"] == "linear" and config["train_config"]["seed"] == 0
+
+
+def test_strongest_reference_table_shows_the_published_plus_runs():
+    """The plus presets' cells of the table of strongest references, on the MovieLens sets."""
+    rows = {r[0]: r for r in _table_after("The strongest reference of each")}
+    checked = {"MovieLens-1M age3": ("movielens-age3", ("recall@20", "recall@50", "recall@100")),
+               "MovieLens-1M genre3": ("movielens-genre3-v2", ("recall@20", "recall@50", "recall@100")),
+               "MovieLens-1M sequential, leave-one-out (`--history train+valid`)":
+                   ("movielens-seq-loo", ("hitrate@10", "ndcg@10"))}
+    for name, (bench, metrics) in checked.items():
+        entries = {k: e for suite in _summary(bench).values() for k, e in suite.items()}
+        for column, key in ((3, "adi-plus"), (4, "dnn-plus")):
+            cell = rows[name][column]
+            values = re.findall(r"0\.\d+", cell.split("(")[0])
+            assert len(values) == len(metrics), (name, key, cell)
+            for value, metric in zip(values, metrics, strict=True):
+                _same(value, entries[key]["metrics"][metric]["mean"]["mean"], f"{bench} {key} {metric}")
+            seeds = re.search(r"\((\d) seeds", cell)
+            assert len(entries[key]["seeds"]) == (int(seeds[1]) if seeds else 1), (name, key, cell)
 
 
 def test_batch_size_table_matches_its_studies():
