@@ -485,14 +485,20 @@ def test_config_validation(bad, match):
         TwoTowerConfig(**bad)
 
 
-def test_auto_history_dropout_follows_the_resolved_history_encoder():
+def _timed_and_timeless():
+    """The same 200 interactions as two one-domain datasets: with timestamps (an ordered history) and without."""
     import numpy as np
     from adirec.data.build import RawInteractions, build_dataset
-    from adirec.models.config import AUTO_HISTORY_DROPOUT
     rng = np.random.default_rng(0)
     u, i = rng.integers(0, 20, 200).astype(str).astype(object), rng.integers(0, 30, 200).astype(str).astype(object)
     timed = build_dataset("timed", ["a"], RawInteractions(u, i, np.zeros(200, np.int64), None, np.arange(200)))
     timeless = build_dataset("timeless", ["a"], RawInteractions(u, i, np.zeros(200, np.int64)))
+    return timed, timeless
+
+
+def test_auto_history_dropout_follows_the_resolved_history_encoder():
+    from adirec.models.config import AUTO_HISTORY_DROPOUT
+    timed, timeless = _timed_and_timeless()
     auto = TwoTowerConfig(history_encoder="auto", history_dropout="auto")
     assert auto.resolved(1).history_dropout == "auto"  # without the schema the encoder is not known yet
     got = {name: auto.resolved(1, d.schema) for name, d in (("timed", timed), ("timeless", timeless))}
@@ -506,13 +512,8 @@ def test_auto_history_dropout_follows_the_resolved_history_encoder():
 
 
 def test_auto_item_tower_is_linear_under_the_transformer_encoder_only():
-    import numpy as np
-    from adirec.data.build import RawInteractions, build_dataset
     from adirec.models.towers import IdentityBackbone
-    rng = np.random.default_rng(0)
-    u, i = rng.integers(0, 20, 200).astype(str).astype(object), rng.integers(0, 30, 200).astype(str).astype(object)
-    timed = build_dataset("timed", ["a"], RawInteractions(u, i, np.zeros(200, np.int64), None, np.arange(200)))
-    timeless = build_dataset("timeless", ["a"], RawInteractions(u, i, np.zeros(200, np.int64)))
+    timed, timeless = _timed_and_timeless()
     auto = TwoTowerConfig(history_encoder="auto", item_tower="auto")
     assert auto.resolved(1).item_tower == "auto"  # without the schema the encoder is not known yet
     assert auto.resolved(1, timed.schema).item_tower == "linear"
