@@ -1,10 +1,13 @@
-"""Two kernels of a training step, adirec's choice beside torch's default, timed in the same run:
+"""Three kernels of a training step, adirec's choice beside torch's default, timed in the same run:
 
 * dropout (forward + backward) on a Transformer activation of ``adi-plus``'s size:
   ``torch.nn.functional.dropout`` against ``adirec.models.layers.dropout`` (masks from 15-bit
   uniform integers);
 * one Adam step over ``adi-plus``'s parameters (built on ``synthetic:default``): torch's default
-  Adam (a loop over the parameters on the CPU), ``foreach=True`` and ``fused=True`` (adirec's).
+  Adam (a loop over the parameters on the CPU), ``foreach=True`` and ``fused=True`` (adirec's);
+* the full softmax loss (forward + backward) of a batch of sequence positions against the whole
+  corpus, MovieLens-1M's size: ``F.cross_entropy`` over the (B, C) logits against
+  ``adirec.train.loss.full_softmax_loss`` (blocks of rows, each scored again in backward).
 
     python benchmarks/kernels_bench.py [--threads 2] [--rounds 5] [--out benchmarks/results]
 
@@ -31,6 +34,7 @@ from adirec.bench.provenance import environment  # noqa: E402
 from adirec.data.sources import load_source  # noqa: E402
 from adirec.models.layers import dropout  # noqa: E402
 from adirec.models.registry import build_config, build_model  # noqa: E402
+from adirec.train.loss import full_softmax_loss  # noqa: E402
 
 
 def timed_rounds(variants: dict, rounds: int, repeats: int) -> dict[str, float]:
@@ -55,6 +59,8 @@ def main() -> None:
     ap.add_argument("--p", type=float, default=0.2, help="dropout probability (adi-plus's Transformer)")
     ap.add_argument("--shape", default="163,50,64",
                     help="activation shape: users x history positions x width (a genre3 batch of 8,192 rows)")
+    ap.add_argument("--softmax", default="8192,3706,64",
+                    help="full softmax: positions x corpus items x vector width (a sequences batch on MovieLens-1M)")
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -83,6 +89,22 @@ def main() -> None:
                   "Adam fused=True": torch.optim.Adam(params, lr=1e-4, fused=True)}
     adam = timed_rounds({name: opt.step for name, opt in optimizers.items()}, args.rounds, args.repeats)
 
+    rows, corpus, width = (int(v) for v in args.softmax.split(","))
+    user = torch.randn(rows, width, requires_grad=True)
+    items = torch.randn(corpus, width, requires_grad=True)
+    target = torch.randint(0, corpus, (rows,))
+    weight = torch.rand(rows)
+
+    def torch_softmax():
+        loss = (F.cross_entropy(user @ items.T, target, reduction="none") * weight).sum() / weight.sum()
+        torch.autograd.grad(loss, (user, items))
+
+    def adirec_softmax():
+        torch.autograd.grad(full_softmax_loss(user, items, target, weight=weight), (user, items))
+
+    softmax = timed_rounds({"F.cross_entropy over (B, C)": torch_softmax, "adirec full_softmax_loss": adirec_softmax},
+                           args.rounds, max(1, args.repeats // 10))
+
     result = {
         "threads": args.threads, "rounds": args.rounds, "repeats": args.repeats,
         "dropout": {"shape": list(shape), "p": args.p, "seconds_fwd_bwd": drop,
@@ -90,6 +112,8 @@ def main() -> None:
         "adam": {"model": "adi-plus on synthetic:default", "tensors": len(params),
                  "parameters": sum(p.numel() for p in params), "seconds_per_step": adam,
                  "speedup_fused": adam["Adam (default)"] / adam["Adam fused=True"]},
+        "full_softmax": {"positions": rows, "corpus": corpus, "width": width, "seconds_fwd_bwd": softmax,
+                         "speedup": softmax["F.cross_entropy over (B, C)"] / softmax["adirec full_softmax_loss"]},
         "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
         "mkl": torch.backends.mkl.is_available(),
         "environment": environment(),
@@ -97,11 +121,12 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "kernels_bench.json").write_text(json.dumps(result, indent=2) + "\n")
-    for part in ("dropout", "adam"):
-        timings = result[part]["seconds_fwd_bwd" if part == "dropout" else "seconds_per_step"]
+    for part in ("dropout", "adam", "full_softmax"):
+        timings = result[part]["seconds_per_step" if part == "adam" else "seconds_fwd_bwd"]
         for name, s in timings.items():
             print(f"{name:32s} {s * 1000:8.2f} ms")
-    print(f"dropout speedup {result['dropout']['speedup']:.2f}x, fused Adam {result['adam']['speedup_fused']:.2f}x")
+    print(f"dropout speedup {result['dropout']['speedup']:.2f}x, fused Adam {result['adam']['speedup_fused']:.2f}x, "
+          f"full softmax {result['full_softmax']['speedup']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from adirec.models.adi import TwoTowerModel
 from adirec.models.config import TwoTowerConfig
 from adirec.models.layers import Dropout, dropout
 from adirec.models.sequence import HistoryEncoder, RecencyEncoder, TransformerEncoder, written_out_attention
+import adirec.train.loss as loss_module
 from adirec.train.loss import full_softmax_loss, sampled_softmax_loss
 
 SMALL = dict(embedding_dim=8, expert_hidden=(16,), expert_out=8, forward_hidden=(8,), output_dim=8)
@@ -176,6 +177,33 @@ def test_full_and_sampled_softmax_agree_when_the_sample_is_the_whole_corpus():
     assert torch.allclose(full, sampled, atol=1e-6)
     manual = -(torch.log_softmax(logits / 0.3, dim=1)[torch.arange(B), target] * weight).sum() / weight.sum()
     assert torch.allclose(full, manual, atol=1e-6)
+
+
+@pytest.mark.parametrize("rows_per_block", [2, 3, 64])
+def test_full_softmax_blocks_match_autograds_cross_entropy(monkeypatch, rows_per_block):
+    """The blockwise loss (one row block's logits in memory at a time) has the value and both
+    gradients of ``F.cross_entropy`` over the whole (B, C) logit matrix, whatever the block."""
+    monkeypatch.setattr(loss_module, "_rows_per_block", lambda user, corpus_size: rows_per_block)
+    g = torch.Generator().manual_seed(1)
+    B, C, width = 7, 5, 3
+    user = torch.randn(B, width, generator=g, dtype=torch.float64, requires_grad=True)
+    items = torch.randn(C, width, generator=g, dtype=torch.float64, requires_grad=True)
+    target = torch.tensor([0, 4, 4, 1, 2, 3, 0])
+    weight = torch.rand(B, generator=g, dtype=torch.float64)
+    ours = full_softmax_loss(user, items, target, temperature=0.7, weight=weight)
+    grads = torch.autograd.grad(ours, (user, items))
+    losses = torch.nn.functional.cross_entropy((user / 0.7) @ items.T, target, reduction="none")
+    theirs = (losses * weight).sum() / weight.sum()
+    expected = torch.autograd.grad(theirs, (user, items))
+    assert torch.allclose(ours, theirs, atol=1e-12)
+    for got, want in zip(grads, expected, strict=True):
+        assert torch.allclose(got, want, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda u, v: full_softmax_loss(u, v, target, weight=weight), (user, items))
+
+
+def test_full_softmax_rejects_a_target_of_the_wrong_shape():
+    with pytest.raises(ValueError, match="target must be"):
+        full_softmax_loss(torch.randn(3, 2), torch.randn(4, 2), torch.tensor([0, 1]))
 
 
 def test_item_bias_is_one_more_vector_entry_started_at_the_popularity_prior():
