@@ -222,6 +222,29 @@ def test_item_tower_table_matches_its_runs():
         assert config["model_config"]["item_tower"] == "linear" and config["train_config"]["seed"] == 0
 
 
+def test_epoch_cap_table_matches_its_runs():
+    """The 30-epoch check at the linear item tower: the published runs' best validation values and
+    epochs, and the 30-epoch runs' values, epochs and minutes."""
+    rows = _table_after("Best validation Recall@50 (epoch of the best / epochs run):")
+    benches = {"genre3": ("genre3", "movielens-genre3-v2"), "age3": ("age3", "movielens-age3"),
+               "sequential, leave-one-out": ("seq", "movielens-seq-loo")}
+    assert [r[0] for r in rows] == list(benches)
+    for name, defaults, longer, minutes in rows:
+        short, bench = benches[name]
+        for seed, cell in enumerate(defaults.split(" / ")):
+            base = RESULTS / bench / "validation" / f"adi-plus_seed{seed}_summary.json"
+            _same(cell, json.loads(base.read_text())["best_valid_recall@50"], str(base))
+        run = RESULTS / "tune" / "training-schedule" / f"{short}-epochs30-itemlinear_seed0"
+        summary = json.loads((run / "summary.json").read_text())
+        value, best, ran = re.fullmatch(r"(\S+) \((\d+) / (\d+)\)", longer).groups()
+        _same(value, summary["best_valid_recall@50"], str(run))
+        assert (int(best), int(ran)) == (summary["best_epoch"], summary["epochs_run"]), str(run)
+        _same(minutes, summary["train_seconds"] / 60, str(run))
+        config = json.loads((run / "config.json").read_text())
+        assert config["train_config"]["epochs"] == 30 and config["train_config"]["seed"] == 0
+        assert config["model_config"]["item_tower"] == "linear"
+
+
 def test_strongest_reference_table_shows_the_published_plus_runs():
     """The plus presets' cells of the table of strongest references, on the MovieLens sets."""
     rows = {r[0]: r for r in _table_after("The strongest reference of each")}
