@@ -67,10 +67,9 @@ def full_softmax_loss(
     return loss.sum() / weight.sum().clamp_min(1e-12)
 
 
-
 def _rows_per_block(user: torch.Tensor, corpus_size: int) -> int:
-    """Rows whose (rows, C) logits fit in cache on a CPU (about 2**20 floats), or a large block
-    on an accelerator, where bigger matrix products pay and memory bandwidth is not the limit."""
+    """Rows per block: about 2**20 logits (4 MB, near a CPU core's cache) on a CPU, 2**26 on an
+    accelerator, where larger matrix products pay and the (B, C) passes are not the bottleneck."""
     budget = 2 ** 20 if user.device.type == "cpu" else 2 ** 26
     return max(32, budget // max(1, corpus_size))
 
