@@ -222,6 +222,18 @@ def test_item_tower_table_matches_its_runs():
         assert config["model_config"]["item_tower"] == "linear" and config["train_config"]["seed"] == 0
 
 
+def test_xmrec_item_tower_check_matches_its_run():
+    text = " ".join(README[README.index("under the mean encoder too was checked"):].split())
+    shown = re.search(r"seed 0 validated at (0\.\d+), against (0\.\d+) for the paper's tower", text)
+    run = RESULTS / "tune" / "item-tower" / "xmrec-itemlinear_seed0"
+    summary = json.loads((run / "summary.json").read_text())
+    _same(shown[1], summary["best_valid_recall@10"], str(run))
+    published = RESULTS / "xmrec-v2" / "validation" / "adi-plus_seed0_summary.json"
+    _same(shown[2], json.loads(published.read_text())["best_valid_recall@10"], str(published))
+    config = json.loads((run / "config.json").read_text())
+    assert config["model_config"]["item_tower"] == "linear" and config["train_config"]["seed"] == 0
+
+
 def test_epoch_cap_table_matches_its_runs():
     """The 30-epoch check at the linear item tower: the published runs' best validation values and
     epochs, and the 30-epoch runs' values, epochs and minutes."""
