@@ -201,9 +201,48 @@ def test_full_softmax_blocks_match_autograds_cross_entropy(monkeypatch, rows_per
     assert torch.autograd.gradcheck(lambda u, v: full_softmax_loss(u, v, target, weight=weight), (user, items))
 
 
-def test_full_softmax_rejects_a_target_of_the_wrong_shape():
-    with pytest.raises(ValueError, match="target must be"):
-        full_softmax_loss(torch.randn(3, 2), torch.randn(4, 2), torch.tensor([0, 1]))
+@pytest.mark.parametrize("which", ["user", "items"])
+def test_full_softmax_unweighted_mean_with_one_input_trained(monkeypatch, which):
+    """``weight=None`` (the incoming gradient an expanded scalar) and one input without gradient."""
+    monkeypatch.setattr(loss_module, "_rows_per_block", lambda user, corpus_size: 2)
+    g = torch.Generator().manual_seed(2)
+    user, items = torch.randn(5, 3, generator=g, dtype=torch.float64), torch.randn(4, 3, generator=g, dtype=torch.float64)
+    target = torch.tensor([3, 0, 0, 2, 1])
+    trained = user if which == "user" else items
+    trained.requires_grad_(True)
+    (ours,) = torch.autograd.grad(full_softmax_loss(user, items, target, temperature=0.5), trained)
+    (theirs,) = torch.autograd.grad(torch.nn.functional.cross_entropy((user / 0.5) @ items.T, target), trained)
+    assert torch.allclose(ours, theirs, atol=1e-12)
+
+
+def test_full_softmax_runs_in_float32_under_autocast():
+    """Under autocast the blocks are scored in float32 both ways, so the loss and its gradients are
+    those computed without it, and never below zero."""
+    g = torch.Generator().manual_seed(3)
+    user = (torch.randn(6, 4, generator=g) * 8).requires_grad_(True)
+    items = (torch.randn(9, 4, generator=g) * 8).requires_grad_(True)
+    target = torch.tensor([0, 8, 3, 3, 5, 1])
+    plain = full_softmax_loss(user, items, target, reduction="sum")
+    want = torch.autograd.grad(plain, (user, items))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cast = full_softmax_loss(user, items, target, reduction="sum")
+        got = torch.autograd.grad(cast, (user, items))
+    assert cast.dtype == torch.float32 and torch.equal(cast, plain)
+    for a, b in zip(got, want, strict=True):
+        assert a.dtype == torch.float32 and torch.equal(a, b)
+    per_row = loss_module._CorpusCrossEntropy.apply(user.detach(), items.detach(), target)
+    assert bool((per_row >= 0).all())
+
+
+@pytest.mark.parametrize("target, match", [
+    (torch.tensor([0, 1]), "target must be"),
+    (torch.tensor([0, 1, 2], dtype=torch.int32), "long tensor"),
+    (torch.tensor([0, -1, 2]), r"index the 4 corpus items, got values in \[-1, 2\]"),
+    (torch.tensor([0, 4, 2]), r"index the 4 corpus items, got values in \[0, 4\]"),
+])
+def test_full_softmax_rejects_a_bad_target(target, match):
+    with pytest.raises(ValueError, match=match):
+        full_softmax_loss(torch.randn(3, 2), torch.randn(4, 2), target)
 
 
 def test_item_bias_is_one_more_vector_entry_started_at_the_popularity_prior():

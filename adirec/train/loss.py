@@ -54,8 +54,11 @@ def full_softmax_loss(
         raise ValueError(f"temperature must be > 0, got {temperature}")
     if user.dim() != 2 or items.dim() != 2 or user.shape[1] != items.shape[1]:
         raise ValueError(f"user (B, O) and items (C, O) must share O; got {tuple(user.shape)}, {tuple(items.shape)}")
-    if target.shape != (user.shape[0],):
-        raise ValueError(f"target must be ({user.shape[0]},), got {tuple(target.shape)}")
+    if target.shape != (user.shape[0],) or target.dtype != torch.long:
+        raise ValueError(f"target must be a ({user.shape[0]},) long tensor, got {tuple(target.shape)} {target.dtype}")
+    if len(target) and (int(target.min()) < 0 or int(target.max()) >= len(items)):
+        raise ValueError(f"target must index the {len(items)} corpus items, got values in "
+                         f"[{int(target.min())}, {int(target.max())}]")
     # s / temperature with the division on the (B, O) side: the (B, C) logits are the large ones
     loss = _CorpusCrossEntropy.apply(user / temperature, items, target)  # (B,), eq. 2-3
     if weight is not None:
@@ -88,30 +91,42 @@ class _CorpusCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, user: torch.Tensor, items: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        rows = _rows_per_block(user, len(items))
-        log_z = user.new_empty(len(user))  # (B,) log sum_c exp(s_bc)
-        for start in range(0, len(user), rows):
-            block = slice(start, start + rows)
-            log_z[block] = torch.logsumexp(user[block] @ items.T, dim=1)  # (rows, C) -> (rows,)
-        positive = (user * items[target]).sum(dim=1)  # (B,) s_b,target
+        # float32 at least, autocast or not: backward scores the blocks again and must get the
+        # logits whose log-partition forward kept
+        ctx.dtypes = user.dtype, items.dtype
+        dtype = torch.promote_types(torch.promote_types(user.dtype, items.dtype), torch.float32)
+        with torch.autocast(user.device.type, enabled=False):
+            user, items = user.to(dtype), items.to(dtype)
+            rows = _rows_per_block(user, len(items))
+            log_z = user.new_empty(len(user))  # (B,) log sum_c exp(s_bc)
+            positive = user.new_empty(len(user))  # (B,) s_b,target, from the same logits
+            for start in range(0, len(user), rows):
+                block = slice(start, start + rows)
+                logits = user[block] @ items.T  # (rows, C)
+                log_z[block] = torch.logsumexp(logits, dim=1)
+                positive[block] = logits.gather(1, target[block].unsqueeze(1)).squeeze(1)
         ctx.save_for_backward(user, items, target, log_z)
-        return log_z - positive  # (B,), eq. 2-3
+        return log_z - positive  # (B,), eq. 2-3, never below 0
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_loss: torch.Tensor):
         user, items, target, log_z = ctx.saved_tensors
+        grad_loss = grad_loss.to(user.dtype)
         rows = _rows_per_block(user, len(items))
         grad_user = torch.empty_like(user) if ctx.needs_input_grad[0] else None  # (B, O)
         grad_items = torch.zeros_like(items) if ctx.needs_input_grad[1] else None  # (C, O)
-        for start in range(0, len(user), rows):
-            block = slice(start, start + rows)
-            g = grad_loss[block].unsqueeze(1)  # (rows, 1)
-            # d loss_b / d s_bc = softmax_bc - [c = target_b], scaled by the incoming gradient
-            grad_s = (user[block] @ items.T).sub_(log_z[block].unsqueeze(1)).exp_().mul_(g)  # (rows, C)
-            grad_s.scatter_add_(1, target[block].unsqueeze(1), -g)
-            if grad_user is not None:
-                grad_user[block] = grad_s @ items
-            if grad_items is not None:
-                grad_items.addmm_(grad_s.T, user[block])
-        return grad_user, grad_items, None
+        with torch.autocast(user.device.type, enabled=False):
+            for start in range(0, len(user), rows):
+                block = slice(start, start + rows)
+                g = grad_loss[block].unsqueeze(1)  # (rows, 1)
+                # d loss_b / d s_bc = softmax_bc - [c = target_b], scaled by the incoming gradient
+                grad_s = (user[block] @ items.T).sub_(log_z[block].unsqueeze(1)).exp_().mul_(g)  # (rows, C)
+                grad_s.scatter_add_(1, target[block].unsqueeze(1), -g)
+                if grad_user is not None:
+                    grad_user[block] = grad_s @ items
+                if grad_items is not None:
+                    grad_items.addmm_(grad_s.T, user[block])
+        user_dtype, items_dtype = ctx.dtypes
+        return (None if grad_user is None else grad_user.to(user_dtype),
+                None if grad_items is None else grad_items.to(items_dtype), None)
