@@ -257,6 +257,24 @@ def test_epoch_cap_table_matches_its_runs():
         assert config["model_config"]["item_tower"] == "linear"
 
 
+def test_epoch_cap_seed1_sentence_matches_its_runs():
+    """The seed-1 runs at 30 epochs, run after the decision: each value and the 20-epoch run of
+    the same seed it is set against."""
+    text = " ".join(README[README.index("After the decision, seed 1 ran"):].split())
+    benches = {"genre3": ("genre3", "movielens-genre3-v2"), "age3": ("age3", "movielens-age3"),
+               "the sequential protocol": ("seq", "movielens-seq-loo")}
+    for name, (short, bench) in benches.items():
+        shown = re.search(re.escape(name) + r" (0\.\d+) \(20 epochs: (0\.\d+)\)", text)
+        assert shown, name
+        run = RESULTS / "tune" / "training-schedule" / f"{short}-epochs30-itemlinear_seed1"
+        summary = json.loads((run / "summary.json").read_text())
+        _same(shown[1], summary["best_valid_recall@50"], str(run))
+        base = RESULTS / bench / "validation" / "adi-plus_seed1_summary.json"
+        _same(shown[2], json.loads(base.read_text())["best_valid_recall@50"], str(base))
+        config = json.loads((run / "config.json").read_text())
+        assert config["train_config"]["epochs"] == 30 and config["train_config"]["seed"] == 1
+
+
 def test_strongest_reference_table_shows_the_published_plus_runs():
     """The plus presets' cells of the table of strongest references, on the MovieLens sets."""
     rows = {r[0]: r for r in _table_after("The strongest reference of each")}
