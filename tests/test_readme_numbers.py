@@ -43,13 +43,17 @@ def _entry(name: str, entries: dict) -> tuple[str, dict]:
     return key, entry
 
 
+def _plus_run(bench: str, seed: int) -> Path:
+    """The published validation summary of ``adi-plus`` at ``seed`` in ``bench``."""
+    return RESULTS / bench / "validation" / f"adi-plus_seed{seed}_summary.json"
+
+
 def _item_full_run(bench: str, seed: int) -> Path:
     """The validation summary of ``adi-plus`` at seed ``seed`` in ``bench`` with the paper's item tower:
     on the timestamped MovieLens sets the runs from before ``--item-tower auto`` (``-itemfull``); on
     XMRec, without timestamps, ``auto`` is the paper's tower, and the current runs are those."""
-    folder = RESULTS / bench / "validation"
-    older = folder / f"adi-plus-itemfull_seed{seed}_summary.json"
-    return older if bench != "xmrec-v2" else folder / f"adi-plus_seed{seed}_summary.json"
+    older = RESULTS / bench / "validation" / f"adi-plus-itemfull_seed{seed}_summary.json"
+    return older if bench != "xmrec-v2" else _plus_run(bench, seed)
 
 
 def _same(cell: str, value: float, what: str) -> None:
@@ -203,17 +207,25 @@ def test_sequences_batch_size_rule_matches_its_runs():
         assert json.loads(run.read_text())["batch_size"] == 4096
 
 
+# The timestamped MovieLens benches (short name, published directory), in the README tables' order
+_TIMESTAMPED = (("genre3", "movielens-genre3-v2"), ("age3", "movielens-age3"), ("seq", "movielens-seq-loo"))
+_TIMESTAMPED_ROWS = ("genre3", "age3", "sequential, leave-one-out")
+
+
+def _same_per_seed(cells: str, summary_of_seed) -> None:
+    """``cells`` (``0.671 / 0.673 / 0.672``) shows, seed by seed from 0, the best validation
+    Recall@50 of the summary file ``summary_of_seed(seed)``."""
+    for seed, cell in enumerate(cells.split(" / ")):
+        path = summary_of_seed(seed)
+        _same(cell, json.loads(path.read_text())["best_valid_recall@50"], str(path))
+
+
 def test_item_tower_table_matches_its_runs():
     """The item-tower table: the default runs' best validation values and the linear tower's run."""
     rows = _table_after("It did, on all three")
-    benches = {"genre3": ("genre3", "movielens-genre3-v2"), "age3": ("age3", "movielens-age3"),
-               "sequential, leave-one-out": ("seq", "movielens-seq-loo")}
-    assert [r[0] for r in rows] == list(benches)
-    for name, defaults, linear, minutes in rows:
-        short, bench = benches[name]
-        for seed, cell in enumerate(defaults.split(" / ")):
-            base = _item_full_run(bench, seed)
-            _same(cell, json.loads(base.read_text())["best_valid_recall@50"], str(base))
+    assert tuple(r[0] for r in rows) == _TIMESTAMPED_ROWS
+    for (_name, defaults, linear, minutes), (short, bench) in zip(rows, _TIMESTAMPED, strict=True):
+        _same_per_seed(defaults, lambda seed, bench=bench: _item_full_run(bench, seed))
         run = RESULTS / "tune" / "item-tower" / f"{short}-itemlinear_seed0"
         summary = json.loads((run / "summary.json").read_text())
         _same(linear, summary["best_valid_recall@50"], str(run))
@@ -228,7 +240,7 @@ def test_xmrec_item_tower_check_matches_its_run():
     run = RESULTS / "tune" / "item-tower" / "xmrec-itemlinear_seed0"
     summary = json.loads((run / "summary.json").read_text())
     _same(shown[1], summary["best_valid_recall@10"], str(run))
-    published = RESULTS / "xmrec-v2" / "validation" / "adi-plus_seed0_summary.json"
+    published = _plus_run("xmrec-v2", 0)
     _same(shown[2], json.loads(published.read_text())["best_valid_recall@10"], str(published))
     config = json.loads((run / "config.json").read_text())
     assert config["model_config"]["item_tower"] == "linear" and config["train_config"]["seed"] == 0
@@ -238,14 +250,9 @@ def test_epoch_cap_table_matches_its_runs():
     """The 30-epoch check at the linear item tower: the published runs' best validation values and
     epochs, and the 30-epoch runs' values, epochs and minutes."""
     rows = _table_after("Best validation Recall@50 (epoch of the best / epochs run):")
-    benches = {"genre3": ("genre3", "movielens-genre3-v2"), "age3": ("age3", "movielens-age3"),
-               "sequential, leave-one-out": ("seq", "movielens-seq-loo")}
-    assert [r[0] for r in rows] == list(benches)
-    for name, defaults, longer, minutes in rows:
-        short, bench = benches[name]
-        for seed, cell in enumerate(defaults.split(" / ")):
-            base = RESULTS / bench / "validation" / f"adi-plus_seed{seed}_summary.json"
-            _same(cell, json.loads(base.read_text())["best_valid_recall@50"], str(base))
+    assert tuple(r[0] for r in rows) == _TIMESTAMPED_ROWS
+    for (_name, defaults, longer, minutes), (short, bench) in zip(rows, _TIMESTAMPED, strict=True):
+        _same_per_seed(defaults, lambda seed, bench=bench: _plus_run(bench, seed))
         run = RESULTS / "tune" / "training-schedule" / f"{short}-epochs30-itemlinear_seed0"
         summary = json.loads((run / "summary.json").read_text())
         value, best, ran = re.fullmatch(r"(\S+) \((\d+) / (\d+)\)", longer).groups()
@@ -261,15 +268,14 @@ def test_epoch_cap_seed1_sentence_matches_its_runs():
     """The seed-1 runs at 30 epochs, run after the decision: each value and the 20-epoch run of
     the same seed it is set against."""
     text = " ".join(README[README.index("After the decision, seed 1 ran"):].split())
-    benches = {"genre3": ("genre3", "movielens-genre3-v2"), "age3": ("age3", "movielens-age3"),
-               "the sequential protocol": ("seq", "movielens-seq-loo")}
-    for name, (short, bench) in benches.items():
+    names = ("genre3", "age3", "the sequential protocol")
+    for name, (short, bench) in zip(names, _TIMESTAMPED, strict=True):
         shown = re.search(re.escape(name) + r" (0\.\d+) \(20 epochs: (0\.\d+)\)", text)
         assert shown, name
         run = RESULTS / "tune" / "training-schedule" / f"{short}-epochs30-itemlinear_seed1"
         summary = json.loads((run / "summary.json").read_text())
         _same(shown[1], summary["best_valid_recall@50"], str(run))
-        base = RESULTS / bench / "validation" / "adi-plus_seed1_summary.json"
+        base = _plus_run(bench, 1)
         _same(shown[2], json.loads(base.read_text())["best_valid_recall@50"], str(base))
         config = json.loads((run / "config.json").read_text())
         assert config["train_config"]["epochs"] == 30 and config["train_config"]["seed"] == 1
