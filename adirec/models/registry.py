@@ -64,19 +64,33 @@ class Preset:
         train: TrainConfig fields the preset sets, as plain values (``self_training`` as a dict
             of SelfTrainingConfig fields); the user's options apply on top.
         per_domain: one model per domain, each trained on its own domain (PerDomainModel).
+        one_domain: TwoTowerConfig fields that take the place of ``model`` when the data has a
+            single domain (None: ``model`` everywhere). With one domain a domain gate, a
+            domain-specific network and DSBN have nothing to tell apart, and the preset may then
+            be better served by a plain network.
     """
 
     description: str
     model: Mapping[str, Any] = field(default_factory=dict)
     train: Mapping[str, Any] = field(default_factory=dict)
     per_domain: bool = False
+    one_domain: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
-        unknown = sorted(set(self.model) - set(TwoTowerConfig.field_names()))
-        if unknown:
-            raise ValueError(f"preset {self.description!r}: unknown TwoTowerConfig fields {unknown}")
-        object.__setattr__(self, "model", MappingProxyType(dict(self.model)))
+        for part in ("model", "one_domain"):
+            given = getattr(self, part)
+            if given is None:
+                continue
+            unknown = sorted(set(given) - set(TwoTowerConfig.field_names()))
+            if unknown:
+                raise ValueError(f"preset {self.description!r}: unknown TwoTowerConfig fields {unknown} in {part}")
+            object.__setattr__(self, part, MappingProxyType(dict(given)))
         object.__setattr__(self, "train", MappingProxyType(dict(self.train)))
+
+    def model_fields(self, num_domains: int | None) -> Mapping[str, Any]:
+        """The TwoTowerConfig fields the preset sets on data with ``num_domains`` domains
+        (None: not known yet, the multi-domain fields)."""
+        return self.one_domain if num_domains == 1 and self.one_domain is not None else self.model
 
 
 # self-training is part of ADI (Algorithm 1), not of the comparison methods
@@ -95,16 +109,21 @@ _DNN = dict(backbone="mlp", dial="none", dsbn=False, domain_forward=False)
 # runs on the three timestamped MovieLens protocols; the rest were set by hand from single validation runs
 _PLUS_MODEL = dict(history_encoder="auto", history_dropout="auto", item_bias=True, item_tower="auto")
 _PLUS_TRAIN = {"self_training": {"enabled": False}, "softmax": "auto", "batch_size": "auto", "lr": 5e-3}
+_DNN_PLUS = dict(_DNN, **_PLUS_MODEL)
 
 MODELS: dict[str, Preset] = {
     # experts a quarter of adi-se's (TwoTowerConfig's 256 / 128): about dnn-plus's dense size, and on
-    # genre3's validation data (the ablation in benchmarks/results/movielens-genre3) better than full width
+    # genre3's validation data (the ablation in benchmarks/results/movielens-genre3) better than full width.
+    # On one domain, dnn-plus's network: it validated above ADI's on the one-domain sequential protocol
+    # (3 seeds each, benchmarks/results/movielens-seq-loo/validation; README, "How adi-plus's defaults
+    # were chosen")
     "adi-plus": Preset("ADI-SE with adirec's improvements: an order-aware history encoder and a linear item "
                        "tower on data with time, the full softmax on small corpora, a per-domain item bias, "
-                       "narrower experts",
-                       dict(dial="se", expert_hidden=(64,), expert_out=32, **_PLUS_MODEL), _PLUS_TRAIN),
+                       "narrower experts; on data with one domain, dnn-plus's network",
+                       dict(dial="se", expert_hidden=(64,), expert_out=32, **_PLUS_MODEL), _PLUS_TRAIN,
+                       one_domain=_DNN_PLUS),
     "dnn-plus": Preset("the mixed-data DNN with adi-plus's improvements (dnn-plus against adi-plus: does "
-                       "domain adaptation pay?)", dict(_DNN, **_PLUS_MODEL), _PLUS_TRAIN),
+                       "domain adaptation pay?)", _DNN_PLUS, _PLUS_TRAIN),
     "adi-se": Preset("ADI with a per-domain SE block as adaptation layer (ADI-SE, Table 8's 3-SE)",
                      dict(dial="se"), _ADI_TRAIN),
     "adi-va": Preset("ADI with per-domain vanilla attention as adaptation layer (ADI-VA)",
@@ -164,14 +183,15 @@ def build_config(name: str, num_domains: int | None = None, **overrides) -> TwoT
     """The preset ``name`` with ``overrides`` (any TwoTowerConfig field) applied, validated.
 
     With ``num_domains`` the values that depend on it are resolved (MMoE's ``shared_experts``
-    becomes D + 1 unless overridden), so the config records what the model is; without, they
-    stay symbolic (``"domains+1"``) and the model resolves them when it is built.
+    becomes D + 1 unless overridden; on one domain a preset with ``one_domain`` fields starts from
+    those), so the config records what the model is; without, they stay symbolic
+    (``"domains+1"``) and the model resolves them when it is built.
     """
     preset = _preset(name)
     unknown = sorted(set(overrides) - set(TwoTowerConfig.field_names()))
     if unknown:
         raise ValueError(f"unknown config fields {unknown}; known: {TwoTowerConfig.field_names()}")
-    config = TwoTowerConfig(**{**preset.model, **overrides})  # __post_init__ validates
+    config = TwoTowerConfig(**{**preset.model_fields(num_domains), **overrides})  # __post_init__ validates
     return config if num_domains is None else config.resolved(num_domains)
 
 
