@@ -28,6 +28,7 @@ from adirec.train.per_domain import fit_per_domain
 from adirec.data.split import restrict_to_domain
 from adirec.models.registry import (
     MODELS,
+    Preset,
     SE_LAYOUTS,
     budget_matched_config,
     build_config,
@@ -175,6 +176,28 @@ def test_domain_dependent_defaults_resolve_with_the_number_of_domains(data):
     model = build_model("mmoe", data.schema, D, build_config("mmoe"))
     assert model.config.shared_experts == D + 1 and len(model.user_tower.backbone.experts) == D + 1
     assert build_config("adi-se", num_domains=5) == build_config("adi-se")
+
+
+def test_adi_plus_on_one_domain_is_dnn_plus(data):
+    one = restrict_to_domain(data, 0)
+    assert one.num_domains == 1
+    # on one domain: dnn-plus's config, the user's options still on top
+    assert build_config("adi-plus", num_domains=1) == build_config("dnn-plus", num_domains=1)
+    assert build_config("adi-plus", num_domains=1, dropout=0.1).dropout == 0.1
+    # on several, or not known yet: ADI's backbone
+    assert build_config("adi-plus", num_domains=D).backbone == "adi"
+    assert build_config("adi-plus").backbone == "adi" and build_config("adi-plus").dial == "se"
+    # the model itself: same parameters, same initialisation, same vectors
+    torch.manual_seed(0)
+    adi = build_model("adi-plus", one.schema, 1)
+    torch.manual_seed(0)
+    dnn = build_model("dnn-plus", one.schema, 1)
+    assert isinstance(adi.user_tower.backbone, MLPBackbone)
+    assert adi.state_dict().keys() == dnn.state_dict().keys()
+    for k, v in adi.state_dict().items():
+        torch.testing.assert_close(v, dnn.state_dict()[k], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="unknown TwoTowerConfig fields.*one_domain"):
+        Preset("x", {}, one_domain={"no_such_field": 1})
 
 
 # -----------------------------------------------------------------------------

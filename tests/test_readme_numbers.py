@@ -48,6 +48,14 @@ def _plus_run(bench: str, seed: int) -> Path:
     return RESULTS / bench / "validation" / f"adi-plus_seed{seed}_summary.json"
 
 
+def _adi_network_run(bench: str, seed: int) -> Path:
+    """The validation summary of ``adi-plus`` at ``seed`` in ``bench`` with ADI's network: on the
+    one-domain sequential protocol the runs from before ``adi-plus`` took ``dnn-plus``'s network
+    there (``-adinet``); on the multi-domain sets the current runs."""
+    older = RESULTS / bench / "validation" / f"adi-plus-adinet_seed{seed}_summary.json"
+    return older if bench == "movielens-seq-loo" else _plus_run(bench, seed)
+
+
 def _item_full_run(bench: str, seed: int) -> Path:
     """The validation summary of ``adi-plus`` at seed ``seed`` in ``bench`` with the paper's item tower:
     on the timestamped MovieLens sets the runs from before ``--item-tower auto`` (``-itemfull``); on
@@ -252,7 +260,7 @@ def test_epoch_cap_table_matches_its_runs():
     rows = _table_after("Best validation Recall@50 (epoch of the best / epochs run):")
     assert tuple(r[0] for r in rows) == _TIMESTAMPED_ROWS
     for (_name, defaults, longer, minutes), (short, bench) in zip(rows, _TIMESTAMPED, strict=True):
-        _same_per_seed(defaults, lambda seed, bench=bench: _plus_run(bench, seed))
+        _same_per_seed(defaults, lambda seed, bench=bench: _adi_network_run(bench, seed))
         run = RESULTS / "tune" / "training-schedule" / f"{short}-epochs30-itemlinear_seed0"
         summary = json.loads((run / "summary.json").read_text())
         value, best, ran = re.fullmatch(r"(\S+) \((\d+) / (\d+)\)", longer).groups()
@@ -275,10 +283,21 @@ def test_epoch_cap_seed1_sentence_matches_its_runs():
         run = RESULTS / "tune" / "training-schedule" / f"{short}-epochs30-itemlinear_seed1"
         summary = json.loads((run / "summary.json").read_text())
         _same(shown[1], summary["best_valid_recall@50"], str(run))
-        base = _plus_run(bench, 1)
+        base = _adi_network_run(bench, 1)
         _same(shown[2], json.loads(base.read_text())["best_valid_recall@50"], str(base))
         config = json.loads((run / "config.json").read_text())
         assert config["train_config"]["epochs"] == 30 and config["train_config"]["seed"] == 1
+
+
+def test_one_domain_network_decision_matches_its_runs():
+    """The validation values behind adi-plus's network on one domain: dnn-plus's published runs
+    against adi-plus's with ADI's network, seeds 0-2, on the sequential protocol."""
+    text = " ".join(README[README.index("The network on one domain."):].split())
+    shown = re.search(r"Recall@50 (0\.\d+ / 0\.\d+ / 0\.\d+) against (0\.\d+ / 0\.\d+ / 0\.\d+)", text)
+    assert shown
+    bench = "movielens-seq-loo"
+    _same_per_seed(shown[1], lambda seed: RESULTS / bench / "validation" / f"dnn-plus_seed{seed}_summary.json")
+    _same_per_seed(shown[2], lambda seed: _adi_network_run(bench, seed))
 
 
 def test_strongest_reference_table_shows_the_published_plus_runs():
