@@ -296,7 +296,8 @@ def test_one_domain_network_decision_matches_its_runs():
     shown = re.search(r"Recall@50 (0\.\d+ / 0\.\d+ / 0\.\d+) against (0\.\d+ / 0\.\d+ / 0\.\d+)", text)
     assert shown
     bench = "movielens-seq-loo"
-    _same_per_seed(shown[1], lambda seed: RESULTS / bench / "validation" / f"dnn-plus_seed{seed}_summary.json")
+    dnn = ("dnn-plus-unblocked_seed0", "dnn-plus_seed1", "dnn-plus_seed2")  # as published at the decision
+    _same_per_seed(shown[1], lambda seed: RESULTS / bench / "validation" / f"{dnn[seed]}_summary.json")
     _same_per_seed(shown[2], lambda seed: _adi_network_run(bench, seed))
 
 
@@ -336,3 +337,36 @@ def test_batch_size_table_matches_its_studies():
             assert size == t["params"]["batch_size"], study
             assert lr == f"{t['params']['lr']:.1e}".replace("e-0", "e-"), (study, lr)
             _same(value, t["value"], f"{study} trial {t['number']}")
+
+
+def test_sequential_paragraph_matches_its_runs():
+    """The sequential protocol's paragraph: adi-plus's mean, std and seeds on the reported split,
+    its validation values and minutes, and dnn-plus's rows equal to adi-plus's."""
+    text = " ".join(README[README.index("On the sequential protocol (one domain"):].split())
+    text = text[:text.index("The next-item linear reference's settings")]
+    bench = "movielens-seq-loo"
+    entries = {k: e for suite in _summary(bench).values() for k, e in suite.items()}
+    hr = entries["adi-plus"]["metrics"]["hitrate@10"]["mean"]
+    shown = re.search(r"reaches HR@10 (0\.\d+) ± (0\.\d+) and NDCG@10 (0\.\d+)", text)
+    _same(shown[1], hr["mean"], "adi-plus HR@10")
+    _same(shown[2], hr["std"], "adi-plus HR@10 std")
+    _same(shown[3], entries["adi-plus"]["metrics"]["ndcg@10"]["mean"]["mean"], "adi-plus NDCG@10")
+    runs = [r for r in json.loads((RESULTS / bench / "results.json").read_text())["runs"] if r["suite"] == "plus"]
+    per_seed = {(r["key"], r["seed"]): r["metrics"]["hitrate@10"]["all"] for r in runs}
+    cells = re.search(r"seeds 0 / 1 / 2: (0\.\d+ / 0\.\d+ / 0\.\d+)\)", text)[1].split(" / ")
+    for seed, cell in enumerate(cells):
+        _same(cell, per_seed[("adi-plus", seed)], f"adi-plus seed {seed}")
+        assert per_seed[("adi-plus", seed)] == per_seed[("dnn-plus", seed)]  # "the same runs"
+    short = re.search(r"0\.(\d+) short of the project's target of 0\.30", text)
+    _same("0." + short[1], 0.30 - hr["mean"], "the shortfall")
+    _same_per_seed(re.search(r"best validation Recall@50 (0\.\d+ / 0\.\d+ / 0\.\d+) at epoch 20", text)[1],
+                   lambda seed: _plus_run(bench, seed))
+    low, high = re.search(r"trained 20 epochs in (\d+\.\d)-(\d+\.\d) minutes", text).groups()
+    minutes = [json.loads(_plus_run(bench, s).read_text())["train_seconds"] / 60 for s in range(3)]
+    _same(low, min(minutes), "fastest run")
+    _same(high, max(minutes), "slowest run")
+    old = RESULTS / bench / "validation" / "dnn-plus-unblocked_seed0_summary.json"
+    _same(re.search(r"and validated (0\.\d+), against", text)[1],
+          json.loads(old.read_text())["best_valid_recall@50"], str(old))
+    _same_per_seed(re.search(r"best validation Recall@50 (0\.\d+ / 0\.\d+ / 0\.\d+) \(`validation/adi-plus-adinet",
+                             text)[1], lambda seed: _adi_network_run(bench, seed))
