@@ -259,14 +259,15 @@ class SearchSpace:
         """The settings of a trial's sampled ``params`` (Optuna's values decoded)."""
         return {d.key: d.decode(params[d.key]) for d in self.dimensions if d.key in params}
 
-    def check(self, model_name: str, model_overrides: dict, train_config: TrainConfig) -> None:
+    def check(self, model_name: str, model_overrides: dict, train_config: TrainConfig,
+              num_domains: int | None = None) -> None:
         """Every end of every range and every choice must give valid configs on the base
-        (``model_name`` with ``model_overrides``, ``train_config``); raise ValueError naming the
-        setting and value otherwise."""
+        (``model_name`` with ``model_overrides``, ``train_config``, on data with ``num_domains``
+        domains); raise ValueError naming the setting and value otherwise."""
         for dim in self.dimensions:
             for value in dim.values:  # both ends of a range, every choice
                 try:
-                    trial_configs(model_name, model_overrides, train_config, {dim.key: value})
+                    trial_configs(model_name, model_overrides, train_config, {dim.key: value}, num_domains)
                 except ValueError as e:
                     raise ValueError(f"{self.source}: {dim.key}: the value {json.dumps(value)} is not allowed "
                                      f"({e})") from None
@@ -337,14 +338,15 @@ def default_space(train_config: TrainConfig, data=None) -> SearchSpace:
 
 
 def trial_configs(model_name: str, model_overrides: dict, train_config: TrainConfig,
-                  settings: dict) -> tuple[dict, TrainConfig]:
+                  settings: dict, num_domains: int | None = None) -> tuple[dict, TrainConfig]:
     """(model overrides, TrainConfig) of a trial: the base with ``settings`` applied the way
-    ``--set`` applies them; both validated."""
+    ``--set`` applies them; both validated (the model as it is built on data with ``num_domains``
+    domains, which can change a preset's fields: ``Preset.one_domain``)."""
     from adirec.arguments import apply_sets
     from adirec.models.registry import build_config
     model, train = dict(model_overrides), asdict(train_config)
     apply_sets(list(settings.items()), data={}, model=model, train=train)
-    build_config(model_name, **model)  # validates the model settings
+    build_config(model_name, num_domains, **model)  # validates the model settings
     return model, TrainConfig(**train)
 
 
@@ -498,7 +500,8 @@ def tune(spec: DataSpec, model_name: str, config: TuneConfig, *, model_overrides
     if layout is None and data is None:
         data = spec.load()
     space = space or default_space(tcfg, data)
-    space.check(model_name, overrides, tcfg)
+    num_domains = len(layout.domains) if layout is not None else data.num_domains
+    space.check(model_name, overrides, tcfg, num_domains)
     data_print = layout_fingerprint(layout) if layout is not None else fingerprint(data)
     definition = _definition(spec, model_name, overrides, tcfg, space, config, data_print)
     _check_directory(out)

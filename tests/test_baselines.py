@@ -185,8 +185,9 @@ def test_adi_plus_on_one_domain_is_dnn_plus(data):
     assert build_config("adi-plus", num_domains=1) == build_config("dnn-plus", num_domains=1)
     assert build_config("adi-plus", num_domains=1, dropout=0.1).dropout == 0.1
     # on several, or not known yet: ADI's backbone
-    assert build_config("adi-plus", num_domains=D).backbone == "adi"
-    assert build_config("adi-plus").backbone == "adi" and build_config("adi-plus").dial == "se"
+    several = TwoTowerConfig(**MODELS["adi-plus"].model)
+    assert build_config("adi-plus", num_domains=D) == several.resolved(D)
+    assert build_config("adi-plus") == several and several.backbone == "adi" and several.expert_out == 32
     # the model itself: same parameters, same initialisation, same vectors
     torch.manual_seed(0)
     adi = build_model("adi-plus", one.schema, 1)

@@ -432,6 +432,22 @@ def test_a_preset_the_registry_lacks_is_skipped_with_a_note(tmp_path, monkeypatc
     assert bench.skipped == [{"suite": "plus", "key": "dnn-plus", "reason": "model 'dnn-plus' is not registered"}]
 
 
+def test_the_plus_ablation_is_skipped_on_one_domain(tmp_path):
+    from adirec.bench.runner import Bench
+    from adirec.data.sources import load_source
+    one = DataSpec(source="synthetic:tiny", domains=["d1"])
+    bench = Bench(BenchConfig(one, tmp_path, ["plus-ablation", "plus"], methods=["neural"]),
+                  data=load_source("synthetic:tiny", domains=["d1"]))
+    tasks = bench.plan()
+    assert [(t.spec.suite, t.spec.key) for t in tasks] == [("plus", "adi-plus"), ("plus", "dnn-plus")]
+    assert {s["suite"] for s in bench.skipped} == {"plus-ablation"}
+    assert len(bench.skipped) == len([r for r in suite_runs("plus-ablation") if r.kind != "reference"])
+    assert all("no domain components" in s["reason"] for s in bench.skipped)
+    three = Bench(BenchConfig(DataSpec(source="synthetic:tiny"), tmp_path / "3", ["plus-ablation"], methods=["neural"]),
+                  data=load_source("synthetic:tiny"))
+    assert len(three.plan()) == 6 and not three.skipped
+
+
 def test_a_reference_choice_is_made_again_when_its_grid_changes():
     from adirec.bench.runner import _grid_of
     # as earlier versions wrote it (the hold-out scores only), and as this one does

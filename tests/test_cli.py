@@ -248,6 +248,23 @@ def test_dry_run_shows_the_plus_presets_additions(name, backbone, capsys):
     assert json.loads(capsys.readouterr().out)["model_config"]["history_dropout"] == 0.1
 
 
+def test_dry_run_of_adi_plus_on_one_domain_is_dnn_plus(capsys):
+    import json
+    plans = {}
+    for name in ("adi-plus", "dnn-plus"):
+        assert main(["train", "--data", "synthetic:tiny", "--domains", "d2", "--model", name, "--dry-run"]) == 0
+        plans[name] = json.loads(capsys.readouterr().out)
+    assert plans["adi-plus"]["domains"] == ["d2"]
+    assert plans["adi-plus"]["model_config"] == plans["dnn-plus"]["model_config"]
+    assert plans["adi-plus"]["model_config"]["backbone"] == "mlp"
+    # ADI's network on one domain, when asked for field by field
+    assert main(["train", "--data", "synthetic:tiny", "--domains", "d2", "--model", "adi-plus", "--dry-run",
+                 "--set", "backbone=adi", "--set", "dial=se", "--set", "dsbn=true", "--set", "domain_forward=true",
+                 "--set", "expert_hidden=64", "--set", "expert_out=32"]) == 0
+    m = json.loads(capsys.readouterr().out)["model_config"]
+    assert (m["backbone"], m["dial"], m["dsbn"], m["domain_forward"], m["expert_hidden"]) == ("adi", "se", True, True, [64])
+
+
 def test_adi_plus_is_what_train_builds_without_model(capsys):
     import json
     assert main(["train", "--data", "synthetic:tiny", "--dry-run"]) == 0

@@ -208,6 +208,15 @@ def test_the_default_space_is_valid_for_every_preset():
     assert "self_training.p0" not in default_space(TrainConfig(self_training={"enabled": False})).to_dict()
 
 
+def test_settings_are_checked_on_the_model_the_data_gets():
+    # on one domain adi-plus builds dnn-plus's network, which has no experts to put SE blocks in
+    config = TrainConfig(**train_defaults("adi-plus"))
+    space = tune_module.SearchSpace.from_dict({"se_in_experts": {"choice": [False, True]}}, source="space")
+    space.check("adi-plus", {}, config, num_domains=3)
+    with pytest.raises(ValueError, match="se_in_experts.*backbone 'mlp'"):
+        space.check("adi-plus", {}, config, num_domains=1)
+
+
 def test_the_default_space_leaves_out_what_the_base_does_not_use():
     data = load_source("synthetic:tiny")  # 250 items: the full softmax under auto
     plus = TrainConfig(**train_defaults("adi-plus"))

@@ -297,6 +297,11 @@ class Bench:
                 elif spec.model not in MODELS:
                     self.skipped.append({"suite": suite, "key": spec.key,
                                          "reason": f"model {spec.model!r} is not registered"})
+                elif suite == "plus-ablation" and len(self.meta["domains"]) == 1:
+                    # every row would be the same network: there are no domain components to take out
+                    self.skipped.append({"suite": suite, "key": spec.key,
+                                         "reason": "on one domain adi-plus builds dnn-plus's network, which has no "
+                                                   "domain components to take apart"})
                 else:
                     seeds = range(self.cfg.first_seed, self.cfg.first_seed + self.cfg.seeds)
                     tasks += [Task(spec, s, base / f"seed{s}") for s in seeds]

@@ -85,6 +85,8 @@ class Preset:
             if unknown:
                 raise ValueError(f"preset {self.description!r}: unknown TwoTowerConfig fields {unknown} in {part}")
             object.__setattr__(self, part, MappingProxyType(dict(given)))
+        if self.one_domain is not None:
+            TwoTowerConfig(**self.one_domain)  # its values are checked now, not when a one-domain run starts
         object.__setattr__(self, "train", MappingProxyType(dict(self.train)))
 
     def model_fields(self, num_domains: int | None) -> Mapping[str, Any]:
@@ -185,7 +187,9 @@ def build_config(name: str, num_domains: int | None = None, **overrides) -> TwoT
     With ``num_domains`` the values that depend on it are resolved (MMoE's ``shared_experts``
     becomes D + 1 unless overridden; on one domain a preset with ``one_domain`` fields starts from
     those), so the config records what the model is; without, they stay symbolic
-    (``"domains+1"``) and the model resolves them when it is built.
+    (``"domains+1"``) and the model resolves them when it is built. A preset's ``one_domain``
+    fields are chosen here only: the config built without ``num_domains`` has the several-domain
+    fields, and a model built from it on one domain keeps them.
     """
     preset = _preset(name)
     unknown = sorted(set(overrides) - set(TwoTowerConfig.field_names()))
