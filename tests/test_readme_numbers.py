@@ -375,3 +375,21 @@ def test_sequential_paragraph_matches_its_runs():
           json.loads(old.read_text())["best_valid_recall@50"], str(old))
     _same_per_seed(re.search(r"best validation Recall@50 (0\.\d+ / 0\.\d+ / 0\.\d+) \(`validation/adi-plus-adinet",
                              text)[1], lambda seed: _adi_network_run(bench, seed))
+
+
+def test_xmrec_expert_width_check_matches_its_runs():
+    text = " ".join(README[README.index("the wide experts no longer"):].split())
+    shown = re.search(r"published `adi-plus` run of their seed \((0\.\d+) and (0\.\d+)\)\. They gave (0\.\d+) and "
+                      r"(0\.\d+) \(best hold-out Recall@10, (\d+\.\d) and (\d+\.\d) minutes", text)
+    assert shown
+    for seed in (0, 1):
+        published = _plus_run("xmrec-v2", seed)
+        _same(shown[1 + seed], json.loads(published.read_text())["best_valid_recall@10"], str(published))
+        run = RESULTS / "tune" / "expert-width" / f"xmrec-experts256-128_seed{seed}"
+        summary = json.loads((run / "summary.json").read_text())
+        _same(shown[3 + seed], summary["best_valid_recall@10"], str(run))
+        _same(shown[5 + seed], summary["train_seconds"] / 60, str(run))
+        assert summary["best_valid_recall@10"] < json.loads(published.read_text())["best_valid_recall@10"] + 0.005
+        config = json.loads((run / "config.json").read_text())
+        assert (config["model_config"]["expert_hidden"], config["model_config"]["expert_out"]) == ([256], 128)
+        assert config["train_config"]["seed"] == seed and config["model"] == "adi-plus"
