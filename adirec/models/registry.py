@@ -116,9 +116,9 @@ _DNN_PLUS = dict(_DNN, **_PLUS_MODEL)
 MODELS: dict[str, Preset] = {
     # experts a quarter of adi-se's (TwoTowerConfig's 256 / 128): about dnn-plus's dense size, and on
     # genre3's validation data (the ablation in benchmarks/results/movielens-genre3) better than full width.
-    # On one domain, dnn-plus's network: it validated above ADI's on the one-domain sequential protocol
-    # (3 seeds each, benchmarks/results/movielens-seq-loo/validation; README, "How adi-plus's defaults
-    # were chosen")
+    # On one domain, dnn-plus's network: on the one-domain sequential protocol it validated level with
+    # ADI's 64 / 32 network at seed 0 and above it at seeds 1-2 (benchmarks/results/movielens-seq-loo/
+    # validation; README, "How adi-plus's defaults were chosen")
     "adi-plus": Preset("ADI-SE with adirec's improvements: an order-aware history encoder and a linear item "
                        "tower on data with time, the full softmax on small corpora, a per-domain item bias, "
                        "narrower experts; on data with one domain, dnn-plus's network",
