@@ -393,3 +393,31 @@ def test_xmrec_expert_width_check_matches_its_runs():
         config = json.loads((run / "config.json").read_text())
         assert (config["model_config"]["expert_hidden"], config["model_config"]["expert_out"]) == ([256], 128)
         assert config["train_config"]["seed"] == seed and config["model"] == "adi-plus"
+
+
+def test_epoch_cap_after_the_one_domain_network_matches_its_runs():
+    """The 30-epoch runs at seed 0 after adi-plus took dnn-plus's network on one domain, each
+    against the published 20-epoch runs it is set against."""
+    text = " ".join(README[README.index("Once `adi-plus` took `dnn-plus`'s network on one domain"):].split())
+    schedule = RESULTS / "tune" / "training-schedule"
+
+    def best(path):
+        return json.loads(path.read_text())["best_valid_recall@50"]
+
+    seq = re.search(r"sequential protocol (0\.\d+) \(epoch (\d+) of (\d+); 20 epochs: best (0\.\d+)\)", text)
+    summary = json.loads((schedule / "seq-epochs30-onedomain_seed0" / "summary.json").read_text())
+    _same(seq[1], summary["best_valid_recall@50"], "seq 30 epochs")
+    assert (int(seq[2]), int(seq[3])) == (summary["best_epoch"], summary["epochs_run"])
+    _same(seq[4], max(best(_plus_run("movielens-seq-loo", s)) for s in range(3)), "seq 20 epochs, best of three")
+    assert summary["best_valid_recall@50"] >= max(best(_plus_run("movielens-seq-loo", s)) for s in range(3)) + 0.005
+    for name, bench in (("genre3", "movielens-genre3-v2"), ("age3", "movielens-age3")):
+        run = schedule / f"{name}-epochs30-dnnplus_seed0"
+        shown = re.search(r"`dnn-plus` on " + name + r" (0\.\d+)", text)
+        _same(shown[1], best(run / "summary.json"), str(run))
+        mean = sum(best(RESULTS / bench / "validation" / f"dnn-plus_seed{s}_summary.json") for s in range(3)) / 3
+        _same(re.search(name + r" \S+ (?:\(epoch \d+, stopped at \d+; 20-epoch\s+mean|below its 20-epoch mean of) "
+                        r"(0\.\d+)", text)[1], mean, f"{bench} dnn-plus mean")
+        config = json.loads((run / "config.json").read_text())
+        assert config["model"] == "dnn-plus" and config["train_config"]["epochs"] == 30
+    age3 = json.loads((schedule / "age3-epochs30-dnnplus_seed0" / "summary.json").read_text())
+    assert age3["epochs_run"] == 16 and age3["best_epoch"] == 13  # "stopped the run at epoch 16 after a dip at 14 and 15"
