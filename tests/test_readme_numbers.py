@@ -421,3 +421,26 @@ def test_epoch_cap_after_the_one_domain_network_matches_its_runs():
         assert config["model"] == "dnn-plus" and config["train_config"]["epochs"] == 30
     age3 = json.loads((schedule / "age3-epochs30-dnnplus_seed0" / "summary.json").read_text())
     assert age3["epochs_run"] == 16 and age3["best_epoch"] == 13  # "stopped the run at epoch 16 after a dip at 14 and 15"
+
+
+def test_xmrec_patience_check_matches_its_runs():
+    text = " ".join(README[README.index("so a patience of 5 was checked"):].split())
+    shown = re.search(r"published runs' (0\.\d+) .*? They validated (0\.\d+) and (0\.\d+) \(mean (0\.\d+);", text)
+    published = [json.loads(_plus_run("xmrec-v2", s).read_text())["best_valid_recall@10"] for s in (1, 2)]
+    _same(shown[1], sum(published) / 2, "published mean, seeds 1-2")
+    mine = []
+    for seed, cell in zip((1, 2), shown.group(2, 3), strict=True):
+        run = RESULTS / "tune" / "patience" / f"xmrec-patience5_seed{seed}"
+        summary = json.loads((run / "summary.json").read_text())
+        _same(cell, summary["best_valid_recall@10"], str(run))
+        mine.append(summary["best_valid_recall@10"])
+        assert json.loads((run / "config.json").read_text())["train_config"]["patience"] == 5
+        # "patience 3 would have given the same values": no streak of 3 epochs without a new best
+        # before the best epoch
+        curve = [json.loads(line)["valid_recall@10"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+        bad = 0
+        for epoch, value in enumerate(curve[:summary["best_epoch"]], start=1):
+            bad = 0 if value >= max(curve[:epoch]) else bad + 1
+            assert bad < 3, (run, epoch)
+    _same(shown[4], sum(mine) / 2, "mean at patience 5")
+    assert sum(mine) / 2 < sum(published) / 2 + 0.005  # the rule failed
