@@ -188,7 +188,7 @@ def test_adi_plus_on_one_domain_is_dnn_plus(data):
     several = TwoTowerConfig(**MODELS["adi-plus"].model)
     assert build_config("adi-plus", num_domains=D) == several.resolved(D)
     assert build_config("adi-plus") == several and several.backbone == "adi" and several.expert_out == 32
-    # the model itself: same parameters, same initialisation, same vectors
+    # the model itself: the same parameters, initialised the same
     torch.manual_seed(0)
     adi = build_model("adi-plus", one.schema, 1)
     torch.manual_seed(0)
