@@ -517,14 +517,16 @@ def tune(spec: DataSpec, model_name: str, config: TuneConfig, *, model_overrides
                                         load_if_exists=True)
             if not existing:  # written after the journal, so a study.json always has its study.log
                 atomic_write_json(out / "study.json", definition)
-            report = _run_study(study, out, spec, model_name, overrides, tcfg, space, data, config, echo)
+            report = _run_study(study, out, spec, model_name, overrides, tcfg, space, data, config, echo,
+                                num_domains)
     finally:
         optuna.logging.set_verbosity(verbosity)
     echo(format_best(report, out))
     return report
 
 
-def _run_study(study, out: Path, spec, model_name, overrides, tcfg, space, data, config, echo) -> dict:
+def _run_study(study, out: Path, spec, model_name, overrides, tcfg, space, data, config, echo,
+               num_domains: int) -> dict:
     """Trials until the budget is spent or the time is up; returns trials.json's content."""
     from optuna.trial import TrialState
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
@@ -538,7 +540,8 @@ def _run_study(study, out: Path, spec, model_name, overrides, tcfg, space, data,
             break
         study.sampler = _sampler(config.seed, len(study.get_trials(deepcopy=False)))
         trial = study.ask(space.distributions())
-        _run_trial(study, trial, out, spec, model_name, overrides, tcfg, space, data, config, ended, echo)
+        _run_trial(study, trial, out, spec, model_name, overrides, tcfg, space, data, config, ended, echo,
+                   num_domains)
     return _write_reports(study, out, space, config)
 
 
@@ -557,7 +560,8 @@ def _counted(study) -> int:
                if t.state == TrialState.COMPLETE or (t.state == TrialState.FAIL and "error" in t.user_attrs))
 
 
-def _run_trial(study, trial, out: Path, spec, model_name, overrides, tcfg, space, data, config, ended, echo):
+def _run_trial(study, trial, out: Path, spec, model_name, overrides, tcfg, space, data, config, ended, echo,
+               num_domains: int):
     from optuna.trial import TrialState
     runs = _seed_runs(out, trial.number, config)
     settings = space.settings(trial.params)
@@ -566,7 +570,7 @@ def _run_trial(study, trial, out: Path, spec, model_name, overrides, tcfg, space
     label = f"trial {trial.number} ({ended + 1}/{config.trials})"
     values = []
     try:
-        mcfg, trial_tcfg = trial_configs(model_name, overrides, tcfg, settings)
+        mcfg, trial_tcfg = trial_configs(model_name, overrides, tcfg, settings, num_domains)
         for seed, run in runs:
             summary = train_run(spec, model_name, run, model_overrides=mcfg,
                                 train_config=dataclasses.replace(trial_tcfg, seed=seed), data=data)

@@ -217,6 +217,17 @@ def test_settings_are_checked_on_the_model_the_data_gets():
         space.check("adi-plus", {}, config, num_domains=1)
 
 
+def test_a_study_on_one_domain_trains_the_model_that_data_gets(tmp_path):
+    out = tmp_path / "study"
+    space = _space_file(tmp_path, {"lr": {"log": [1e-3, 1e-2]}})
+    assert main(["tune", "--data", "synthetic:tiny", "--domains", "d1", "--model", "adi-plus", "--trials", "1",
+                 "--out", str(out), "--space", str(space), *SMALL]) == 0
+    [trial] = _trials(out)
+    assert trial["state"] == "finished"
+    config = json.loads((out / trial["run"] / "config.json").read_text())
+    assert config["domains"] == ["d1"] and config["model_config"]["backbone"] == "mlp"  # dnn-plus's network
+
+
 def test_the_default_space_leaves_out_what_the_base_does_not_use():
     data = load_source("synthetic:tiny")  # 250 items: the full softmax under auto
     plus = TrainConfig(**train_defaults("adi-plus"))
