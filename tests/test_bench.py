@@ -448,6 +448,41 @@ def test_the_plus_ablation_is_skipped_on_one_domain(tmp_path):
     assert len(three.plan()) == 6 and not three.skipped
 
 
+def test_two_presets_with_the_same_network_on_this_data_train_once(tmp_path, capsys):
+    from adirec.bench.runner import computation_hash, request_hash
+    from adirec.data.sources import load_source
+    from adirec.models.registry import build_config
+    # on one domain adi-plus builds dnn-plus's network: the plus suite trains it once per seed
+    out = tmp_path / "one"
+    assert main(["bench", "--data", "synthetic:tiny", "--domains", "d1", "--suite", "plus", "--methods", "neural",
+                 "--seeds", "1", "--out", str(out), "--epochs", "1", "--batch-size", "256", "--threads", "1",
+                 "--no-progress", *TINY]) == 0
+    log = capsys.readouterr().out
+    assert "plus/adi-plus seed 0: trained" in log
+    assert ("plus/dnn-plus seed 0: reused runs/plus/adi-plus/seed0 (the same network and training as adi-plus)"
+            in log)
+    runs = {r["key"]: r for r in json.loads((out / "results.json").read_text())["runs"]}
+    assert runs["dnn-plus"]["reused_from"] == "runs/plus/adi-plus/seed0" and runs["dnn-plus"]["model"] == "dnn-plus"
+    assert runs["dnn-plus"]["metrics"] == runs["adi-plus"]["metrics"]
+    assert not (out / "runs" / "plus" / "dnn-plus" / "seed0" / "model.safetensors").exists()
+    # the requests differ (the name is recorded); the computations do not
+    a, b = runs["adi-plus"]["request"], runs["dnn-plus"]["request"]
+    assert request_hash(a) != request_hash(b) and computation_hash(a) == computation_hash(b)
+    # on three domains they are different networks and both train; a per-domain preset with a
+    # one-for-all preset's configs is another computation
+    three = tmp_path / "three"
+    assert main(["bench", "--data", "synthetic:tiny", "--suite", "plus", "--methods", "neural", "--seeds", "1",
+                 "--out", str(three), "--epochs", "1", "--batch-size", "256", "--threads", "1", "--no-progress",
+                 *TINY]) == 0
+    log = capsys.readouterr().out
+    assert "plus/adi-plus seed 0: trained" in log and "plus/dnn-plus seed 0: trained" in log
+    assert load_source("synthetic:tiny").num_domains == 3
+    cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in vars(build_config("dnn", 3)).items()}
+    dnn = {"model": "dnn", "model_config": cfg, "train_config": {}, "protocol": "full"}
+    assert computation_hash(dnn) != computation_hash({**dnn, "model": "dnn-single"})
+    assert computation_hash({**dnn, "model": "no-such-preset"}) != computation_hash({**dnn, "model": "other"})
+
+
 def test_a_reference_choice_is_made_again_when_its_grid_changes():
     from adirec.bench.runner import _grid_of
     # as earlier versions wrote it (the hold-out scores only), and as this one does

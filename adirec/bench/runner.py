@@ -13,8 +13,11 @@ Each ``bench.json`` records what determines the run's result (model config after
 matching, training config, seed, protocol, split, cut-offs) and its hash; a finished run asked
 for with other settings is an error naming the settings that differ, not a silent mix. A run
 identical to a finished one elsewhere in ``OUT`` (ADI-SE appears in several suites) reuses its
-result and says so (``reused_from``). A directory left by an interrupted run is trained again
-from scratch, unless its training had finished, in which case it is only evaluated.
+result and says so (``reused_from``); so does a run of another preset that resolves to the same
+network and training on this data (``adi-plus`` and ``dnn-plus`` on one domain, where
+``adi-plus`` builds ``dnn-plus``'s network), since the preset's name decides nothing else. A
+directory left by an interrupted run is trained again from scratch, unless its training had
+finished, in which case it is only evaluated.
 
 One ``OUT`` holds one data set: ``OUT/bench.json`` records the data's fingerprint (a hash of
 the loaded rows, vocabularies and features) and the DataSpec. A later bench into the same
@@ -418,7 +421,7 @@ class Bench:
         done: dict[str, dict] = {}
         for r in collect_records(self.cfg.out):
             if "request" in r:
-                done.setdefault(request_hash(r["request"]), r)
+                done.setdefault(computation_hash(r["request"]), r)
         start = time.time()
         seconds_by_kind: dict[str, list[float]] = {}  # neural / reference: the runs that ran, for the ETA
         shown = ", ".join(metric_label(m, self.meta) for m in self.meta["table_metrics"])
@@ -435,7 +438,7 @@ class Bench:
                                     "error": f"{type(e).__name__}: {e}"})
                 self.log(f"{prefix}: FAILED: {type(e).__name__}: {e}")
                 continue
-            done.setdefault(request_hash(record["request"]), record)
+            done.setdefault(computation_hash(record["request"]), record)
             main = record["metrics"].get(self.meta["main_metric"], {}).get("mean", float("nan"))
             if status in ("trained", "fitted"):
                 seconds_by_kind.setdefault(task.spec.kind, []).append(time.time() - t0)
@@ -471,15 +474,18 @@ class Bench:
         base = {"suite": task.spec.suite, "key": task.spec.key, "label": task.spec.label, "model": task.spec.model,
                 "kind": task.spec.kind, "seed": task.seed, "group": task.spec.group, "x": task.spec.x,
                 "budget": request.get("budget"), "hash": h, "request": request}
-        if h in done:  # the same computation finished under another suite
-            src = done[h]
+        same = done.get(computation_hash(request))
+        if same is not None:  # the same computation finished under another suite or preset
+            src = same
             # a reuse happens here: the restored count of results.md is of restored records only
             rec = {**{k: v for k, v in src.items() if k != "restored_from"}, **base,
                    "reused_from": src.get("reused_from") or src.get("run_dir")}
             rec["run_dir"] = str(task.run_dir.relative_to(self.cfg.out))
             task.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_json(path, rec)
-            return rec, f"reused {src.get('run_dir')}"
+            as_preset = ("" if src.get("model") == task.spec.model
+                         else f" (the same network and training as {src.get('model')})")
+            return rec, f"reused {src.get('run_dir')}{as_preset}"
         if task.spec.kind == "reference":
             rec = {**base, **self._run_reference(task, request)}
         else:
@@ -687,6 +693,18 @@ def normal_request(request: dict) -> dict:
 
 def request_hash(request: dict) -> str:
     return _hash(normal_request(request))
+
+
+def computation_hash(request: dict) -> str:
+    """What a run computes: its :func:`normal_request` with the preset's name replaced by the one
+    thing the name decides beyond the two configs, one model for all domains or one per domain
+    (:func:`adirec.models.registry.build_model`). Two presets that resolve to the same configs on
+    this data share it; a preset this registry lacks keeps its name."""
+    from adirec.models.registry import MODELS
+    out = normal_request(request)
+    if "model" in out and out["model"] in MODELS:
+        out["per_domain"] = MODELS[out.pop("model")].per_domain
+    return _hash(out)
 
 
 def request_difference(old: dict, new: dict) -> dict:
