@@ -28,16 +28,16 @@ def cmd_train(args) -> int:
     from adirec.runs import read_run_config, train_run  # one process, or every rank under torchrun
     from adirec.train.config import TrainConfig
     if args.resume:
-        allowed = {"train_num_threads", "train_device", "train_progress"}
+        allowed = {"train_num_threads", "train_device", "train_progress", "train_epochs"}
         given = [k for k, v in vars(args).items() if v not in (None, [], False) and k not in allowed
                  and k not in ("resume", "func", "command")]
         if given:
-            raise ValueError(f"--resume continues a run with the settings it recorded; only --threads, --device "
-                             f"and --no-progress may be given with it, not {sorted(given)}")
+            raise ValueError(f"--resume continues a run with the settings it recorded; only --threads, --device, "
+                             f"--no-progress and a higher --epochs may be given with it, not {sorted(given)}")
         cfg = read_run_config(args.resume)
         from adirec.data.spec import DataSpec
         train = dict(cfg["train_config"])
-        for k in ("num_threads", "device", "progress"):
+        for k in ("num_threads", "device", "progress", "epochs"):
             if getattr(args, f"train_{k}") is not None:
                 train[k] = getattr(args, f"train_{k}")
         summary = train_run(DataSpec(**cfg["data"]), cfg["model"], args.resume, train_config=TrainConfig(**train),
@@ -254,7 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="any TrainConfig / TwoTowerConfig / DataSpec field, dotted for nesting "
                         "(--set self_training.p0=0.05 --set expert_hidden=256,128); repeatable")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last completed "
-                   "epoch, with the settings it recorded")
+                   "epoch, with the settings it recorded; with a higher --epochs, continue a run that "
+                   "reached its epoch cap still improving")
     p.add_argument("--dry-run", action="store_true", help="print the effective configuration and exit")
     add_data_args(p)
     add_model_args(p)

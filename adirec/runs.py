@@ -47,7 +47,7 @@ from adirec.models.per_domain import PerDomainModel
 from adirec.models.registry import budget_matched_config, build_config, build_model
 from adirec.train import distributed as ddp
 from adirec.train.config import TrainConfig
-from adirec.train.loop import Trainer, TrainingDiverged, TwoTowerScorer
+from adirec.train.loop import RESUME_STATE, Trainer, TrainingDiverged, TwoTowerScorer
 from adirec.train.per_domain import fit_per_domain
 from adirec.utils import atomic_write_json, load_weights, read_json, read_keys, save_weights, write_keys
 
@@ -115,7 +115,8 @@ def train_run(spec: DataSpec, model_name: str, out_dir: str | Path, *, model_ove
     * anything else: the data in memory (``data`` when given, else ``spec.load()``).
     ``match_budget`` scales the backbone widths to ADI-SE's dense parameter count
     (:func:`~adirec.models.registry.budget_matched_config`). ``resume`` continues the run in
-    ``out_dir`` from its last completed epoch, with the configuration it recorded.
+    ``out_dir`` from its last completed epoch, with the configuration it recorded; a higher epoch
+    cap in ``train_config`` continues a run that reached its cap (:func:`check_epoch_cap_raise`).
     Raises :class:`TrainingInterrupted` (Ctrl-C / SIGTERM) and
     :class:`~adirec.train.loop.TrainingDiverged`, after recording them in ``status.json``.
     """
@@ -166,6 +167,12 @@ def _train(spec, model_name, out: Path, overrides: dict, tcfg: TrainConfig, data
         recorded = read_run_config(out)
         _check_data(out, recorded, data_print, spec)
         mcfg = TwoTowerConfig.from_dict(recorded["model_config"], source=str(out / "config.json"))
+        if tcfg.epochs != recorded["train_config"]["epochs"]:
+            raised = check_epoch_cap_raise(out, recorded, tcfg)
+            if main:
+                recorded["train_config"]["epochs"] = tcfg.epochs
+                recorded["epoch_cap_raised"] = [*recorded.get("epoch_cap_raised", []), raised]
+                atomic_write_json(out / "config.json", recorded)
     else:
         mcfg = (budget_matched_config(model_name, data.schema, data.num_domains, **overrides) if match_budget
                 else build_config(model_name, data.num_domains, **overrides))
@@ -222,6 +229,49 @@ def _train(spec, model_name, out: Path, overrides: dict, tcfg: TrainConfig, data
     return summary
 
 
+
+
+# settings that a resumed run may take anew: they decide where and how visibly it runs, not what
+_RESUME_FREE = ("num_threads", "device", "progress")
+
+
+def stopped_early(run: Path) -> bool:
+    """Whether the run in ``run`` stopped because its validation metric stopped improving
+    (``patience`` epochs without a new best), read from the state it saved after its last epoch."""
+    patience = read_run_config(run)["train_config"].get("patience") or 0
+    state_path = run / "checkpoints" / RESUME_STATE
+    if not state_path.is_file():
+        raise RunError(f"{run}: no saved training state ({state_path} missing)")
+    return bool(patience) and read_json(state_path)["bad_epochs"] >= patience
+
+
+def check_epoch_cap_raise(run: Path, recorded: dict, tcfg: TrainConfig) -> dict:
+    """Check that the run in ``run`` (config ``recorded``) can continue under the higher epoch cap of
+    ``tcfg`` and end where a run trained with that cap from the start ends: every other training
+    setting equal, a learning rate that does not follow the cap, and a run that did not stop early
+    (such a run trains nothing more: it is already the run with the higher cap). Returns the note
+    that config.json keeps of the raise."""
+    old, new = recorded["train_config"]["epochs"], tcfg.epochs
+    if new < old:
+        raise RunError(f"{run} was trained with a cap of {old} epochs; a cap can be raised, not lowered "
+                       f"(checkpoints/epoch_NNN.safetensors holds each epoch's weights)")
+    mine = {k: v for k, v in json.loads(json.dumps(asdict(tcfg))).items() if k not in (*_RESUME_FREE, "epochs")}
+    recorded_train = json.loads(json.dumps(asdict(TrainConfig(**recorded["train_config"]))))  # older: defaults
+    theirs = {k: v for k, v in recorded_train.items() if k not in (*_RESUME_FREE, "epochs")}
+    other = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
+    if other:
+        raise RunError(f"{run}: a resumed run keeps the training settings it recorded; only the epoch cap "
+                       f"may be raised, and {other} differ")
+    if tcfg.lr_schedule != "constant":
+        raise RunError(f"{run}: its learning rate follows the {tcfg.lr_schedule} schedule over {old} epochs, so "
+                       f"its epochs would have had other rates under a cap of {new}; train a new run with "
+                       f"--epochs {new}")
+    if stopped_early(run):
+        epoch = read_json(run / "checkpoints" / RESUME_STATE)["epoch"]
+        raise RunError(f"{run} stopped early at epoch {epoch} ({tcfg.patience} epochs without a better "
+                       f"validation metric): a cap of {new} trains nothing more, and the run stands as it is")
+    done = read_json(run / "checkpoints" / RESUME_STATE)["epoch"]
+    return {"from": old, "to": new, "after_epoch": done, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
 def _built_config(model, config: TwoTowerConfig) -> TwoTowerConfig:

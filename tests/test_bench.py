@@ -483,6 +483,47 @@ def test_two_presets_with_the_same_network_on_this_data_train_once(tmp_path, cap
     assert computation_hash({**dnn, "model": "no-such-preset"}) != computation_hash({**dnn, "model": "other"})
 
 
+def test_a_bench_with_a_higher_epoch_cap_trains_finished_runs_on(tmp_path, capsys):
+    def bench(out, epochs, *extra):
+        return main(["bench", "--data", "synthetic:tiny", "--suite", "plus", "--methods", "plus/dnn-plus",
+                     "--seeds", "1", "--out", str(out), "--epochs", str(epochs), "--batch-size", "256",
+                     "--threads", "1", "--no-progress", *extra, *TINY])
+
+    def runs(out):
+        return {r["key"]: r for r in json.loads((out / "results.json").read_text())["runs"]}
+
+    assert bench(tmp_path / "whole", 3, "--patience", "0") == 0
+    assert bench(tmp_path / "raised", 2, "--patience", "0") == 0
+    capsys.readouterr()
+    assert bench(tmp_path / "raised", 3, "--patience", "0") == 0
+    assert "plus/dnn-plus seed 0: trained on from 2 to 3 epochs" in capsys.readouterr().out
+    whole, raised = runs(tmp_path / "whole")["dnn-plus"], runs(tmp_path / "raised")["dnn-plus"]
+    assert raised["metrics"] == whole["metrics"] and raised["hash"] == whole["hash"]
+    assert raised["epochs_run"] == 3 and raised["epoch_cap_raised"] == {"from": 2, "to": 3, "trained": True}
+    assert bench(tmp_path / "raised", 3, "--patience", "0") == 0  # and then it is done
+    assert "seed 0: done before" in capsys.readouterr().out
+    # a run that stopped early (its saved state says so) stands as it is for a higher cap
+    assert bench(tmp_path / "early", 2, "--patience", "1") == 0
+    early = tmp_path / "early" / "runs" / "plus" / "dnn-plus" / "seed0"
+    last = early / "checkpoints" / "last.json"
+    last.write_text(json.dumps({**json.loads(last.read_text()), "bad_epochs": 1}))
+    before = runs(tmp_path / "early")["dnn-plus"]
+    capsys.readouterr()
+    assert bench(tmp_path / "early", 4, "--patience", "1") == 0
+    assert "stopped early after 2 epochs, so it stands for a cap of 4" in capsys.readouterr().out
+    after = runs(tmp_path / "early")["dnn-plus"]
+    assert after["metrics"] == before["metrics"] and after["request"]["train_config"]["epochs"] == 4
+    assert after["epoch_cap_raised"] == {"from": 2, "to": 4, "trained": False}
+    assert json.loads((early / "config.json").read_text())["train_config"]["epochs"] == 2  # as it was trained
+    # a record without the run's saved state (restored from a published bench) cannot train on
+    import shutil
+    shutil.rmtree(tmp_path / "whole" / "runs" / "plus" / "dnn-plus" / "seed0" / "checkpoints")
+    bench(tmp_path / "whole", 4, "--patience", "0")
+    out = capsys.readouterr().out
+    assert "FAILED" in out and "not its saved training state" in out
+    assert runs(tmp_path / "whole")["dnn-plus"]["metrics"] == whole["metrics"]  # the finished run is kept
+
+
 def test_a_reference_choice_is_made_again_when_its_grid_changes():
     from adirec.bench.runner import _grid_of
     # as earlier versions wrote it (the hold-out scores only), and as this one does

@@ -252,6 +252,63 @@ def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path, sig):
     assert lines(run) == lines(tmp_path / "whole")
 
 
+def test_a_run_that_reached_its_epoch_cap_continues_to_a_higher_one(tmp_path, capsys):
+    # 2 epochs, then the cap raised to 3: the same weights, curve and best epoch as 3 from the start
+    args = ["--data", "synthetic:tiny", "--model", "adi-se", "--patience", "0", "--st-start-epoch", "0",
+            "--early-stopping-metric", "recall@10", *SMALL]
+    assert main(["train", *args, "--epochs", "3", "--out", str(tmp_path / "whole")]) == 0
+    run = tmp_path / "raised"
+    assert main(["train", *args, "--epochs", "2", "--out", str(run)]) == 0
+    assert main(["train", "--resume", str(run), "--epochs", "3", "--no-progress"]) == 0
+    a, b = load_file(str(tmp_path / "whole" / "model.safetensors")), load_file(str(run / "model.safetensors"))
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    curve = lambda p: [json.loads(x)["valid_recall@10"] for x in (p / "metrics.jsonl").read_text().splitlines()]
+    assert len(curve(run)) == 3 and curve(run) == curve(tmp_path / "whole")
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["epochs_run"] == 3
+    assert summary["best_epoch"] == json.loads((tmp_path / "whole" / "summary.json").read_text())["best_epoch"]
+    config = json.loads((run / "config.json").read_text())
+    assert config["train_config"]["epochs"] == 3
+    assert [{k: v for k, v in r.items() if k != "at"} for r in config["epoch_cap_raised"]] == [
+        {"from": 2, "to": 3, "after_epoch": 2}]
+    assert json.loads((run / "status.json").read_text())["state"] == "finished"
+    capsys.readouterr()
+    # a cap is raised, never lowered; nothing is written by a refusal
+    before = (run / "config.json").read_bytes()
+    assert main(["train", "--resume", str(run), "--epochs", "2"]) == 2
+    assert "a cap can be raised, not lowered" in _error_line(capsys)
+    assert (run / "config.json").read_bytes() == before
+
+
+def test_an_epoch_cap_is_not_raised_where_the_run_would_not_be_the_same(tmp_path, capsys):
+    from adirec.runs import RunError, check_epoch_cap_raise, read_run_config, stopped_early
+    from adirec.train.config import TrainConfig
+    base = ["--data", "synthetic:tiny", "--model", "adi-se", "--early-stopping-metric", "recall@10", *SMALL]
+    # the cosine schedule spreads its rates over the cap: other epochs would have had other rates
+    cosine = tmp_path / "cosine"
+    assert main(["train", *base, "--epochs", "1", "--lr-schedule", "cosine", "--out", str(cosine)]) == 0
+    capsys.readouterr()
+    assert main(["train", "--resume", str(cosine), "--epochs", "2"]) == 2
+    assert "cosine schedule" in _error_line(capsys)
+    # a run that stopped early is already the run with a higher cap: its saved state says so
+    early = tmp_path / "early"
+    assert main(["train", *base, "--epochs", "2", "--patience", "1", "--out", str(early)]) == 0
+    recorded = read_run_config(early)
+    last = early / "checkpoints" / "last.json"
+    state = json.loads(last.read_text())
+    last.write_text(json.dumps({**state, "bad_epochs": 0}))
+    assert not stopped_early(early)
+    last.write_text(json.dumps({**state, "bad_epochs": 1}))  # one epoch without a better metric
+    assert stopped_early(early)
+    capsys.readouterr()
+    assert main(["train", "--resume", str(early), "--epochs", "5"]) == 2
+    line = _error_line(capsys)
+    assert f"stopped early at epoch {state['epoch']}" in line and "trains nothing more" in line
+    # every other training setting must stay as recorded
+    with pytest.raises(RunError, match=r"only the epoch cap may be raised, and \['lr'\] differ"):
+        check_epoch_cap_raise(early, recorded, TrainConfig(**{**recorded["train_config"], "epochs": 5, "lr": 0.5}))
+
+
 def test_resume_takes_no_other_settings(toy_run, capsys):
     run, _ = toy_run
     capsys.readouterr()

@@ -17,7 +17,9 @@ result and says so (``reused_from``); so does a run of another preset that resol
 network and training on this data (``adi-plus`` and ``dnn-plus`` on one domain, where
 ``adi-plus`` builds ``dnn-plus``'s network), since the preset's name decides nothing else. A
 directory left by an interrupted run is trained again from scratch, unless its training had
-finished, in which case it is only evaluated.
+finished, in which case it is only evaluated. A finished run asked for with a higher epoch cap
+(``--epochs``) and nothing else changed trains on from where it ended, unless it stopped early,
+in which case it already is the run with the higher cap (:func:`adirec.runs.check_epoch_cap_raise`).
 
 One ``OUT`` holds one data set: ``OUT/bench.json`` records the data's fingerprint (a hash of
 the loaded rows, vocabularies and features) and the DataSpec. A later bench into the same
@@ -59,7 +61,8 @@ from adirec.data.spec import DataSpec
 from adirec.data.split import EVAL_HISTORIES, history_view
 from adirec.models.config import TwoTowerConfig
 from adirec.options import option
-from adirec.runs import default_protocol, default_split, evaluate_run, load_run, train_run
+from adirec.runs import default_protocol, default_split, evaluate_run, load_run, stopped_early, train_run
+from adirec.train.loop import RESUME_STATE
 from adirec.train.config import SelfTrainingConfig, TrainConfig
 from adirec.utils import atomic_write_json, use_threads
 
@@ -465,15 +468,17 @@ class Bench:
             stored = rec.get("request")
             if stored is None or request_hash(stored) != h:
                 changes = request_difference(stored or {}, request)
+                old, new = changes.get("train_config.epochs", (None, None))
+                if (task.spec.kind == "neural" and set(changes) == {"train_config.epochs"}
+                        and isinstance(old, int) and isinstance(new, int) and new > old):
+                    return self._raise_epoch_cap(task, rec, request, h, old, new)
                 raise ValueError(f"{task.run_dir} holds a finished run with other settings ("
                                  + "; ".join(f"{k}: {a!r} there, {b!r} now"
                                              for k, (a, b) in sorted(changes.items())[:6])
                                  + (f"; {len(changes) - 6} more" if len(changes) > 6 else "")
                                  + "); use another --out or delete that run directory")
             return rec, "done before"
-        base = {"suite": task.spec.suite, "key": task.spec.key, "label": task.spec.label, "model": task.spec.model,
-                "kind": task.spec.kind, "seed": task.seed, "group": task.spec.group, "x": task.spec.x,
-                "budget": request.get("budget"), "hash": h, "request": request}
+        base = self._record_base(task, request, h)
         same = done.get(computation_hash(request))
         if same is not None:  # the same computation finished under another suite or preset
             src = same
@@ -493,6 +498,33 @@ class Bench:
         rec["run_dir"] = str(task.run_dir.relative_to(self.cfg.out))
         atomic_write_json(path, rec)
         return rec, "fitted" if task.spec.kind == "reference" else "trained"
+
+    def _record_base(self, task: Task, request: dict, h: str) -> dict:
+        return {"suite": task.spec.suite, "key": task.spec.key, "label": task.spec.label, "model": task.spec.model,
+                "kind": task.spec.kind, "seed": task.seed, "group": task.spec.group, "x": task.spec.x,
+                "budget": request.get("budget"), "hash": h, "request": request}
+
+    def _raise_epoch_cap(self, task: Task, rec: dict, request: dict, h: str, old: int, new: int) -> tuple[dict, str]:
+        """A finished run asked for again with a higher epoch cap and nothing else changed: a run that
+        reached its cap trains on to the new one, ending where a run with that cap from the start ends
+        (:func:`adirec.runs.check_epoch_cap_raise`); a run that stopped early already is that run."""
+        run_dir, path = task.run_dir, task.run_dir / "bench.json"
+        if not (run_dir / "checkpoints" / RESUME_STATE).is_file():
+            raise ValueError(f"{run_dir} holds a run finished with a cap of {old} epochs but not its saved training "
+                             f"state (a record restored from a published bench): train it again in another --out")
+        if stopped_early(run_dir):
+            rec = {**rec, "request": request, "hash": h, "epoch_cap_raised": {"from": old, "to": new, "trained": False}}
+            atomic_write_json(run_dir / "bench_request.json", {"hash": h})
+            atomic_write_json(path, rec)
+            return rec, f"stopped early after {rec.get('epochs_run')} epochs, so it stands for a cap of {new}"
+        train_run(self.cfg.data, task.spec.model, run_dir, train_config=self._train_config(task.spec, task.seed),
+                  data=self.data, report_split=self.split, resume=True)
+        atomic_write_json(run_dir / "bench_request.json", {"hash": h})
+        rec = {**self._record_base(task, request, h), **self._run_neural(task, request, h),
+               "epoch_cap_raised": {"from": old, "to": new, "trained": True},
+               "run_dir": str(run_dir.relative_to(self.cfg.out))}
+        atomic_write_json(path, rec)
+        return rec, f"trained on from {old} to {new} epochs"
 
     # ---------------------------------------------------------- requests
     def _request(self, task: Task) -> dict:
