@@ -44,7 +44,7 @@ from adirec.models.adi import TwoTowerModel
 from adirec.models.config import TwoTowerConfig
 from adirec.models.ensemble import EnsembleModel, RunModel
 from adirec.models.per_domain import PerDomainModel
-from adirec.models.registry import budget_matched_config, build_config, build_model
+from adirec.models.registry import MODELS, budget_matched_config, build_config, build_model
 from adirec.train import distributed as ddp
 from adirec.train.config import TrainConfig
 from adirec.train.loop import RESUME_STATE, Trainer, TrainingDiverged, TwoTowerScorer
@@ -168,7 +168,15 @@ def _train(spec, model_name, out: Path, overrides: dict, tcfg: TrainConfig, data
         _check_data(out, recorded, data_print, spec)
         mcfg = TwoTowerConfig.from_dict(recorded["model_config"], source=str(out / "config.json"))
         if tcfg.epochs != recorded["train_config"]["epochs"]:
-            raised = check_epoch_cap_raise(out, recorded, tcfg)
+            check_epoch_cap_raise(out, recorded, tcfg)
+            if stopped_early(out):
+                epoch = read_json(out / "checkpoints" / RESUME_STATE)["epoch"]
+                raise RunError(f"{out} stopped early at epoch {epoch} ({tcfg.patience} epochs without a better "
+                               f"validation metric): a cap of {tcfg.epochs} trains nothing more, and the run "
+                               f"stands as it is")
+            raised = {"from": recorded["train_config"]["epochs"], "to": tcfg.epochs,
+                      "after_epoch": read_json(out / "checkpoints" / RESUME_STATE)["epoch"],
+                      "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
             if main:
                 recorded["train_config"]["epochs"] = tcfg.epochs
                 recorded["epoch_cap_raised"] = [*recorded.get("epoch_cap_raised", []), raised]
@@ -232,7 +240,7 @@ def _train(spec, model_name, out: Path, overrides: dict, tcfg: TrainConfig, data
 
 
 # settings that a resumed run may take anew: they decide where and how visibly it runs, not what
-_RESUME_FREE = ("num_threads", "device", "progress")
+RESUME_FREE = ("num_threads", "device", "progress")
 
 
 def stopped_early(run: Path) -> bool:
@@ -245,19 +253,25 @@ def stopped_early(run: Path) -> bool:
     return bool(patience) and read_json(state_path)["bad_epochs"] >= patience
 
 
-def check_epoch_cap_raise(run: Path, recorded: dict, tcfg: TrainConfig) -> dict:
-    """Check that the run in ``run`` (config ``recorded``) can continue under the higher epoch cap of
-    ``tcfg`` and end where a run trained with that cap from the start ends: every other training
-    setting equal, a learning rate that does not follow the cap, and a run that did not stop early
-    (such a run trains nothing more: it is already the run with the higher cap). Returns the note
-    that config.json keeps of the raise."""
+def check_epoch_cap_raise(run: Path, recorded: dict, tcfg: TrainConfig) -> None:
+    """Check that the run in ``run`` (config ``recorded``), continued under the higher epoch cap of
+    ``tcfg``, ends where a run trained with that cap from the start ends: a single model with its
+    saved training state, not failed, every other training setting equal and a learning rate that
+    does not follow the cap. Whether it stopped early (then it trains nothing more: it already is
+    the run with the higher cap) is :func:`stopped_early`'s question. Raises :class:`RunError`."""
     old, new = recorded["train_config"]["epochs"], tcfg.epochs
     if new < old:
         raise RunError(f"{run} was trained with a cap of {old} epochs; a cap can be raised, not lowered "
                        f"(checkpoints/epoch_NNN.safetensors holds each epoch's weights)")
-    mine = {k: v for k, v in json.loads(json.dumps(asdict(tcfg))).items() if k not in (*_RESUME_FREE, "epochs")}
+    preset = MODELS.get(recorded.get("model", ""))
+    if preset is not None and preset.per_domain:
+        raise RunError(f"{run} trains one model per domain ({recorded['model']}), which keeps no state to "
+                       f"continue from; train it again with --epochs {new}")
+    if run_status(run).get("state") == FAILED:
+        raise RunError(f"{run} failed ({run_status(run).get('reason', 'see status.json')}); train it again")
+    mine = {k: v for k, v in json.loads(json.dumps(asdict(tcfg))).items() if k not in (*RESUME_FREE, "epochs")}
     recorded_train = json.loads(json.dumps(asdict(TrainConfig(**recorded["train_config"]))))  # older: defaults
-    theirs = {k: v for k, v in recorded_train.items() if k not in (*_RESUME_FREE, "epochs")}
+    theirs = {k: v for k, v in recorded_train.items() if k not in (*RESUME_FREE, "epochs")}
     other = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
     if other:
         raise RunError(f"{run}: a resumed run keeps the training settings it recorded; only the epoch cap "
@@ -266,12 +280,8 @@ def check_epoch_cap_raise(run: Path, recorded: dict, tcfg: TrainConfig) -> dict:
         raise RunError(f"{run}: its learning rate follows the {tcfg.lr_schedule} schedule over {old} epochs, so "
                        f"its epochs would have had other rates under a cap of {new}; train a new run with "
                        f"--epochs {new}")
-    if stopped_early(run):
-        epoch = read_json(run / "checkpoints" / RESUME_STATE)["epoch"]
-        raise RunError(f"{run} stopped early at epoch {epoch} ({tcfg.patience} epochs without a better "
-                       f"validation metric): a cap of {new} trains nothing more, and the run stands as it is")
-    done = read_json(run / "checkpoints" / RESUME_STATE)["epoch"]
-    return {"from": old, "to": new, "after_epoch": done, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    if not (run / "checkpoints" / RESUME_STATE).is_file():
+        raise RunError(f"{run}: no saved training state to continue from (checkpoints/{RESUME_STATE} missing)")
 
 
 def _built_config(model, config: TwoTowerConfig) -> TwoTowerConfig:

@@ -465,6 +465,12 @@ def test_two_presets_with_the_same_network_on_this_data_train_once(tmp_path, cap
     assert runs["dnn-plus"]["reused_from"] == "runs/plus/adi-plus/seed0" and runs["dnn-plus"]["model"] == "dnn-plus"
     assert runs["dnn-plus"]["metrics"] == runs["adi-plus"]["metrics"]
     assert not (out / "runs" / "plus" / "dnn-plus" / "seed0" / "model.safetensors").exists()
+    alone = tmp_path / "alone"  # dnn-plus trained by itself: the same results
+    assert main(["bench", "--data", "synthetic:tiny", "--domains", "d1", "--suite", "plus", "--methods",
+                 "plus/dnn-plus", "--seeds", "1", "--out", str(alone), "--epochs", "1", "--batch-size", "256",
+                 "--threads", "1", "--no-progress", *TINY]) == 0
+    trained = json.loads((alone / "results.json").read_text())["runs"][0]
+    assert trained["key"] == "dnn-plus" and trained["metrics"] == runs["dnn-plus"]["metrics"]
     # the requests differ (the name is recorded); the computations do not
     a, b = runs["adi-plus"]["request"], runs["dnn-plus"]["request"]
     assert request_hash(a) != request_hash(b) and computation_hash(a) == computation_hash(b)
@@ -515,13 +521,44 @@ def test_a_bench_with_a_higher_epoch_cap_trains_finished_runs_on(tmp_path, capsy
     assert after["metrics"] == before["metrics"] and after["request"]["train_config"]["epochs"] == 4
     assert after["epoch_cap_raised"] == {"from": 2, "to": 4, "trained": False}
     assert json.loads((early / "config.json").read_text())["train_config"]["epochs"] == 2  # as it was trained
-    # a record without the run's saved state (restored from a published bench) cannot train on
+    # a record without its run (restored from a published bench) cannot train on
     import shutil
-    shutil.rmtree(tmp_path / "whole" / "runs" / "plus" / "dnn-plus" / "seed0" / "checkpoints")
+    run = tmp_path / "whole" / "runs" / "plus" / "dnn-plus" / "seed0"
+    for p in run.iterdir():
+        if p.name != "bench.json":
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
     bench(tmp_path / "whole", 4, "--patience", "0")
     out = capsys.readouterr().out
-    assert "FAILED" in out and "not its saved training state" in out
+    assert "FAILED" in out and "not the run (a record restored from a published bench)" in out
     assert runs(tmp_path / "whole")["dnn-plus"]["metrics"] == whole["metrics"]  # the finished run is kept
+    # under a schedule spread over the cap, even a run that stopped early is not the higher-cap run
+    assert bench(tmp_path / "cosine", 2, "--patience", "1", "--lr-schedule", "cosine") == 0
+    last = tmp_path / "cosine" / "runs" / "plus" / "dnn-plus" / "seed0" / "checkpoints" / "last.json"
+    last.write_text(json.dumps({**json.loads(last.read_text()), "bad_epochs": 1}))
+    capsys.readouterr()
+    bench(tmp_path / "cosine", 4, "--patience", "1", "--lr-schedule", "cosine")
+    out = capsys.readouterr().out
+    assert "FAILED" in out and "cosine schedule" in out
+    assert runs(tmp_path / "cosine")["dnn-plus"]["request"]["train_config"]["epochs"] == 2
+
+
+def test_a_higher_epoch_cap_reaches_the_runs_that_reused_another(tmp_path, capsys):
+    # on one domain dnn-plus reuses adi-plus's run; at a higher cap adi-plus trains on, and
+    # dnn-plus reuses the longer run
+    def bench(out, epochs):
+        return main(["bench", "--data", "synthetic:tiny", "--domains", "d1", "--suite", "plus", "--methods",
+                     "neural", "--seeds", "1", "--out", str(out), "--epochs", str(epochs), "--patience", "0",
+                     "--batch-size", "256", "--threads", "1", "--no-progress", *TINY])
+
+    assert bench(tmp_path / "b", 1) == 0
+    capsys.readouterr()
+    assert bench(tmp_path / "b", 2) == 0
+    log = capsys.readouterr().out
+    assert "plus/adi-plus seed 0: trained on from 1 to 2 epochs" in log
+    assert "plus/dnn-plus seed 0: reused runs/plus/adi-plus/seed0" in log and "FAILED" not in log
+    runs = {r["key"]: r for r in json.loads((tmp_path / "b" / "results.json").read_text())["runs"]}
+    assert runs["dnn-plus"]["metrics"] == runs["adi-plus"]["metrics"]
+    assert runs["dnn-plus"]["request"]["train_config"]["epochs"] == 2 and "epoch_cap_raised" not in runs["dnn-plus"]
 
 
 def test_a_reference_choice_is_made_again_when_its_grid_changes():

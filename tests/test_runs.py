@@ -254,7 +254,8 @@ def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path, sig):
 
 def test_a_run_that_reached_its_epoch_cap_continues_to_a_higher_one(tmp_path, capsys):
     # 2 epochs, then the cap raised to 3: the same weights, curve and best epoch as 3 from the start
-    args = ["--data", "synthetic:tiny", "--model", "adi-se", "--patience", "0", "--st-start-epoch", "0",
+    # (a patience the runs do not exhaust: the early-stopping counters carry over the raise)
+    args = ["--data", "synthetic:tiny", "--model", "adi-se", "--patience", "5", "--st-start-epoch", "0",
             "--early-stopping-metric", "recall@10", *SMALL]
     assert main(["train", *args, "--epochs", "3", "--out", str(tmp_path / "whole")]) == 0
     run = tmp_path / "raised"
@@ -304,6 +305,21 @@ def test_an_epoch_cap_is_not_raised_where_the_run_would_not_be_the_same(tmp_path
     assert main(["train", "--resume", str(early), "--epochs", "5"]) == 2
     line = _error_line(capsys)
     assert f"stopped early at epoch {state['epoch']}" in line and "trains nothing more" in line
+    # one model per domain keeps no state to continue from; a failed run is trained again
+    single = tmp_path / "single"
+    assert main(["train", *base, "--model", "dnn-single", "--epochs", "1", "--out", str(single)]) == 0
+    capsys.readouterr()
+    assert main(["train", "--resume", str(single), "--epochs", "2"]) == 2
+    assert "one model per domain" in _error_line(capsys)
+    failed = tmp_path / "failed"
+    assert main(["train", "--data", "synthetic:tiny", "--out", str(failed), "--lr", "1e12", "--epochs", "3",
+                 "--temperature", "0.001", *SMALL]) == 1
+    capsys.readouterr()
+    config = (failed / "config.json").read_bytes()
+    with pytest.raises(RunError, match="failed"):
+        check_epoch_cap_raise(failed, read_run_config(failed), TrainConfig(**{**read_run_config(failed)["train_config"],
+                                                                              "epochs": 5}))
+    assert (failed / "config.json").read_bytes() == config
     # every other training setting must stay as recorded
     with pytest.raises(RunError, match=r"only the epoch cap may be raised, and \['lr'\] differ"):
         check_epoch_cap_raise(early, recorded, TrainConfig(**{**recorded["train_config"], "epochs": 5, "lr": 0.5}))

@@ -61,13 +61,13 @@ from adirec.data.spec import DataSpec
 from adirec.data.split import EVAL_HISTORIES, history_view
 from adirec.models.config import TwoTowerConfig
 from adirec.options import option
-from adirec.runs import default_protocol, default_split, evaluate_run, load_run, stopped_early, train_run
-from adirec.train.loop import RESUME_STATE
+from adirec.runs import (RESUME_FREE, RunError, check_epoch_cap_raise, default_protocol, default_split, evaluate_run,
+                         load_run, read_run_config, stopped_early, train_run)
 from adirec.train.config import SelfTrainingConfig, TrainConfig
 from adirec.utils import atomic_write_json, use_threads
 
 #: training-config fields that do not change a run's result (left out of its hash)
-_NOT_HASHED = ("progress", "num_threads", "device")
+_NOT_HASHED = RESUME_FREE  # where and how visibly a run trains, not what
 #: lambdas tried when EASE's lambda is chosen on the hold-out
 EASE_GRID = (100.0, 200.0, 500.0, 1000.0, 2000.0)
 #: recency decays tried for the recency-weighted references (1.0 = no weighting)
@@ -466,24 +466,27 @@ class Bench:
         if path.is_file():
             rec = json.loads(path.read_text())
             stored = rec.get("request")
-            if stored is None or request_hash(stored) != h:
-                changes = request_difference(stored or {}, request)
-                old, new = changes.get("train_config.epochs", (None, None))
-                if (task.spec.kind == "neural" and set(changes) == {"train_config.epochs"}
-                        and isinstance(old, int) and isinstance(new, int) and new > old):
-                    return self._raise_epoch_cap(task, rec, request, h, old, new)
+            if stored is not None and request_hash(stored) == h:
+                return rec, "done before"
+            changes = request_difference(stored or {}, request)
+            old, new = changes.get("train_config.epochs", (None, None))
+            raised = (task.spec.kind == "neural" and set(changes) == {"train_config.epochs"}
+                      and isinstance(old, int) and isinstance(new, int) and new > old)
+            if not raised:
                 raise ValueError(f"{task.run_dir} holds a finished run with other settings ("
                                  + "; ".join(f"{k}: {a!r} there, {b!r} now"
                                              for k, (a, b) in sorted(changes.items())[:6])
                                  + (f"; {len(changes) - 6} more" if len(changes) > 6 else "")
                                  + "); use another --out or delete that run directory")
-            return rec, "done before"
+            if "reused_from" not in rec:
+                return self._raise_epoch_cap(task, rec, request, h, old, new)
+            # a reuse of another run holds no training of its own: reused again, or trained, below
         base = self._record_base(task, request, h)
         same = done.get(computation_hash(request))
         if same is not None:  # the same computation finished under another suite or preset
             src = same
             # a reuse happens here: the restored count of results.md is of restored records only
-            rec = {**{k: v for k, v in src.items() if k != "restored_from"}, **base,
+            rec = {**{k: v for k, v in src.items() if k not in ("restored_from", "epoch_cap_raised")}, **base,
                    "reused_from": src.get("reused_from") or src.get("run_dir")}
             rec["run_dir"] = str(task.run_dir.relative_to(self.cfg.out))
             task.run_dir.mkdir(parents=True, exist_ok=True)
@@ -509,11 +512,17 @@ class Bench:
         reached its cap trains on to the new one, ending where a run with that cap from the start ends
         (:func:`adirec.runs.check_epoch_cap_raise`); a run that stopped early already is that run."""
         run_dir, path = task.run_dir, task.run_dir / "bench.json"
-        if not (run_dir / "checkpoints" / RESUME_STATE).is_file():
-            raise ValueError(f"{run_dir} holds a run finished with a cap of {old} epochs but not its saved training "
-                             f"state (a record restored from a published bench): train it again in another --out")
+        if not (run_dir / "config.json").is_file():
+            raise ValueError(f"{run_dir} holds the record of a run finished with a cap of {old} epochs but not the "
+                             f"run (a record restored from a published bench): train it again in another --out")
+        try:
+            check_epoch_cap_raise(run_dir, read_run_config(run_dir), self._train_config(task.spec, task.seed))
+        except RunError as e:
+            raise ValueError(f"{e} (asked for a cap of {new} epochs, the run had {old})") from None
         if stopped_early(run_dir):
-            rec = {**rec, "request": request, "hash": h, "epoch_cap_raised": {"from": old, "to": new, "trained": False}}
+            trained = rec.get("train_config", {}).get("epochs", old)  # the cap it trained with
+            rec = {**rec, "request": request, "hash": h,
+                   "epoch_cap_raised": {"from": trained, "to": new, "trained": False}}
             atomic_write_json(run_dir / "bench_request.json", {"hash": h})
             atomic_write_json(path, rec)
             return rec, f"stopped early after {rec.get('epochs_run')} epochs, so it stands for a cap of {new}"
