@@ -273,12 +273,17 @@ def test_a_run_that_reached_its_epoch_cap_continues_to_a_higher_one(tmp_path, ca
     assert [{k: v for k, v in r.items() if k != "at"} for r in config["epoch_cap_raised"]] == [
         {"from": 2, "to": 3, "after_epoch": 2}]
     assert json.loads((run / "status.json").read_text())["state"] == "finished"
-    capsys.readouterr()
     # a cap is raised, never lowered; nothing is written by a refusal
     before = (run / "config.json").read_bytes()
-    assert main(["train", "--resume", str(run), "--epochs", "2"]) == 2
-    assert "a cap can be raised, not lowered" in _error_line(capsys)
+    assert "a cap can be raised, not lowered" in _raise_refused(run, 2, capsys)
     assert (run / "config.json").read_bytes() == before
+
+
+def _raise_refused(run: Path, epochs: int, capsys) -> str:
+    """The one-line error of ``adirec train --resume RUN --epochs N``, which must be refused."""
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--epochs", str(epochs)]) == 2
+    return _error_line(capsys)
 
 
 def test_an_epoch_cap_is_not_raised_where_the_run_would_not_be_the_same(tmp_path, capsys):
@@ -288,9 +293,7 @@ def test_an_epoch_cap_is_not_raised_where_the_run_would_not_be_the_same(tmp_path
     # the cosine schedule spreads its rates over the cap: other epochs would have had other rates
     cosine = tmp_path / "cosine"
     assert main(["train", *base, "--epochs", "1", "--lr-schedule", "cosine", "--out", str(cosine)]) == 0
-    capsys.readouterr()
-    assert main(["train", "--resume", str(cosine), "--epochs", "2"]) == 2
-    assert "cosine schedule" in _error_line(capsys)
+    assert "cosine schedule" in _raise_refused(cosine, 2, capsys)
     # a run that stopped early is already the run with a higher cap: its saved state says so
     early = tmp_path / "early"
     assert main(["train", *base, "--epochs", "2", "--patience", "1", "--out", str(early)]) == 0
@@ -301,16 +304,12 @@ def test_an_epoch_cap_is_not_raised_where_the_run_would_not_be_the_same(tmp_path
     assert not stopped_early(early)
     last.write_text(json.dumps({**state, "bad_epochs": 1}))  # one epoch without a better metric
     assert stopped_early(early)
-    capsys.readouterr()
-    assert main(["train", "--resume", str(early), "--epochs", "5"]) == 2
-    line = _error_line(capsys)
+    line = _raise_refused(early, 5, capsys)
     assert f"stopped early at epoch {state['epoch']}" in line and "trains nothing more" in line
     # one model per domain keeps no state to continue from; a failed run is trained again
     single = tmp_path / "single"
     assert main(["train", *base, "--model", "dnn-single", "--epochs", "1", "--out", str(single)]) == 0
-    capsys.readouterr()
-    assert main(["train", "--resume", str(single), "--epochs", "2"]) == 2
-    assert "one model per domain" in _error_line(capsys)
+    assert "one model per domain" in _raise_refused(single, 2, capsys)
     failed = tmp_path / "failed"
     assert main(["train", "--data", "synthetic:tiny", "--out", str(failed), "--lr", "1e12", "--epochs", "3",
                  "--temperature", "0.001", *SMALL]) == 1
