@@ -1,5 +1,6 @@
 """The training loss restricts each domain's softmax to that domain's corpus."""
 import numpy as np
+import pytest
 import torch
 
 from adirec.data.batches import Batch
@@ -84,3 +85,36 @@ def test_full_softmax_runs_over_every_corpus_without_corpus_negatives_only(monke
             assert columns == len(corpus)
             rows = (batch.domain == d).numpy()
             assert np.array_equal(corpus[target.numpy()], batch.item.numpy()[rows])  # the positives' columns
+
+
+def test_balanced_domain_weighting_weighs_every_domain_the_same():
+    from dataclasses import replace
+    from adirec.train.loop import domain_balance
+    # N / (D N_d): domains of 3, 1 and 2 rows among 6, and a domain without rows
+    factor = domain_balance(np.array([0, 0, 0, 1, 2, 2]), 4)
+    assert torch.allclose(factor, torch.tensor([6 / 12, 6 / 4, 6 / 8, 0.0]))
+    assert torch.allclose(factor * torch.tensor([3.0, 1.0, 2.0, 0.0]), torch.tensor([1.5, 1.5, 1.5, 0.0]))
+
+    data = load_source("synthetic:tiny")
+    torch.manual_seed(0)
+    model = TwoTowerModel(data.schema, data.num_domains, build_config("dnn", embedding_dim=8))
+    cfg = TrainConfig(progress=False, device="cpu", softmax="full", domain_weighting="balanced",
+                      self_training={"enabled": False})
+    t = Trainer(model, data, cfg, report_split="test")
+    tr = t.train_data.splits["train"]
+    expected = domain_balance(tr.domain[tr.weight > 0], data.num_domains)
+    assert torch.equal(t.objective.domain_factor, expected)
+    assert len(set(expected.tolist())) == data.num_domains  # the tiny set's domains differ in size
+    # the batch loss is the factor-weighted mean of the rows' own losses (eval mode: no dropout)
+    model.eval()
+    batch = Batch.from_interactions(tr, np.arange(48))
+    balanced = t.objective.rows_loss(batch, 0.0)[0]
+    t.objective.domain_factor = None
+    rows = torch.stack([t.objective.rows_loss(replace(batch, weight=torch.eye(len(batch))[i]), 0.0)[0]
+                        for i in range(len(batch))])  # (B,) each row's loss alone
+    w = expected[batch.domain]
+    assert torch.allclose(balanced, (w * rows).sum() / w.sum(), atol=1e-6)
+    assert not torch.allclose(balanced, rows.mean(), atol=1e-4)  # and differs from the unweighted mean
+    # a stream does not count its domains' rows
+    with pytest.raises(ValueError, match="needs each domain's training rows"):
+        Trainer(model, data, cfg, report_split="test", batches=object())

@@ -58,6 +58,7 @@ PROPOSALS = ("unigram", "uniform")
 SOFTMAXES = ("auto", "full", "sampled")
 LR_SCHEDULES = ("constant", "cosine")
 BATCHINGS = ("auto", "rows", "sequences")
+DOMAIN_WEIGHTINGS = ("none", "balanced")
 # --batch-size auto: a batch of sequences holds every position of a few dozen users, so it needs
 # more positions per step than a batch of independent rows for the same number of users per step
 AUTO_BATCH_SIZE = {"rows": 1024, "sequences": 8192}
@@ -135,6 +136,10 @@ class TrainConfig:
                            "sequences, every position a row, each history encoded once per batch; auto: "
                            "sequences for an order-aware history encoder on data with time, unless the run "
                            "self-trains (Algorithm 1 labels rows) or streams its rows", choices=BATCHINGS)
+    domain_weighting: str = option("none", "none: every training row weighs the same, so a domain counts in "
+                                   "the loss by its rows; balanced: each domain's rows weigh N / (D N_d), so every "
+                                   "domain counts the same, as in the unweighted mean over domains of the tables",
+                                   choices=DOMAIN_WEIGHTINGS)
     self_training: SelfTrainingConfig = dc_field(default_factory=SelfTrainingConfig)
     early_stopping_metric: str | None = option(
         None, "validation metric (mean over domains) to stop on; default recall@10 on candidate lists "
@@ -180,6 +185,8 @@ class TrainConfig:
             raise ValueError(f"softmax must be one of {SOFTMAXES}, got {self.softmax!r}")
         if self.batching not in BATCHINGS:
             raise ValueError(f"batching must be one of {BATCHINGS}, got {self.batching!r}")
+        if self.domain_weighting not in DOMAIN_WEIGHTINGS:
+            raise ValueError(f"domain_weighting must be one of {DOMAIN_WEIGHTINGS}, got {self.domain_weighting!r}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if self.proposal not in PROPOSALS:

@@ -184,6 +184,11 @@ class Trainer:
                                        device=self.device)
         self.optimizer = make_optimizer(model, config.lr, config.weight_decay)
         self.objective = RetrievalObjective(model, self.store, data, config, self.sampler, self.in_corpus, self.device)
+        if config.domain_weighting == "balanced":
+            if batches is not None:
+                raise ValueError("--domain-weighting balanced needs each domain's training rows, which a stream "
+                                 "does not count; load the data in memory")
+            self.objective.domain_factor = domain_balance(tr.domain[tr.weight > 0], data.num_domains).to(self.device)
         self.sequences = self._sequence_batches(batches)
         self.batch_size = resolve_batch_size(config.batch_size, sequences=self.sequences is not None)
         if isinstance(model, TwoTowerModel) and model.item_bias is not None:
@@ -414,6 +419,15 @@ class Trainer:
             self._best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
             self.model.load_state_dict(latest)
         return int(state["epoch"])
+
+
+def domain_balance(domain: np.ndarray, num_domains: int) -> torch.Tensor:
+    """(D,) weights N / (D N_d) of a row of each domain, from the domains of the N training rows:
+    each domain's rows together weigh N / D, as much as any other's, and the mean row weight stays
+    1. A domain without training rows gets 0 (it has nothing to weigh)."""
+    rows = np.bincount(domain, minlength=num_domains).astype(np.float64)  # (D,)
+    factor = np.divide(rows.sum(), num_domains * rows, out=np.zeros_like(rows), where=rows > 0)
+    return torch.from_numpy(factor).float()
 
 
 class TrainingDiverged(FloatingPointError):

@@ -58,6 +58,8 @@ class RetrievalObjective:
         self.corpus_position = position.to(device)
         self._corpus_features: dict[int, dict[str, torch.Tensor]] = {}
         self.pseudo_candidates = 0
+        # (D,) a row's weight by its domain (TrainConfig.domain_weighting; set by the Trainer); None: 1
+        self.domain_factor: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ batches
     def rows_loss(self, batch: Batch, p: float) -> tuple[torch.Tensor, int]:
@@ -74,6 +76,8 @@ class RetrievalObjective:
         domain = torch.cat([batch.domain, pseudo.domain])
         timestamp = torch.cat([batch.timestamp, batch.timestamp[src]])
         weight = torch.cat([batch.weight, torch.full((len(src),), cfg.self_training.weight, device=dev)])
+        if self.domain_factor is not None:  # a pseudo row weighs as a row of the domain it is labelled for
+            weight = weight * self.domain_factor[domain]
         u = self.model.user_embedding(self.store.user_features(user, domain, exclude_item=item, device=dev,
                                                                before=(timestamp, item)), domain)  # (B', O)
         if self.full:
@@ -88,6 +92,8 @@ class RetrievalObjective:
         u = self.model.user_embedding_positions(features, batch.window, batch.window_domain, batch.domain,
                                                 rows)  # (N, O)
         item, domain, weight = batch.target[rows], batch.domain[rows], batch.weight[rows]
+        if self.domain_factor is not None:
+            weight = weight * self.domain_factor[domain]
         if self.full:
             return self._full(u, item, domain, weight), len(item)
         return self._sampled_shared(u, item, domain, weight), len(item)
