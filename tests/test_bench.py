@@ -502,7 +502,7 @@ def test_a_bench_with_a_higher_epoch_cap_trains_finished_runs_on(tmp_path, capsy
     assert bench(tmp_path / "raised", 2, "--patience", "0") == 0
     capsys.readouterr()
     assert bench(tmp_path / "raised", 3, "--patience", "0") == 0
-    assert "plus/dnn-plus seed 0: trained on from 2 to 3 epochs" in capsys.readouterr().out
+    assert "plus/dnn-plus seed 0: trained on past its 2-epoch cap to epoch 3 (cap 3)" in capsys.readouterr().out
     whole, raised = runs(tmp_path / "whole")["dnn-plus"], runs(tmp_path / "raised")["dnn-plus"]
     assert raised["metrics"] == whole["metrics"] and raised["hash"] == whole["hash"]
     assert raised["epochs_run"] == 3 and raised["epoch_cap_raised"] == {"from": 2, "to": 3, "trained": True}
@@ -554,7 +554,7 @@ def test_a_higher_epoch_cap_reaches_the_runs_that_reused_another(tmp_path, capsy
     capsys.readouterr()
     assert bench(tmp_path / "b", 2) == 0
     log = capsys.readouterr().out
-    assert "plus/adi-plus seed 0: trained on from 1 to 2 epochs" in log
+    assert "plus/adi-plus seed 0: trained on past its 1-epoch cap to epoch 2 (cap 2)" in log
     assert "plus/dnn-plus seed 0: reused runs/plus/adi-plus/seed0" in log and "FAILED" not in log
     runs = {r["key"]: r for r in json.loads((tmp_path / "b" / "results.json").read_text())["runs"]}
     assert runs["dnn-plus"]["metrics"] == runs["adi-plus"]["metrics"]

@@ -533,7 +533,7 @@ class Bench:
                "epoch_cap_raised": {"from": old, "to": new, "trained": True},
                "run_dir": str(run_dir.relative_to(self.cfg.out))}
         atomic_write_json(path, rec)
-        return rec, f"trained on from {old} to {new} epochs"
+        return rec, f"trained on past its {old}-epoch cap to epoch {rec.get('epochs_run')} (cap {new})"
 
     # ---------------------------------------------------------- requests
     def _request(self, task: Task) -> dict:
