@@ -490,3 +490,22 @@ def test_xmrec_patience_check_matches_its_runs():
             assert bad < 3, (run, epoch)
     _same(shown[4], sum(mine) / 2, "mean at patience 5")
     assert sum(mine) / 2 < sum(published) / 2 + 0.005  # the rule failed
+
+
+def test_xmrec_domain_weighting_check_matches_its_runs():
+    text = " ".join(README[README.index("was checked against that, under a rule"):].split())
+    shown = re.search(r"published run of its seed \((0\.\d+) and (0\.\d+)\).*? On XMRec they validated (0\.\d+) and "
+                      r"(0\.\d+) \(best hold-out Recall@10, epochs (\d+) of (\d+) and (\d+) of (\d+), (\d+\.\d) and "
+                      r"(\d+\.\d) minutes", text)
+    assert shown
+    for seed in (0, 1):
+        published = json.loads(_cap20_run("xmrec-v2", seed).read_text())["best_valid_recall@10"]
+        _same(shown[1 + seed], published, f"published seed {seed}")
+        run = RESULTS / "tune" / "domain-weighting" / f"xmrec-balanced_seed{seed}"
+        summary = json.loads((run / "summary.json").read_text())
+        _same(shown[3 + seed], summary["best_valid_recall@10"], str(run))
+        assert (int(shown[5 + 2 * seed]), int(shown[6 + 2 * seed])) == (summary["best_epoch"], summary["epochs_run"])
+        _same(shown[9 + seed], summary["train_seconds"] / 60, str(run))
+        assert summary["best_valid_recall@10"] < published + 0.005  # the rule failed
+        config = json.loads((run / "config.json").read_text())
+        assert config["train_config"]["domain_weighting"] == "balanced" and config["train_config"]["seed"] == seed
