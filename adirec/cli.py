@@ -65,9 +65,9 @@ def dry_run(spec, name: str, overrides: dict, tcfg) -> dict:
     data = spec.load()
     mcfg = build_config(name, data.num_domains, **overrides)
     model = build_model(name, data.schema, data.num_domains, mcfg)
-    from adirec.runs import _built_config
+    from adirec.runs import built_config
     return {"model": name, "data": asdict(spec), "domains": data.domains,
-            "model_config": asdict(_built_config(model, mcfg)),
+            "model_config": asdict(built_config(model, mcfg)),
             "train_config": asdict(tcfg), "parameters": model.num_parameters()}
 
 

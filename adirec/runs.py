@@ -198,7 +198,7 @@ def _train(spec, model_name, out: Path, overrides: dict, tcfg: TrainConfig, data
         config = {"format": RUN_FORMAT, "format_version": RUN_FORMAT_VERSION, "model": model_name,
                   "data": asdict(spec), "data_name": data.name, "domains": data.domains,
                   # what was built: the preset's values resolved for this data
-                  "report_split": report_split, "model_config": asdict(_built_config(model, mcfg)),
+                  "report_split": report_split, "model_config": asdict(built_config(model, mcfg)),
                   "train_config": asdict(tcfg),
                   "schema": data.schema.to_dict(), "data_fingerprint": data_print}
         if layout is not None:
@@ -284,7 +284,7 @@ def check_epoch_cap_raise(run: Path, recorded: dict, tcfg: TrainConfig) -> None:
         raise RunError(f"{run}: no saved training state to continue from (checkpoints/{RESUME_STATE} missing)")
 
 
-def _built_config(model, config: TwoTowerConfig) -> TwoTowerConfig:
+def built_config(model, config: TwoTowerConfig) -> TwoTowerConfig:
     """The config a model was built with, its data-dependent values resolved (a per-domain model's
     config is its sub-models')."""
     if isinstance(model, PerDomainModel):

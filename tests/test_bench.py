@@ -561,6 +561,27 @@ def test_a_higher_epoch_cap_reaches_the_runs_that_reused_another(tmp_path, capsy
     assert runs["dnn-plus"]["request"]["train_config"]["epochs"] == 2 and "epoch_cap_raised" not in runs["dnn-plus"]
 
 
+def test_a_finished_run_is_the_run_whose_auto_settings_resolve_to_its_own(tmp_path, capsys):
+    # synthetic:tiny has timestamps, so item_tower auto is the linear tower there
+    def bench(*extra):
+        return main(["bench", "--data", "synthetic:tiny", "--suite", "plus", "--methods", "plus/dnn-plus",
+                     "--seeds", "1", "--out", str(tmp_path / "b"), "--batch-size", "256", "--patience", "0",
+                     "--threads", "1", "--no-progress", *TINY, *extra])
+
+    assert bench("--set", "item_tower=linear", "--epochs", "1") == 0
+    first = json.loads((tmp_path / "b" / "results.json").read_text())["runs"][0]
+    capsys.readouterr()
+    assert bench("--epochs", "1") == 0  # auto: the same network
+    assert "seed 0: done before (the same network" in capsys.readouterr().out
+    again = json.loads((tmp_path / "b" / "results.json").read_text())["runs"][0]
+    assert again["metrics"] == first["metrics"] and again["request"]["model_config"]["item_tower"] == "auto"
+    assert bench("--epochs", "2") == 0  # and a higher cap trains it on
+    assert "trained on past its 1-epoch cap to epoch 2" in capsys.readouterr().out
+    bench("--set", "item_tower=full", "--epochs", "2")  # the paper's tower is another network
+    out = capsys.readouterr().out
+    assert "FAILED" in out and "other settings (model_config.item_tower: 'auto' there, 'full' now)" in out
+
+
 def test_a_reference_choice_is_made_again_when_its_grid_changes():
     from adirec.bench.runner import _grid_of
     # as earlier versions wrote it (the hold-out scores only), and as this one does

@@ -61,8 +61,8 @@ from adirec.data.spec import DataSpec
 from adirec.data.split import EVAL_HISTORIES, history_view
 from adirec.models.config import TwoTowerConfig
 from adirec.options import option
-from adirec.runs import (RESUME_FREE, RunError, check_epoch_cap_raise, default_protocol, default_split, evaluate_run,
-                         load_run, read_run_config, stopped_early, train_run)
+from adirec.runs import (RESUME_FREE, RunError, built_config, check_epoch_cap_raise, default_protocol, default_split,
+                         evaluate_run, load_run, read_run_config, stopped_early, train_run)
 from adirec.train.config import SelfTrainingConfig, TrainConfig
 from adirec.utils import atomic_write_json, use_threads
 
@@ -469,6 +469,14 @@ class Bench:
             if stored is not None and request_hash(stored) == h:
                 return rec, "done before"
             changes = request_difference(stored or {}, request)
+            if stored is not None and any(k.startswith("model_config.") for k in changes) and \
+                    self._same_network(stored, request):
+                # "auto" asked now, the value it resolves to on this data recorded then (or back)
+                changes = {k: v for k, v in changes.items() if not k.startswith("model_config.")}
+                if not changes:
+                    rec = {**rec, "request": request, "hash": h}
+                    atomic_write_json(path, rec)
+                    return rec, "done before (the same network: the settings resolve to the recorded ones here)"
             old, new = changes.get("train_config.epochs", (None, None))
             raised = (task.spec.kind == "neural" and set(changes) == {"train_config.epochs"}
                       and isinstance(old, int) and isinstance(new, int) and new > old)
@@ -501,6 +509,23 @@ class Bench:
         rec["run_dir"] = str(task.run_dir.relative_to(self.cfg.out))
         atomic_write_json(path, rec)
         return rec, "fitted" if task.spec.kind == "reference" else "trained"
+
+    def _same_network(self, a: dict, b: dict) -> bool:
+        """Whether two neural run requests build the same network on this data: the same preset
+        and the same config once its data-dependent values (``auto``) are resolved."""
+        if a.get("model") != b.get("model") or "model_config" not in a or "model_config" not in b:
+            return False
+        from adirec.models import registry
+        built = []
+        for request in (a, b):
+            try:
+                config = TwoTowerConfig.from_dict(normal_request(request)["model_config"])
+                with torch.device("meta"):  # shapes only
+                    model = registry.build_model(request["model"], self.data.schema, self.data.num_domains, config)
+            except (TypeError, ValueError, KeyError):  # a config this version cannot build: not the same
+                return False
+            built.append(asdict(built_config(model, config)))
+        return built[0] == built[1]
 
     def _record_base(self, task: Task, request: dict, h: str) -> dict:
         return {"suite": task.spec.suite, "key": task.spec.key, "label": task.spec.label, "model": task.spec.model,
