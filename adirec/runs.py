@@ -186,6 +186,9 @@ def _train(spec, model_name, out: Path, overrides: dict, tcfg: TrainConfig, data
                 else build_config(model_name, data.num_domains, **overrides))
     torch.manual_seed(tcfg.seed)
     model = build_model(model_name, data.schema, data.num_domains, mcfg)
+    if layout is not None and tcfg.domain_weighting == "balanced":
+        raise ValueError("--domain-weighting balanced needs each domain's training rows, which a stream does "
+                         "not count; load the data in memory")
     if layout is not None and isinstance(model, PerDomainModel):
         raise ValueError(f"model {model_name!r} trains one model per domain and cannot be trained from a "
                          f"stream; load the data in memory")

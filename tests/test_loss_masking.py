@@ -91,9 +91,12 @@ def test_balanced_domain_weighting_weighs_every_domain_the_same():
     from dataclasses import replace
     from adirec.train.loop import domain_balance
     # N / (D N_d): domains of 3, 1 and 2 rows among 6, and a domain without rows
-    factor = domain_balance(np.array([0, 0, 0, 1, 2, 2]), 4)
+    factor = domain_balance(np.array([0, 0, 0, 1, 2, 2]), np.ones(6), 4)
     assert torch.allclose(factor, torch.tensor([6 / 12, 6 / 4, 6 / 8, 0.0]))
     assert torch.allclose(factor * torch.tensor([3.0, 1.0, 2.0, 0.0]), torch.tensor([1.5, 1.5, 1.5, 0.0]))
+    # with a weight column the domains' summed weights are balanced: 2 + 1 | 3 | 0.5 + 0.5 of 7
+    weighted = domain_balance(np.array([0, 0, 1, 2, 2]), np.array([2.0, 1.0, 3.0, 0.5, 0.5]), 3)
+    assert torch.allclose(weighted, torch.tensor([7 / 9, 7 / 9, 7 / 3]))
 
     data = load_source("synthetic:tiny")
     torch.manual_seed(0)
@@ -102,7 +105,7 @@ def test_balanced_domain_weighting_weighs_every_domain_the_same():
                       self_training={"enabled": False})
     t = Trainer(model, data, cfg, report_split="test")
     tr = t.train_data.splits["train"]
-    expected = domain_balance(tr.domain[tr.weight > 0], data.num_domains)
+    expected = domain_balance(tr.domain, tr.weight, data.num_domains)
     assert torch.equal(t.objective.domain_factor, expected)
     assert len(set(expected.tolist())) == data.num_domains  # the tiny set's domains differ in size
     # the batch loss is the factor-weighted mean of the rows' own losses (eval mode: no dropout)
@@ -118,3 +121,30 @@ def test_balanced_domain_weighting_weighs_every_domain_the_same():
     # a stream does not count its domains' rows
     with pytest.raises(ValueError, match="needs each domain's training rows"):
         Trainer(model, data, cfg, report_split="test", batches=object())
+
+
+def test_balanced_domain_weighting_reaches_the_loss_over_sequences(monkeypatch):
+    """Over batches of sequences every position's weight is its domain's factor."""
+    from adirec.train.loop import domain_balance
+    data = load_source("synthetic:tiny")
+    torch.manual_seed(0)
+    model = TwoTowerModel(data.schema, data.num_domains, build_config("dnn-plus", data.num_domains, embedding_dim=8))
+    cfg = TrainConfig(progress=False, device="cpu", softmax="full", domain_weighting="balanced",
+                      batching="sequences", batch_size=256, self_training={"enabled": False})
+    t = Trainer(model, data, cfg, report_split="test")
+    assert t.sequences is not None  # the run trains on sequences
+    seen = {}
+    real = t.objective._full
+
+    def spy(u, item, domain, weight):
+        seen.update(domain=domain, weight=weight)
+        return real(u, item, domain, weight)
+
+    monkeypatch.setattr(t.objective, "_full", spy)
+    batch = next(iter(t._epoch_batches(0)))
+    t.objective.sequence_loss(batch)
+    rows = batch.target > 0
+    tr = t.train_data.splits["train"]
+    factor = domain_balance(tr.domain, tr.weight, data.num_domains)
+    assert torch.equal(seen["weight"], batch.weight[rows] * factor[batch.domain[rows]])
+    assert len(set(seen["weight"].tolist())) > 1  # positions of more than one domain, weighed apart

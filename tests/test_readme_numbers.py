@@ -403,7 +403,7 @@ def test_sequential_paragraph_matches_its_runs():
 def test_epoch_cap_raise_table_matches_its_runs():
     """The cap decided on the published runs continued from 20 to 30 epochs: every cell is a run's
     best validation Recall@50 at the 20-epoch cap or after it went on, and the rule held."""
-    rows = _table_after("of each bench; on one domain `dnn-plus` is `adi-plus`'s network and reuses its runs):")
+    rows = _table_after("the sequential bench has `adi-plus`'s alone):")
     assert tuple(r[0] for r in rows) == _TIMESTAMPED_ROWS
     for (_name, adi20, adi30, dnn20, dnn30, minutes), (_short, bench) in zip(rows, _TIMESTAMPED, strict=True):
         _same_per_seed(adi20, lambda seed, bench=bench: _cap20_run(bench, seed))

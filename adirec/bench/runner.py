@@ -469,12 +469,13 @@ class Bench:
             if stored is not None and request_hash(stored) == h:
                 return rec, "done before"
             changes = request_difference(stored or {}, request)
-            if stored is not None and any(k.startswith("model_config.") for k in changes) and \
-                    self._same_network(stored, request):
+            if any(k.startswith("model_config.") for k in changes) and self._same_network(rec, request):
                 # "auto" asked now, the value it resolves to on this data recorded then (or back)
                 changes = {k: v for k, v in changes.items() if not k.startswith("model_config.")}
                 if not changes:
                     rec = {**rec, "request": request, "hash": h}
+                    if (task.run_dir / "bench_request.json").is_file():
+                        atomic_write_json(task.run_dir / "bench_request.json", {"hash": h})
                     atomic_write_json(path, rec)
                     return rec, "done before (the same network: the settings resolve to the recorded ones here)"
             old, new = changes.get("train_config.epochs", (None, None))
@@ -510,22 +511,23 @@ class Bench:
         atomic_write_json(path, rec)
         return rec, "fitted" if task.spec.kind == "reference" else "trained"
 
-    def _same_network(self, a: dict, b: dict) -> bool:
-        """Whether two neural run requests build the same network on this data: the same preset
-        and the same config once its data-dependent values (``auto``) are resolved."""
-        if a.get("model") != b.get("model") or "model_config" not in a or "model_config" not in b:
+    def _same_network(self, rec: dict, request: dict) -> bool:
+        """Whether the finished run of record ``rec`` built the network ``request`` asks for on this
+        data: the same preset and, once the request's data-dependent values (``auto``) are
+        resolved, the config the run recorded as built (``rec["config"]``)."""
+        built_then = rec.get("config")
+        if ((rec.get("request") or {}).get("model") != request.get("model") or not isinstance(built_then, dict)
+                or "model_config" not in request):
             return False
         from adirec.models import registry
-        built = []
-        for request in (a, b):
-            try:
-                config = TwoTowerConfig.from_dict(normal_request(request)["model_config"])
-                with torch.device("meta"):  # shapes only
-                    model = registry.build_model(request["model"], self.data.schema, self.data.num_domains, config)
-            except (TypeError, ValueError, KeyError):  # a config this version cannot build: not the same
-                return False
-            built.append(asdict(built_config(model, config)))
-        return built[0] == built[1]
+        try:
+            config = TwoTowerConfig.from_dict(normal_request(request)["model_config"])
+            with torch.device("meta"):  # shapes only
+                model = registry.build_model(request["model"], self.data.schema, self.data.num_domains, config)
+        except (TypeError, ValueError, KeyError, RuntimeError):  # a config this version cannot build
+            return False
+        now = normal_request({"model_config": asdict(built_config(model, config))})["model_config"]
+        return now == normal_request({"model_config": built_then})["model_config"]
 
     def _record_base(self, task: Task, request: dict, h: str) -> dict:
         return {"suite": task.spec.suite, "key": task.spec.key, "label": task.spec.label, "model": task.spec.model,

@@ -109,8 +109,8 @@ _DNN = dict(backbone="mlp", dial="none", dsbn=False, domain_forward=False)
 # studies on the validation data of XMRec and MovieLens-1M genre3 (README, "How adi-plus's defaults
 # were chosen"); the linear item tower under the Transformer (item_tower auto) from seed-0 validation
 # runs on the three timestamped MovieLens protocols; the cap of 30 epochs (patience 3 as everywhere)
-# from the published runs of all three continued from 20 to 30 epochs, where every run's best
-# validation had been at or next to the 20th; the rest were set by hand from single validation runs
+# from the published runs of all three continued from 20 to 30 epochs, whose best validation had
+# been at most two epochs from the 20th; the rest were set by hand from single validation runs
 _PLUS_MODEL = dict(history_encoder="auto", history_dropout="auto", item_bias=True, item_tower="auto")
 _PLUS_TRAIN = {"self_training": {"enabled": False}, "softmax": "auto", "batch_size": "auto", "lr": 5e-3,
                "epochs": 30}

@@ -137,8 +137,9 @@ class TrainConfig:
                            "sequences for an order-aware history encoder on data with time, unless the run "
                            "self-trains (Algorithm 1 labels rows) or streams its rows", choices=BATCHINGS)
     domain_weighting: str = option("none", "none: every training row weighs the same, so a domain counts in "
-                                   "the loss by its rows; balanced: each domain's rows weigh N / (D N_d), so every "
-                                   "domain counts the same, as in the unweighted mean over domains of the tables",
+                                   "the loss by its rows; balanced: each domain's rows weigh N / (D N_d) (N_d "
+                                   "its rows, or their summed weights), so every domain counts the same, as in "
+                                   "the unweighted mean over domains of the tables",
                                    choices=DOMAIN_WEIGHTINGS)
     self_training: SelfTrainingConfig = dc_field(default_factory=SelfTrainingConfig)
     early_stopping_metric: str | None = option(

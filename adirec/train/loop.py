@@ -188,7 +188,7 @@ class Trainer:
             if batches is not None:
                 raise ValueError("--domain-weighting balanced needs each domain's training rows, which a stream "
                                  "does not count; load the data in memory")
-            self.objective.domain_factor = domain_balance(tr.domain[tr.weight > 0], data.num_domains).to(self.device)
+            self.objective.domain_factor = domain_balance(tr.domain, tr.weight, data.num_domains).to(self.device)
         self.sequences = self._sequence_batches(batches)
         self.batch_size = resolve_batch_size(config.batch_size, sequences=self.sequences is not None)
         if isinstance(model, TwoTowerModel) and model.item_bias is not None:
@@ -421,12 +421,13 @@ class Trainer:
         return int(state["epoch"])
 
 
-def domain_balance(domain: np.ndarray, num_domains: int) -> torch.Tensor:
-    """(D,) weights N / (D N_d) of a row of each domain, from the domains of the N training rows:
-    each domain's rows together weigh N / D, as much as any other's, and the mean row weight stays
-    1. A domain without training rows gets 0 (it has nothing to weigh)."""
-    rows = np.bincount(domain, minlength=num_domains).astype(np.float64)  # (D,)
-    factor = np.divide(rows.sum(), num_domains * rows, out=np.zeros_like(rows), where=rows > 0)
+def domain_balance(domain: np.ndarray, weight: np.ndarray, num_domains: int) -> torch.Tensor:
+    """(D,) factors N / (D N_d) on the weight of a row of each domain, from the domains and weights
+    of the training rows (N_d the domain's summed weight, its rows when every weight is 1): each
+    domain's rows then weigh N / D together, as much as any other's, and the mean weight stays
+    what it was. A domain without training weight gets 0 (it has nothing to weigh)."""
+    total = np.bincount(domain, weights=np.asarray(weight, dtype=np.float64), minlength=num_domains)  # (D,)
+    factor = np.divide(total.sum(), num_domains * total, out=np.zeros_like(total), where=total > 0)
     return torch.from_numpy(factor).float()
 
 
