@@ -169,13 +169,12 @@ def _train(spec, model_name, out: Path, overrides: dict, tcfg: TrainConfig, data
         mcfg = TwoTowerConfig.from_dict(recorded["model_config"], source=str(out / "config.json"))
         if tcfg.epochs != recorded["train_config"]["epochs"]:
             check_epoch_cap_raise(out, recorded, tcfg)
+            epoch = read_json(out / "checkpoints" / RESUME_STATE)["epoch"]
             if stopped_early(out):
-                epoch = read_json(out / "checkpoints" / RESUME_STATE)["epoch"]
                 raise RunError(f"{out} stopped early at epoch {epoch} ({tcfg.patience} epochs without a better "
                                f"validation metric): a cap of {tcfg.epochs} trains nothing more, and the run "
                                f"stands as it is")
-            raised = {"from": recorded["train_config"]["epochs"], "to": tcfg.epochs,
-                      "after_epoch": read_json(out / "checkpoints" / RESUME_STATE)["epoch"],
+            raised = {"from": recorded["train_config"]["epochs"], "to": tcfg.epochs, "after_epoch": epoch,
                       "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
             if main:
                 recorded["train_config"]["epochs"] = tcfg.epochs
@@ -270,8 +269,9 @@ def check_epoch_cap_raise(run: Path, recorded: dict, tcfg: TrainConfig) -> None:
     if preset is not None and preset.per_domain:
         raise RunError(f"{run} trains one model per domain ({recorded['model']}), which keeps no state to "
                        f"continue from; train it again with --epochs {new}")
-    if run_status(run).get("state") == FAILED:
-        raise RunError(f"{run} failed ({run_status(run).get('reason', 'see status.json')}); train it again")
+    status = run_status(run)
+    if status.get("state") == FAILED:
+        raise RunError(f"{run} failed ({status.get('reason', 'see status.json')}); train it again")
     mine = {k: v for k, v in json.loads(json.dumps(asdict(tcfg))).items() if k not in (*RESUME_FREE, "epochs")}
     recorded_train = json.loads(json.dumps(asdict(TrainConfig(**recorded["train_config"]))))  # older: defaults
     theirs = {k: v for k, v in recorded_train.items() if k not in (*RESUME_FREE, "epochs")}

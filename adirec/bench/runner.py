@@ -542,8 +542,9 @@ class Bench:
         if not (run_dir / "config.json").is_file():
             raise ValueError(f"{run_dir} holds the record of a run finished with a cap of {old} epochs but not the "
                              f"run (a record restored from a published bench): train it again in another --out")
+        tcfg = self._train_config(task.spec, task.seed)
         try:
-            check_epoch_cap_raise(run_dir, read_run_config(run_dir), self._train_config(task.spec, task.seed))
+            check_epoch_cap_raise(run_dir, read_run_config(run_dir), tcfg)
         except RunError as e:
             raise ValueError(f"{e} (asked for a cap of {new} epochs, the run had {old})") from None
         if stopped_early(run_dir):
@@ -553,8 +554,8 @@ class Bench:
             atomic_write_json(run_dir / "bench_request.json", {"hash": h})
             atomic_write_json(path, rec)
             return rec, f"stopped early after {rec.get('epochs_run')} epochs, so it stands for a cap of {new}"
-        train_run(self.cfg.data, task.spec.model, run_dir, train_config=self._train_config(task.spec, task.seed),
-                  data=self.data, report_split=self.split, resume=True)
+        train_run(self.cfg.data, task.spec.model, run_dir, train_config=tcfg, data=self.data,
+                  report_split=self.split, resume=True)
         atomic_write_json(run_dir / "bench_request.json", {"hash": h})
         rec = {**self._record_base(task, request, h), **self._run_neural(task, request, h),
                "epoch_cap_raised": {"from": old, "to": new, "trained": True},
